@@ -1,3 +1,150 @@
-"""Placeholder replaced below."""
-def main():
-    pass
+"""The ``napari-unet`` command: demo, train, predict, evaluate, weightmap, export.
+
+A thin front over the library. Every user error ends as one line on stderr and a non-zero exit
+code (2 for bad usage or input, 1 for other failures, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import NapariUnetError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"napari-unet: error: {message} (see 'napari-unet {self.prog.split()[-1]} --help')\n"
+                  if " " in self.prog else f"napari-unet: error: {message} (see 'napari-unet --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = _Parser(prog="napari-unet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="train on 2 planes of a synthetic stack and segment it all")
+    demo.add_argument("--out", default="napari-unet-demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps")
+    demo.add_argument("--seed", type=int, default=0)
+
+    train = sub.add_parser("train", help="train or fine-tune a U-Net from annotated planes")
+    train.add_argument("image", help="TIFF, zarr, .npy or a folder of 2D TIFF/PNG files")
+    train.add_argument("labels", help="annotations with the same (Y, X) and plane axes")
+    train.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    train.add_argument("--slices", help="planes to train on, e.g. 0,3,5-7 (default: annotated)")
+    train.add_argument("--val-slices", help="held-out annotated planes for validation")
+    train.add_argument("--steps", type=_positive_int, default=1000)
+    train.add_argument("--init", help="fine-tune this model file instead of starting anew")
+    train.add_argument("--preset", choices=["paper", "small"], default="small",
+                       help="architecture preset (default: small; paper = the 2015 network)")
+    train.add_argument("--width", type=_positive_int)
+    train.add_argument("--depth", type=_positive_int)
+    train.add_argument("--padding", choices=["valid", "same"])
+    train.add_argument("--mode", choices=["instances", "scribbles", "classes"], default="instances",
+                       help="annotation schema (docs/annotations.md)")
+    train.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    train.add_argument("--resume", help="checkpoint to continue from")
+    train.add_argument("--checkpoint", help="checkpoint file (default: OUT with .ckpt suffix)")
+    train.add_argument("--tile", type=_positive_int, help="input tile edge in pixels")
+    train.add_argument("--batch-size", type=_positive_int, default=4)
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    train.add_argument("--lr", type=_positive_float)
+    train.add_argument("--augment", type=float, default=1.0, help="augmentation strength (0 = off)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--channel-axis", type=int)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pred = sub.add_parser("predict", help="segment an image or a whole stack with a model file")
+    pred.add_argument("model")
+    pred.add_argument("image")
+    pred.add_argument("--out", required=True, help="labels to write (.tif, .npy or .zarr)")
+    pred.add_argument("--instances", action="store_true", help="one id per object")
+    pred.add_argument("--probabilities", help="also write class probabilities here (.tif/.npy)")
+    pred.add_argument("--tile", type=_positive_int)
+    pred.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
+    pred.add_argument("--device", default="auto")
+    pred.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    pred.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (px)")
+    pred.add_argument("--channel-axis", type=int)
+    pred.add_argument("--quiet", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="compare labels with ground truth (prints JSON)")
+    ev.add_argument("pred")
+    ev.add_argument("gt")
+    ev.add_argument("--metric", action="append", choices=["iou", "seg", "ap50", "rand", "pixel"],
+                    help="repeat for several (default: all)")
+
+    wm = sub.add_parser("weightmap", help="compute U-Net border weight maps of instance labels")
+    wm.add_argument("labels")
+    wm.add_argument("--out", required=True, help=".tif or .npy")
+    wm.add_argument("--w0", type=float, default=10.0)
+    wm.add_argument("--sigma", type=_positive_float, default=5.0)
+    wm.add_argument("--variant", choices=["paper", "falk"], default="paper")
+
+    ex = sub.add_parser("export", help="export a model file to another format")
+    ex.add_argument("model")
+    ex.add_argument("--format", required=True, choices=["torchscript", "onnx", "bioimageio"])
+    ex.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-unet`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from . import _cli_commands as commands
+
+    try:
+        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except NapariUnetError as exc:
+        print(f"napari-unet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("napari-unet: error: out of memory; use a smaller --tile", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"napari-unet: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+def print_json(data: dict) -> None:
+    """Print a result dictionary as JSON on stdout."""
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Implementations of the ``napari-unet`` subcommands (parsing lives in :mod:`napari_unet.cli`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str, total: int, quiet: bool = False) -> None:
+        self.label, self.total, self.quiet = label, max(total, 1), quiet
+        self.tty = sys.stderr.isatty()
+        self._last = -1.0
+        self.start = time.perf_counter()
+
+    def update(self, done: int, extra: str = "") -> None:
+        if self.quiet:
+            return
+        frac = done / self.total
+        now = time.perf_counter()
+        if not self.tty and done != self.total and now - self._last < 5.0:
+            return
+        self._last = now
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        text = f"{self.label} [{bar}] {done}/{self.total} {extra}"
+        print(("\r" + text) if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def _planes_of(labels: np.ndarray, text: str | None):
+    from .files import parse_index_list
+
+    indices = parse_index_list(text)
+    if indices is None:
+        return None
+    if labels.ndim == 2:
+        if indices != [0]:
+            raise InputError("a 2D image has only plane 0")
+        return [()]
+    if labels.ndim > 3:
+        raise InputError("--slices selects planes of 3D stacks; for 4D data select planes in napari")
+    bad = [i for i in indices if i >= labels.shape[0]]
+    if bad:
+        raise InputError(f"plane {bad[0]} does not exist: the stack has {labels.shape[0]} planes")
+    return [(i,) for i in indices]
+
+
+def run_train(args) -> int:
+    from .annotations import AnnotationConfig, annotated_planes, training_planes
+    from .augment import AugmentConfig
+    from .files import read_array
+    from .model import PRESETS, UNet
+    from .modelfile import load_model, read_metadata
+    from .train import Trainer, TrainConfig, read_checkpoint_metadata
+
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise InputError(f"{out}: the folder {out.parent} does not exist")
+    image = np.asarray(read_array(args.image))
+    labels = np.asarray(read_array(args.labels))
+    annotation = AnnotationConfig(mode=args.mode)
+    val_planes = _planes_of(labels, args.val_slices) or []
+    planes = _planes_of(labels, args.slices)
+    if planes is None:
+        planes = [p for p in annotated_planes(labels) if p not in set(val_planes)]
+    train_set, num_classes = training_planes(image, labels, annotation, planes, args.channel_axis)
+    val_set = training_planes(image, labels, annotation, val_planes, args.channel_axis)[0] if val_planes else []
+    channels = train_set[0].image.shape[0]
+    parent = None
+    if args.resume:
+        model = UNet(read_checkpoint_metadata(args.resume).architecture)
+    elif args.init:
+        model, meta = load_model(args.init)
+        parent = Path(args.init).name
+        if meta.architecture.in_channels != channels or meta.architecture.num_classes < num_classes:
+            raise InputError(
+                f"{args.init} was trained for {meta.architecture.in_channels} channel(s) and "
+                f"{meta.architecture.num_classes} classes; these data have {channels} and {num_classes}"
+            )
+        read_metadata(args.init)
+    else:
+        overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding)) if v}
+        config = PRESETS[args.preset].with_(in_channels=channels, num_classes=num_classes, **overrides)
+        model = UNet(config)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, tile=args.tile, optimizer=args.optimizer,
+        lr=args.lr, augment=AugmentConfig(strength=max(args.augment, 0.0)), seed=args.seed,
+        device=args.device, val_every=max(50, args.steps // 10),
+        checkpoint_every=max(100, args.steps // 10),
+    )
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
+    trainer = Trainer(model, train_set, config, val_set, annotation, ckpt, parent_model=parent)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+    print(f"training {model.config.width}-wide, depth-{model.config.depth} U-Net on {len(train_set)} "
+          f"plane(s), tile {trainer.tile}, device {trainer.device}, steps {trainer.step}->{config.steps}",
+          file=sys.stderr)
+    bar = ProgressLine("train", config.steps, args.quiet)
+    last_metrics: dict = {}
+    start = time.perf_counter()
+    try:
+        for event in trainer.run():
+            if event.kind == "step":
+                bar.update(event.step, f"loss {event.loss:.4f} ETA {event.eta_s:.0f}s")
+            elif event.kind == "validation":
+                last_metrics = event.metrics or {}
+    except KeyboardInterrupt:
+        bar.close()
+        path = trainer.save_checkpoint()
+        print(f"napari-unet: interrupted at step {trainer.step}; resume with --resume {path}", file=sys.stderr)
+        return 130
+    bar.close()
+    trainer.save_model(out)
+    trainer.save_checkpoint()
+    summary = " ".join(f"{k} {v:.4f}" for k, v in last_metrics.items())
+    print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f}s, final loss "
+          f"{trainer.history[-1]['loss']:.4f} {summary}; model written to {out}", file=sys.stderr)
+    return 0
+
+
+def run_predict(args) -> int:
+    from .batch import SegmentConfig, segment_stack, segment_stack_distributed
+    from .files import read_array, write_array
+    from .postprocess import PostprocessConfig
+    from .predict import PredictConfig, load_predictor
+
+    config = SegmentConfig(
+        predict=PredictConfig(tile=args.tile, tta=args.tta, device=args.device),
+        postprocess=PostprocessConfig(min_size=args.min_size),
+        instances=args.instances, channel_axis=args.channel_axis,
+    )
+    out = Path(args.out)
+    if out.suffix.lower() not in (".tif", ".tiff", ".npy", ".zarr"):
+        raise InputError(f"{out}: write labels as .tif, .tiff, .npy or .zarr")
+    model, metadata, device = load_predictor(args.model, args.device)
+    if args.tile:
+        from .model import check_input_size
+
+        check_input_size(model.config, args.tile)
+    image = read_array(args.image)
+    bar = ProgressLine("predict", 1, args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done)
+
+    start = time.perf_counter()
+    if args.scheduler:
+        result = segment_stack_distributed(args.model, args.image, args.scheduler, config,
+                                           None if out.suffix == ".npy" else out, progress)
+    elif args.probabilities:
+        result = _predict_with_probabilities(model, metadata, image, config, args.probabilities, progress)
+    else:
+        result = segment_stack(model, metadata, image, config, None if out.suffix == ".npy" else out, progress)
+    if isinstance(result, np.ndarray):
+        write_array(out, result)
+    bar.close()
+    print(f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}", file=sys.stderr)
+    return 0
+
+
+def _predict_with_probabilities(model, metadata, image, config, prob_path, progress):
+    from .batch import iter_planes, plane_layout, segment_plane
+    from .files import write_array
+
+    lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
+    labels = np.zeros(lead + yx, np.uint32)
+    probs = np.zeros(lead + (model.config.num_classes,) + yx, np.float32)
+    offset, total = 0, int(np.prod(lead)) if lead else 1
+    for flat, (index, plane) in enumerate(iter_planes(image, model, config.channel_axis)):
+        lab, p = segment_plane(model, metadata, plane, config)
+        if config.instances:
+            lab = np.where(lab > 0, lab + offset, 0).astype(np.uint32)
+            offset = max(offset, int(lab.max()))
+        labels[index], probs[index] = lab, p
+        progress(flat + 1, total)
+    write_array(prob_path, probs)
+    return labels
+
+
+def run_evaluate(args) -> int:
+    from .cli import print_json
+    from .files import read_array
+    from .metrics import evaluate
+
+    pred = np.asarray(read_array(args.pred))
+    gt = np.asarray(read_array(args.gt))
+    metrics = tuple(args.metric) if args.metric else ("iou", "seg", "ap50", "rand", "pixel")
+    print_json(evaluate(pred, gt, metrics))
+    return 0
+
+
+def run_weightmap(args) -> int:
+    from .annotations import IGNORE_LABEL, check_labels
+    from .files import read_array, write_array
+    from .weightmap import WeightMapConfig, weight_map
+
+    labels = check_labels(np.asarray(read_array(args.labels)))
+    config = WeightMapConfig(variant=args.variant, w0=args.w0, sigma=args.sigma)
+    flat = labels.reshape((-1,) + labels.shape[-2:])
+    out = np.stack([weight_map(np.where(p == IGNORE_LABEL, 0, p), config, ignore=p == IGNORE_LABEL) for p in flat])
+    write_array(args.out, out.reshape(labels.shape).astype(np.float32))
+    print(f"weight map ({out.min():.2f}..{out.max():.2f}) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_export(args) -> int:
+    from .export import export_model
+
+    path = export_model(args.model, args.format, args.out)
+    print(f"exported {args.model} as {args.format} to {path}", file=sys.stderr)
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import DemoConfig, run_demo as demo
+
+    result = demo(DemoConfig(out=Path(args.out), device=args.device, steps=args.steps, seed=args.seed))
+    return 0 if result["passed"] else 1

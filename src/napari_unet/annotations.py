@@ -1,0 +1,265 @@
+"""From an image and an annotation label array to training examples.
+
+The label-value schema (the one definition used by library, CLI and GUI; see docs/annotations.md):
+
+``instances`` (default; also what importing a ground-truth instance mask gives)
+    A plane is annotated when it holds any non-zero label (or is listed explicitly). In an
+    annotated plane 0 = background and every other id = one object. Touching objects are kept
+    apart by the U-Net weight map (gaps + border term).
+``scribbles``
+    Sparse strokes: 0 = not painted (ignored by the loss), 1 = background, 2 = object
+    (2, 3, ... = class 1, 2, ... when several classes are painted).
+``classes``
+    Dense semantic classes: in an annotated plane 0 = background and c = class c.
+
+In every mode the value :data:`IGNORE_LABEL` (65535) marks pixels the loss must ignore.
+
+Images may be 2D (Y, X), stacks or time series (..., Y, X), with an optional channel axis
+(``channel_axis``; RGB(A) in the last axis is detected). Every plane is normalised on its own with
+robust percentiles; the recipe is stored in the model file so prediction does the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .errors import AnnotationError, InputError
+from .weightmap import WeightMapConfig, separate_touching, weight_map
+
+IGNORE_LABEL = 65535
+Mode = Literal["instances", "scribbles", "classes"]
+MODES: tuple[str, ...] = ("instances", "scribbles", "classes")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-plane, per-channel percentile scaling to roughly [0, 1]."""
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"method": "percentile", "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        if data.get("method", "percentile") != "percentile":
+            raise InputError(f"unknown normalisation method {data.get('method')!r}")
+        return cls(low=float(data.get("low", 1.0)), high=float(data.get("high", 99.8)))
+
+
+@dataclass(frozen=True)
+class AnnotationConfig:
+    """How annotation values are read and turned into targets and loss weights."""
+
+    mode: Mode = "instances"
+    weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
+    normalization: Normalization = field(default_factory=Normalization)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown annotation mode {self.mode!r}; use one of {', '.join(MODES)}")
+
+
+@dataclass
+class TrainingPlane:
+    """One annotated plane, ready for the trainer."""
+
+    image: np.ndarray  # float32 (C, Y, X), normalised
+    target: np.ndarray  # int64 (Y, X), class index per pixel (0 where ignored)
+    weight: np.ndarray  # float32 (Y, X), loss weight; 0 = ignored
+    index: tuple[int, ...]  # position of the plane in the leading axes of the source
+
+
+def split_channels(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """Return a view with the channel axis moved right before (Y, X): shape (..., C, Y, X)."""
+    if channel_axis is None:
+        return image[..., None, :, :]
+    axis = channel_axis % image.ndim
+    if axis >= image.ndim - 2:
+        if axis == image.ndim - 1 and image.ndim >= 3:
+            return np.moveaxis(image, -1, -3)
+        raise InputError("the channel axis cannot be one of the two image (Y, X) axes")
+    return np.moveaxis(image, axis, -3)
+
+
+def guess_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> int | None:
+    """The image axis that the labels lack (RGB last, else the first extra axis), or None."""
+    if tuple(image_shape) == tuple(labels_shape):
+        return None
+    if len(image_shape) != len(labels_shape) + 1:
+        raise InputError(
+            f"image shape {tuple(image_shape)} and labels shape {tuple(labels_shape)} do not match"
+        )
+    if image_shape[-1] in (3, 4) and tuple(image_shape[:-1]) == tuple(labels_shape):
+        return len(image_shape) - 1
+    for axis in range(len(image_shape)):
+        if tuple(np.delete(np.array(image_shape), axis)) == tuple(labels_shape):
+            return axis
+    raise InputError(
+        f"image shape {tuple(image_shape)} and labels shape {tuple(labels_shape)} do not match"
+    )
+
+
+def normalize_plane(plane: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
+    """Scale a (C, Y, X) plane to float32, each channel by its own robust percentiles."""
+    norm = normalization or Normalization()
+    data = np.asarray(plane, dtype=np.float32)
+    if data.ndim == 2:
+        data = data[None]
+    if not np.all(np.isfinite(data)):
+        raise InputError("the image holds NaN or infinite pixel values; replace them first")
+    out = np.empty(data.shape, np.float32)
+    for c, channel in enumerate(data):
+        lo, hi = np.percentile(channel, [norm.low, norm.high])
+        if hi - lo < 1e-6:
+            lo, hi = float(channel.min()), float(channel.max())
+        scale = 1.0 / (hi - lo) if hi - lo > 1e-6 else 1.0
+        out[c] = (channel - lo) * scale
+    return out
+
+
+def check_labels(labels: np.ndarray) -> np.ndarray:
+    """Refuse float, negative or oversized label values; return an int64 view-safe array."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(
+            labels == np.round(labels)
+        ):
+            labels = labels.astype(np.int64)
+        else:
+            raise AnnotationError(
+                f"labels must hold whole numbers (integer ids), got {labels.dtype} values"
+            )
+    if labels.size and labels.min() < 0:
+        raise AnnotationError("labels must not be negative (0 = background, 1, 2, ... = objects)")
+    if labels.size and labels.max() > IGNORE_LABEL:
+        raise AnnotationError(f"label values above {IGNORE_LABEL} are not supported")
+    return labels.astype(np.int64, copy=False)
+
+
+def annotated_planes(labels: np.ndarray) -> list[tuple[int, ...]]:
+    """Indices (over the leading axes) of the planes that hold any non-zero label."""
+    labels = np.asarray(labels)
+    if labels.ndim < 2:
+        raise InputError("labels need at least two (Y, X) axes")
+    lead = labels.shape[:-2]
+    flat = labels.reshape((-1,) + labels.shape[-2:])
+    hits = np.flatnonzero(flat.reshape(flat.shape[0], -1).any(axis=1))
+    return [tuple(int(i) for i in np.unravel_index(h, lead)) if lead else () for h in hits]
+
+
+def plane_targets(
+    plane_labels: np.ndarray, config: AnnotationConfig
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Targets, loss weights and the number of classes for one (Y, X) annotation plane."""
+    labels = check_labels(plane_labels)
+    ignore = labels == IGNORE_LABEL
+    if config.mode == "instances":
+        instances = np.where(ignore, 0, labels)
+        separated = separate_touching(instances)
+        target = (separated > 0).astype(np.int64)
+        weight = weight_map(instances, config.weight_map, ignore=ignore)
+        return target, weight.astype(np.float32), 2
+    if config.mode == "classes":
+        target = np.where(ignore, 0, labels)
+        classes = np.where(ignore, -1, labels)
+        weight = _balanced_weights(classes, config.weight_map.class_balance)
+        return target, weight, int(target.max()) + 1
+    # scribbles: 0 = unpainted, 1 = background, k >= 2 = class k - 1
+    painted = (labels > 0) & ~ignore
+    target = np.where(painted, labels - 1, 0)
+    classes = np.where(painted, target, -1)
+    weight = _balanced_weights(classes, config.weight_map.class_balance)
+    return target, weight, int(target.max()) + 1
+
+
+def _balanced_weights(classes: np.ndarray, balance: bool) -> np.ndarray:
+    """Inverse-frequency class weights over pixels with class >= 0; 0 where class is -1."""
+    weight = np.zeros(classes.shape, np.float32)
+    valid = classes >= 0
+    if not valid.any():
+        return weight
+    counts = np.bincount(classes[valid].ravel())
+    present = counts > 0
+    if balance:
+        per_class = np.zeros(len(counts), np.float32)
+        per_class[present] = valid.sum() / (present.sum() * counts[present])
+    else:
+        per_class = np.ones(len(counts), np.float32)
+    weight[valid] = per_class[classes[valid]]
+    return weight
+
+
+def training_planes(
+    image: np.ndarray,
+    labels: np.ndarray,
+    config: AnnotationConfig | None = None,
+    planes: list[tuple[int, ...]] | None = None,
+    channel_axis: int | None = None,
+) -> tuple[list[TrainingPlane], int]:
+    """Turn an image and its annotations into training planes.
+
+    Parameters
+    ----------
+    image : (..., Y, X) array, optionally with a channel axis.
+    labels : (..., Y, X) integer annotations in the schema of ``config.mode``.
+    config : annotation mode, weight-map and normalisation settings.
+    planes : leading-axis indices of the planes to use (default: every plane with annotations;
+        list a plane explicitly to train on it even if it is empty, e.g. all background).
+    channel_axis : image axis holding channels (default: guessed from the shapes).
+
+    Returns
+    -------
+    The planes and the number of classes found (at least 2).
+    """
+    config = config or AnnotationConfig()
+    labels = np.asarray(labels)
+    if channel_axis is None:
+        channel_axis = guess_channel_axis(np.shape(image), labels.shape)
+    image_c = split_channels(np.asarray(image), channel_axis)
+    if image_c.shape[:-3] + image_c.shape[-2:] != labels.shape:
+        raise InputError(
+            f"image shape {np.shape(image)} and labels shape {labels.shape} do not match"
+        )
+    if planes is None:
+        planes = annotated_planes(labels)
+    if not planes:
+        raise AnnotationError(
+            "no annotated plane: paint at least one object and some background first"
+        )
+    result: list[TrainingPlane] = []
+    num_classes = 2
+    for index in planes:
+        index = tuple(int(i) for i in np.atleast_1d(index)) if labels.ndim > 2 else ()
+        try:
+            target, weight, k = plane_targets(labels[index], config)
+        except IndexError:
+            raise InputError(f"plane {index} is outside the labels of shape {labels.shape}") from None
+        num_classes = max(num_classes, k)
+        result.append(
+            TrainingPlane(
+                image=normalize_plane(image_c[index], config.normalization),
+                target=target,
+                weight=weight,
+                index=index,
+            )
+        )
+    _check_classes_present(result, config.mode)
+    return result, num_classes
+
+
+def _check_classes_present(planes: list[TrainingPlane], mode: str) -> None:
+    has_bg = any(((p.target == 0) & (p.weight > 0)).any() for p in planes)
+    has_fg = any(((p.target > 0) & (p.weight > 0)).any() for p in planes)
+    if not has_fg:
+        what = "no object is painted" if mode != "scribbles" else "no object stroke (label 2)"
+        raise AnnotationError(f"the annotations hold no foreground: {what}")
+    if not has_bg:
+        what = "label 1 strokes" if mode == "scribbles" else "unpainted (0) pixels in an annotated plane"
+        raise AnnotationError(f"the annotations hold no background: paint some ({what})")

@@ -1,0 +1,299 @@
+"""Segmenting whole stacks plane by plane, in memory or streamed to disk, locally or on dask.
+
+Memory stays bounded by one plane and its tile batch: planes are read one at a time from numpy,
+dask or zarr arrays (a dask array is never computed whole), and results are streamed to a zarr
+array or a TIFF file. Instance ids are unique over the stack (a running offset per plane).
+
+Crash safety: a zarr output records each finished plane in its attributes, so rerunning the same
+command after a crash redoes only the unfinished planes; a TIFF output is written to a temporary
+file and renamed when complete, so it is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .annotations import Normalization, normalize_plane, split_channels
+from .errors import Cancelled, InputError
+from .model import UNet
+from .modelfile import ModelMetadata
+from .postprocess import PostprocessConfig, instance_labels, semantic_labels
+from .predict import PredictConfig, predict_plane
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """What to compute for every plane."""
+
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    instances: bool = True
+    channel_axis: int | None = None
+
+
+def plane_layout(shape: tuple[int, ...], model: UNet, channel_axis: int | None) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """Leading (plane) shape and (Y, X) of an image for a model; refuses mismatched channels."""
+    channels = model.config.in_channels
+    if len(shape) < 2:
+        raise InputError(f"an image needs at least two axes (Y, X), got shape {shape}")
+    if channel_axis is None and channels > 1:
+        if len(shape) >= 3 and shape[-1] == channels:
+            channel_axis = len(shape) - 1
+        elif len(shape) >= 3 and shape[0] == channels:
+            channel_axis = 0
+        else:
+            raise InputError(f"the model expects {channels} channels but the image has shape {shape}")
+    if channel_axis is not None:
+        axis = channel_axis % len(shape)
+        if shape[axis] != channels:
+            raise InputError(
+                f"the model expects {channels} channel(s) but the image has {shape[axis]} on axis {axis}"
+            )
+        rest = tuple(s for i, s in enumerate(shape) if i != axis)
+    else:
+        rest = tuple(shape)
+    return rest[:-2], (rest[-2], rest[-1])
+
+
+def _resolved_channel_axis(shape, model: UNet, channel_axis: int | None) -> int | None:
+    if channel_axis is not None or model.config.in_channels == 1:
+        return channel_axis
+    return len(shape) - 1 if shape[-1] == model.config.in_channels else 0
+
+
+def iter_planes(image, model: UNet, channel_axis: int | None = None) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Yield (index, raw (C, Y, X) plane) one at a time; dask/zarr planes are read lazily."""
+    lead, _ = plane_layout(tuple(image.shape), model, channel_axis)
+    axis = _resolved_channel_axis(tuple(image.shape), model, channel_axis)
+    for index in np.ndindex(*lead) if lead else [()]:
+        if axis is None:
+            plane = np.asarray(image[index])[None]
+        else:
+            moved = _move_channel(image, axis)
+            plane = np.asarray(moved[index])
+        yield index, plane
+
+
+def _move_channel(image, axis: int):
+    if hasattr(image, "dask") or hasattr(image, "chunks") and not isinstance(image, np.ndarray):
+        import dask.array as da
+
+        arr = image if hasattr(image, "dask") else da.from_zarr(image)
+        return da.moveaxis(arr, axis, -3)
+    return split_channels(np.asarray(image), axis)
+
+
+def segment_plane(model: UNet, metadata: ModelMetadata, plane: np.ndarray, config: SegmentConfig,
+                  cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (Y, X) and probabilities (K, Y, X) for one raw (C, Y, X) plane."""
+    norm = Normalization.from_dict(metadata.normalization)
+    probs = predict_plane(model, normalize_plane(plane, norm), config.predict, cancelled=cancelled)
+    semantic = semantic_labels(probs)
+    if config.instances:
+        return instance_labels(semantic, config.postprocess, probabilities=probs).astype(np.uint32), probs
+    return semantic.astype(np.uint32), probs
+
+
+class StackWriter:
+    """Collects labelled planes into memory, a zarr array (resumable) or a TIFF file."""
+
+    def __init__(self, out: str | Path | None, shape: tuple[int, ...], dtype=np.uint32) -> None:
+        self.out = Path(out) if out is not None else None
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.done: set[int] = set()
+        self._array = None
+        self._tiff_planes: list[np.ndarray] | None = None
+        kind = "memory" if self.out is None else ("zarr" if self.out.suffix == ".zarr" else "tiff")
+        if kind == "tiff" and self.out.suffix.lower() not in (".tif", ".tiff"):
+            raise InputError(f"{self.out}: write stacks as .tif, .tiff or a .zarr folder")
+        self.kind = kind
+        if kind == "memory":
+            self._array = np.zeros(shape, self.dtype)
+        elif kind == "zarr":
+            self._open_zarr()
+        else:
+            self._open_tiff()
+
+    def _open_zarr(self) -> None:
+        import zarr
+
+        chunks = (1,) * (len(self.shape) - 2) + self.shape[-2:]
+        try:
+            existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
+            if existing is not None and hasattr(existing, "shape") and tuple(existing.shape) == self.shape:
+                self._array = existing
+                self.done = set(int(i) for i in existing.attrs.get("napari_unet_done", []))
+                return
+            self._array = zarr.open(str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+        except OSError as exc:
+            raise InputError(f"{self.out}: cannot be written ({exc})") from None
+
+    def _open_tiff(self) -> None:
+        """A memory-mapped TIFF under a temporary name; renamed into place by :meth:`finish`."""
+        import tempfile
+
+        import tifffile
+
+        parent = self.out.parent if str(self.out.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"{self.out}: the folder {parent} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tif", dir=parent)
+            import os
+
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self._array = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype)
+        except OSError as exc:
+            raise InputError(f"{self.out}: cannot be written ({exc.strerror or exc})") from None
+
+    def abort(self) -> None:
+        """Drop a half-written TIFF (zarr keeps its finished planes for the next run)."""
+        if self.kind == "tiff" and getattr(self, "_tmp", None) is not None:
+            self._array = None
+            self._tmp.unlink(missing_ok=True)
+
+    def write(self, flat_index: int, index: tuple[int, ...], plane: np.ndarray) -> None:
+        self._array[index] = plane
+        self.done.add(flat_index)
+        if self.kind == "zarr":
+            self._array.attrs["napari_unet_done"] = sorted(self.done)
+
+    def finish(self):
+        """Return the in-memory array, or the output path once complete."""
+        if self.kind == "memory":
+            return self._array
+        if self.kind == "tiff":
+            import os
+
+            self._array.flush()
+            self._array = None
+            os.replace(self._tmp, self.out)
+        return self.out
+
+
+def segment_stack(model: UNet, metadata: ModelMetadata, image, config: SegmentConfig | None = None,
+                  out: str | Path | None = None, progress: Progress | None = None,
+                  cancelled: Callable[[], bool] | None = None):
+    """Segment every plane of ``image`` (numpy, dask or zarr; (..., [C,] Y, X)).
+
+    Returns the labels array (``out=None``) or the output path. ``progress(done, total)`` is
+    called after each plane; ``cancelled()`` returning True stops with :class:`Cancelled`
+    (a zarr output keeps the finished planes and the next run continues from there).
+    """
+    config = config or SegmentConfig()
+    lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
+    writer = StackWriter(out, lead + yx)
+    total = int(np.prod(lead)) if lead else 1
+    offset = int(writer._array.attrs.get("napari_unet_offset", 0)) if writer.kind == "zarr" else 0
+    try:
+        offset = _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+def _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled) -> int:
+    for flat, (index, plane) in enumerate(iter_planes(image, model, config.channel_axis)):
+        if flat in writer.done:
+            continue
+        if cancelled is not None and cancelled():
+            raise Cancelled("segmentation cancelled")
+        labels, _ = segment_plane(model, metadata, plane, config, cancelled)
+        if config.instances:
+            labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+            offset = max(offset, int(labels.max()))
+        writer.write(flat, index, labels)
+        if writer.kind == "zarr":
+            writer._array.attrs["napari_unet_offset"] = offset
+        if progress is not None:
+            progress(flat + 1, total)
+    return offset
+
+
+# ----------------------------------------------------------------------------- dask.distributed
+@functools.lru_cache(maxsize=2)
+def _worker_model(model_path: str):
+    from .modelfile import load_model
+
+    return load_model(model_path, device="cpu")
+
+
+def _segment_task(model_path: str, image_path: str, index: tuple[int, ...], config: SegmentConfig) -> np.ndarray:
+    from .files import read_array
+
+    model, metadata = _worker_model(model_path)
+    image = read_array(image_path, lazy=True)
+    _, plane = next(iter_planes(image[index] if index else image, model, config.channel_axis))
+    return segment_plane(model, metadata, plane, config)[0]
+
+
+def segment_stack_distributed(model_path: str | Path, image_path: str | Path, scheduler: str,
+                              config: SegmentConfig | None = None, out: str | Path | None = None,
+                              progress: Progress | None = None, max_in_flight: int = 8):
+    """Like :func:`segment_stack` but each plane runs as a task on a dask.distributed cluster.
+
+    Workers read their plane from ``image_path`` and the model from ``model_path`` themselves (a
+    path all workers can see); the client only writes results in order. Same labels as a local run.
+    """
+    from distributed import Client
+
+    from .files import read_array
+    from .modelfile import load_model
+
+    config = config or SegmentConfig()
+    model, _ = load_model(model_path, device="cpu")
+    image = read_array(image_path, lazy=True)
+    lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
+    if config.channel_axis is not None and config.channel_axis % image.ndim < len(lead):
+        raise InputError("on a cluster, put the channel axis after the plane axes")
+    indices = list(np.ndindex(*lead)) if lead else [()]
+    writer = StackWriter(out, lead + yx)
+    try:
+        client = Client(scheduler, timeout="20s")
+    except OSError as exc:
+        raise InputError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+    try:
+        with client:
+            _run_distributed(client, str(model_path), str(image_path), indices, config, writer,
+                             progress, max_in_flight)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+def _run_distributed(client, model_path, image_path, indices, config, writer, progress, max_in_flight):
+    """Keep at most ``max_in_flight`` plane tasks running; write results in plane order."""
+    from distributed import as_completed
+
+    def submit(flat: int):
+        return client.submit(_segment_task, model_path, image_path, indices[flat], config,
+                             key=f"napari-unet-plane-{flat}-{id(writer)}")
+
+    flats = iter(range(len(indices)))
+    futures = as_completed([submit(f) for f, _ in zip(flats, range(max_in_flight))], with_results=True)
+    results: dict[int, np.ndarray] = {}
+    offset, next_flat = 0, 0
+    for future, labels in futures:
+        results[int(future.key.split("-")[3])] = labels
+        more = next(flats, None)
+        if more is not None:
+            futures.add(submit(more))
+        while next_flat in results:
+            labels = results.pop(next_flat)
+            if config.instances:
+                labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
+                offset = max(offset, int(labels.max()))
+            writer.write(next_flat, indices[next_flat], labels)
+            next_flat += 1
+            if progress is not None:
+                progress(next_flat, len(indices))

@@ -1,0 +1,219 @@
+"""From network output to label images: semantic classes, foreground, instances.
+
+The U-Net predicts per-pixel class probabilities ``(K, ...)``. :func:`semantic_labels` takes the
+arg-max, :func:`foreground_mask` selects the object classes (a "border" class of the 3-class
+variant counts as background) and :func:`instance_labels` turns the foreground into numbered
+objects: connected components, optionally with holes filled, touching objects split by a
+watershed, and small specks removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import relabel_sequential, watershed
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Options of :func:`instance_labels`.
+
+    Attributes
+    ----------
+    foreground_classes : tuple of int
+        Semantic classes that form objects; all others are background (e.g. a border class 2).
+    min_size : int
+        Instances with fewer pixels than this are removed (0 or 1: keep all).
+    fill_holes : bool
+        Fill background regions enclosed by foreground before labelling.
+    watershed : bool
+        Split touching objects with a watershed seeded at the peaks of the distance transform
+        (or of the foreground probability, when probabilities are given).
+    watershed_min_distance : int
+        Minimal distance in pixels between two seeds of the watershed.
+    connectivity : int
+        Neighbourhood of the labelling: 1 = 4 (2D) / 6 (3D) neighbours, 2 = 8 / 18, 3 = 26.
+    per_plane : bool
+        For 3D (and higher) input, label each plane along axis 0 on its own (ids unique over the
+        stack) instead of using a 3D neighbourhood.
+    """
+
+    foreground_classes: tuple[int, ...] = (1,)
+    min_size: int = 0
+    fill_holes: bool = False
+    watershed: bool = False
+    watershed_min_distance: int = 5
+    connectivity: int = 1
+    per_plane: bool = True
+
+    def __post_init__(self) -> None:
+        classes = tuple(self.foreground_classes)
+        valid = all(isinstance(c, (int, np.integer)) and 0 <= c < 256 for c in classes)
+        if not classes or not valid:
+            raise InputError(
+                "foreground_classes must be a non-empty tuple of classes 0..255, "
+                f"got {self.foreground_classes!r}."
+            )
+        object.__setattr__(self, "foreground_classes", tuple(int(c) for c in classes))
+        if self.min_size < 0:
+            raise InputError(f"min_size must be >= 0, got {self.min_size}.")
+        if self.watershed_min_distance < 1:
+            raise InputError(
+                f"watershed_min_distance must be >= 1, got {self.watershed_min_distance}."
+            )
+        if self.connectivity < 1:
+            raise InputError(f"connectivity must be >= 1, got {self.connectivity}.")
+
+
+def semantic_labels(probabilities: np.ndarray) -> np.ndarray:
+    """Most probable class per pixel.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(K, ...)`` class probabilities (or scores), class axis first, 1 <= K <= 256.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 class index per pixel, shape ``probabilities.shape[1:]``.
+    """
+    p = np.asarray(probabilities)
+    if p.ndim < 2 or p.size == 0:
+        raise InputError(f"probabilities must have shape (K, ...) with K >= 1, got {p.shape}.")
+    if not np.issubdtype(p.dtype, np.number) or np.iscomplexobj(p):
+        raise InputError(f"probabilities must be real numbers, got dtype {p.dtype}.")
+    if p.shape[0] > 256:
+        raise InputError(f"At most 256 classes are supported, got {p.shape[0]}.")
+    return np.argmax(p, axis=0).astype(np.uint8)
+
+
+def _check_semantic(semantic: np.ndarray) -> np.ndarray:
+    s = np.asarray(semantic)
+    if s.dtype == bool:
+        return s.astype(np.uint8)
+    if not np.issubdtype(s.dtype, np.integer):
+        raise InputError(f"semantic must be an integer class image, got dtype {s.dtype}.")
+    if s.size == 0 or s.ndim < 1:
+        raise InputError(f"semantic must be a non-empty image, got shape {s.shape}.")
+    return s
+
+
+def foreground_mask(semantic: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
+    """Boolean mask of the pixels whose class is one of ``config.foreground_classes``.
+
+    Parameters
+    ----------
+    semantic : numpy.ndarray
+        Integer class image (e.g. from :func:`semantic_labels`).
+    config : PostprocessConfig, optional
+        Defaults to ``PostprocessConfig()`` (class 1 is foreground).
+
+    Returns
+    -------
+    numpy.ndarray
+        bool array of the same shape.
+    """
+    cfg = config if config is not None else PostprocessConfig()
+    return np.isin(_check_semantic(semantic), cfg.foreground_classes)
+
+
+def _seeds(components: np.ndarray, surface: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """Watershed markers: plateaus of local maxima of ``surface``, at least one per component."""
+    fg = components > 0
+    size = 2 * cfg.watershed_min_distance + 1
+    peaks = fg & (surface == ndimage.maximum_filter(surface, size=size, mode="nearest"))
+    # a plateau (e.g. the ridge of an elongated object) is one seed, but never spans two objects
+    plateaus, _ = ndimage.label(peaks, structure=np.ones((3,) * fg.ndim, bool))
+    n = int(components.max())
+    key = np.where(peaks, plateaus.astype(np.int64) * (n + 1) + components, 0)
+    markers = relabel_sequential(key)[0]
+    # a component whose maxima were all suppressed by a brighter neighbour gets itself as seed
+    has_seed = np.zeros(n + 1, bool)
+    has_seed[components[peaks]] = True
+    missing = ~has_seed[components] & fg
+    markers[missing] = markers.max() + components[missing]
+    return markers
+
+
+def _instances(fg: np.ndarray, fg_prob: np.ndarray | None, cfg: PostprocessConfig) -> np.ndarray:
+    """Label one image (2D or nD) of foreground; returns ids 1..n."""
+    structure = ndimage.generate_binary_structure(fg.ndim, cfg.connectivity)
+    if cfg.fill_holes:
+        fg = ndimage.binary_fill_holes(fg)
+    labels, n = ndimage.label(fg, structure=structure)
+    if cfg.watershed and n:
+        surface = ndimage.distance_transform_edt(fg) if fg_prob is None else fg_prob
+        markers = _seeds(labels, surface, cfg)
+        labels = watershed(-surface, markers, mask=fg, connectivity=cfg.connectivity)
+    if cfg.min_size > 1:
+        small = np.bincount(labels.ravel()) < cfg.min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    return relabel_sequential(labels)[0]
+
+
+def instance_labels(
+    semantic: np.ndarray,
+    config: PostprocessConfig | None = None,
+    probabilities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Number the objects of a semantic segmentation.
+
+    Steps: foreground = ``config.foreground_classes``; optional hole filling; connected components
+    (``config.connectivity``); optional watershed split of touching objects, seeded at the peaks
+    (at least ``watershed_min_distance`` apart) of the distance transform, or of the summed
+    foreground probability when ``probabilities`` is given; removal of instances smaller than
+    ``min_size``; consecutive ids. With ``per_plane`` (default) a 3D or higher input is processed
+    plane by plane along axis 0 and the ids of each plane are offset to stay unique.
+
+    Parameters
+    ----------
+    semantic : numpy.ndarray
+        Integer class image, 2D or nD.
+    config : PostprocessConfig, optional
+        Options; defaults to ``PostprocessConfig()``.
+    probabilities : numpy.ndarray, optional
+        ``(K,) + semantic.shape`` class probabilities, used for the watershed seeds and surface.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 instance labels, 0 = background, ids 1..n.
+    """
+    cfg = config if config is not None else PostprocessConfig()
+    fg = foreground_mask(semantic, cfg)
+    fg_prob = None
+    if probabilities is not None:
+        prob = np.asarray(probabilities)
+        if prob.ndim != fg.ndim + 1 or prob.shape[1:] != fg.shape:
+            raise InputError(f"probabilities must have shape (K,) + {fg.shape}, got {prob.shape}.")
+        if max(cfg.foreground_classes) >= prob.shape[0]:
+            raise InputError(
+                f"foreground class {max(cfg.foreground_classes)} has no probability map "
+                f"(K = {prob.shape[0]})."
+            )
+        fg_prob = prob[list(cfg.foreground_classes)].sum(axis=0, dtype=np.float64)
+    stack = cfg.per_plane and fg.ndim >= 3
+    spatial = fg.ndim - 1 if stack else fg.ndim
+    if cfg.connectivity > spatial:
+        raise InputError(
+            f"connectivity must be between 1 and {spatial} for {spatial}D labelling, "
+            f"got {cfg.connectivity}."
+        )
+    if not stack:
+        out = _instances(fg, fg_prob, cfg)
+    else:
+        planes = [
+            _instances(fg[k], None if fg_prob is None else fg_prob[k], cfg)
+            for k in range(fg.shape[0])
+        ]
+        offsets = np.cumsum([0] + [int(pl.max()) for pl in planes[:-1]])
+        out = np.stack([np.where(pl > 0, pl + off, 0) for pl, off in zip(planes, offsets)])
+    if out.max() > np.iinfo(np.int32).max:
+        raise InputError("Too many objects for int32 labels.")
+    return out.astype(np.int32)
