@@ -76,7 +76,7 @@ def test_export_errors(valid_model, tmp_path):
     with pytest.raises(ModelFileError, match="bad.safetensors"):
         export_model(bad, "bioimageio", tmp_path / "x.zip")
     with pytest.raises(ModelFileError, match="does not exist"):
-        export_model(tmp_path / "absent.safetensors", "onnx", tmp_path / "x.onnx")
+        export_model(tmp_path / "absent.safetensors", "torchscript", tmp_path / "x.pt")
 
 
 @pytest.mark.skipif(HAS_ONNX, reason="onnx and onnxscript are installed")
@@ -126,12 +126,17 @@ def _check_package(rdf: dict, files: dict[str, bytes], model: UNet, cfg: UNetCon
     raw = np.load(io.BytesIO(files[inp["test_tensor"]["source"]]), allow_pickle=False)
     expected = np.load(io.BytesIO(files[out["test_tensor"]["source"]]), allow_pickle=False)
     x = raw.astype(np.float64)
-    for step in inp["preprocessing"]:  # the bioimage.io definition of scale_range
+    for step in inp["preprocessing"]:  # the bioimage.io definitions
         kw = step["kwargs"]
-        assert step["id"] == "scale_range" and kw["axes"] == ["channel", "y", "x"]
-        q = [kw["min_percentile"], kw["max_percentile"]]
-        lo, hi = np.percentile(x, q, axis=(1, 2, 3), keepdims=True)
-        x = (x - lo) / (hi - lo + kw["eps"])
+        assert kw["axes"] == ["y", "x"]  # every channel of every sample on its own
+        if step["id"] == "scale_range":
+            q = [kw["min_percentile"], kw["max_percentile"]]
+            lo, hi = np.percentile(x, q, axis=(2, 3), keepdims=True)
+            x = (x - lo) / (hi - lo + kw["eps"])
+        else:
+            assert step["id"] == "zero_mean_unit_variance"
+            mean, std = x.mean(axis=(2, 3), keepdims=True), x.std(axis=(2, 3), keepdims=True)
+            x = (x - mean) / (std + kw["eps"])
     with torch.no_grad():
         ours = model(torch.from_numpy(x.astype(np.float32))).numpy()
         scripted = _jit_load(io.BytesIO(files[weights["source"]]))
@@ -159,11 +164,11 @@ def test_bioimageio_package(valid_model, tmp_path):
     _check_package(rdf, files, model, VALID)
 
 
-def test_bioimageio_same_padding_without_normalization(tmp_path):
-    path, model = _save(tmp_path, SAME, normalization={"method": "none"})
+def test_bioimageio_same_padding_with_zscore(tmp_path):
+    path, model = _save(tmp_path, SAME, normalization={"method": "zscore"})
     out = export_model(path, "bioimageio", tmp_path / "same.zip", tile=32)
     rdf, files = _package(out)
-    assert rdf["inputs"][0]["preprocessing"] == []
+    assert [step["id"] for step in rdf["inputs"][0]["preprocessing"]] == ["zero_mean_unit_variance"]
     names = rdf["outputs"][0]["axes"][1]["channel_names"]
     assert names == ["background", "cell_wall", "_1_nucleus"]
     assert np.load(io.BytesIO(files["test_output.npy"])).shape == (1, 3, 32, 32)
@@ -172,6 +177,13 @@ def test_bioimageio_same_padding_without_normalization(tmp_path):
     x = torch.rand(2, 2, 48, 40)  # the trace generalises to other sizes
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_bioimageio_without_normalization(tmp_path):
+    path, model = _save(tmp_path, VALID, normalization={})
+    rdf, files = _package(export_model(path, "BioImageIO", tmp_path / "plain.zip"))
+    assert rdf["inputs"][0]["preprocessing"] == []
+    _check_package(rdf, files, model, VALID)
 
 
 def test_bioimageio_refuses_unknown_normalization(tmp_path):

@@ -138,6 +138,9 @@ def test_tensors_round_trip_for_checkpoints(tmp_path):
         assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
     with pytest.raises(ModelFileError, match="no model metadata"):
         load_model(path)
+    shells, meta3 = load_tensors(path, device="meta")  # header only
+    assert meta3 == meta
+    assert all(shells[k].is_meta and shells[k].shape == v.shape for k, v in tensors.items())
 
 
 def test_save_tensors_refuses_bad_input(tmp_path):
@@ -289,7 +292,8 @@ def test_truncated_file_is_refused(saved):
 
 @pytest.mark.parametrize(
     "kind",
-    ["missing", "folder", "empty", "short", "random", "hdf5", "tiff", "npy", "foreign", "json"],
+    ["missing", "folder", "empty", "short", "zero", "random", "hdf5", "tiff", "npy", "foreign",
+     "json"],  # fmt: skip
 )
 def test_foreign_files_are_refused(tmp_path, kind):
     path = tmp_path / f"{kind}.safetensors"
@@ -300,6 +304,8 @@ def test_foreign_files_are_refused(tmp_path, kind):
         path.write_bytes(b"")
     elif kind == "short":
         path.write_bytes(b"\x05\0")
+    elif kind == "zero":
+        path.write_bytes(struct.pack("<Q", 0) + b"{}" + b"\0" * 64)
     elif kind == "random":
         path.write_bytes(rng.bytes(4096))
     elif kind == "hdf5":
@@ -363,6 +369,8 @@ def test_metadata_validation():
         _metadata(normalization={"low": True})
     with pytest.raises(InputError, match="JSON"):
         _metadata(provenance={"when": object()})
+    diverged = _metadata(provenance={"loss": float("nan"), "history": [1.0, float("inf")]})
+    assert diverged.provenance == {"loss": None, "history": [1.0, None]}
 
 
 def test_unknown_metadata_keys_in_a_file_are_refused(tmp_path):
@@ -379,3 +387,15 @@ def test_unknown_metadata_keys_in_a_file_are_refused(tmp_path):
 def test_unavailable_device_is_refused(saved):
     with pytest.raises(DeviceError):
         load_model(saved[0], device="cuda")
+
+
+def test_header_lengths_that_look_like_magic_numbers_are_fine(tmp_path):
+    """A 640-byte header starts with b"\\x80\\x02", like a pickle; it must still load."""
+    for length in (0x280, 0x380):
+        meta = _model_meta()
+        text = json.dumps({"__metadata__": meta})
+        meta["pad"] = " " * (length - len(text) - len(', "pad": ""'))
+        path = tmp_path / f"{length}.safetensors"
+        path.write_bytes(_raw({"__metadata__": meta}))
+        assert path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03")
+        assert load_tensors(path)[1] == json.loads(meta["napari_unet"])

@@ -132,3 +132,20 @@ def test_bad_input_raises_input_error():
         PostprocessConfig(min_size=-1)
     with pytest.raises(InputError):
         PostprocessConfig(foreground_classes=())
+
+
+def test_close_gaps_gives_back_the_learned_separation_gap():
+    from napari_unet.weightmap import separate_touching
+
+    truth = np.zeros((30, 40), np.int32)
+    truth[5:25, 5:20] = 1
+    truth[5:25, 20:35] = 2  # two touching rectangles
+    truth[28:30, 2:4] = 3  # a speck 3 px away: a wider gap than training makes, kept
+    gapped = separate_touching(truth)  # what the network learns to predict
+    assert (gapped[5:25, 19:21] == 0).all()
+    labels = instance_labels((gapped > 0).astype(np.uint8))
+    assert n_objects(labels) == 3
+    # every gap pixel is back, nothing grew on the outer borders
+    assert np.array_equal(labels > 0, truth > 0)
+    kept = instance_labels((gapped > 0).astype(np.uint8), PostprocessConfig(close_gaps=0))
+    assert np.array_equal(kept > 0, gapped > 0)

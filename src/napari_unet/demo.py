@@ -55,7 +55,7 @@ def run_demo(config: DemoConfig | None = None, log=_log) -> dict:
         annotations[z] = truth[z]
     planes, num_classes = training_planes(image, annotations, annotation)
     model = UNet(PRESETS["small"].with_(num_classes=num_classes))
-    steps = config.steps or 300
+    steps = config.steps or 400
     train_config = TrainConfig(steps=steps, batch_size=4, seed=config.seed, device=config.device,
                                val_every=0, checkpoint_every=0)
     trainer = Trainer(model, planes, train_config, annotation=annotation)

@@ -74,14 +74,16 @@ def export_model(
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if Path(out_path).resolve() == Path(model_path).resolve():
         raise InputError(f"exporting to {out_path} would overwrite the model file itself")
+    if fmt == "onnx":
+        _require_onnx()
     model, metadata = load_model(model_path, "cpu")
     cfg = metadata.architecture
     size = default_tile(cfg) if tile is None else tile
     check_input_size(cfg, size)
     size = int(size)
     if fmt == "torchscript":
-        traced = _trace(model, cfg, size)
-        return atomic_write(out_path, lambda tmp: torch.jit.save(traced, str(tmp)))
+        data = _jit_bytes(_trace(model, cfg, size))
+        return atomic_write(out_path, lambda tmp: tmp.write_bytes(data))
     if fmt == "onnx":
         return _export_onnx(model, cfg, size, Path(out_path))
     return _export_bioimageio(model, metadata, size, Path(model_path), Path(out_path))
@@ -116,13 +118,16 @@ def _jit_bytes(traced: torch.jit.ScriptModule) -> bytes:
     return buffer.getvalue()
 
 
-def _export_onnx(model: UNet, cfg: UNetConfig, size: int, out: Path) -> Path:
+def _require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise ModelFileError(
             f"ONNX export needs the {' and '.join(missing)} package(s): "
             "pip install onnx onnxscript"
         )
+
+
+def _export_onnx(model: UNet, cfg: UNetConfig, size: int, out: Path) -> Path:
     dim = torch.export.Dim.AUTO
 
     def write(tmp: Path) -> None:
@@ -154,12 +159,15 @@ def _export_onnx(model: UNet, cfg: UNetConfig, size: int, out: Path) -> Path:
 def _preprocessing(norm: dict) -> list[dict[str, Any]]:
     """The model's normalisation as bioimage.io 0.5 preprocessing steps."""
     method = str(norm.get("method", "none")).lower()
-    axes = ["channel", "y", "x"]  # jointly per sample
+    axes = ["y", "x"]  # per sample and channel, as napari-unet normalises every plane
     if method in ("none", ""):
         return []
     if method in ("percentile", "minmax"):
         low, high = (0.0, 100.0) if method == "minmax" else (1.0, 99.8)
-        low, high = float(norm.get("low", low)), float(norm.get("high", high))
+        try:
+            low, high = float(norm.get("low", low)), float(norm.get("high", high))
+        except ValueError:
+            raise InputError(f"invalid percentiles in normalization {norm!r}") from None
         kwargs = {"axes": axes, "min_percentile": low, "max_percentile": high, "eps": _EPS}
         return [{"id": "scale_range", "kwargs": kwargs}]
     if method in ("zscore", "standardize", "mean_std", "meanstd"):
@@ -177,11 +185,11 @@ def _apply(steps: list[dict[str, Any]], x: np.ndarray) -> np.ndarray:
         kw = step["kwargs"]
         if step["id"] == "scale_range":
             q = [kw["min_percentile"], kw["max_percentile"]]
-            lo, hi = np.percentile(x, q, axis=(1, 2, 3), keepdims=True)
+            lo, hi = np.percentile(x, q, axis=(2, 3), keepdims=True)
             x = (x - lo) / (hi - lo + kw["eps"])
         else:
-            x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / (
-                x.std(axis=(1, 2, 3), keepdims=True) + kw["eps"]
+            x = (x - x.mean(axis=(2, 3), keepdims=True)) / (
+                x.std(axis=(2, 3), keepdims=True) + kw["eps"]
             )
     return x.astype(np.float32)
 

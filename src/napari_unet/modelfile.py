@@ -86,8 +86,8 @@ class ModelMetadata:
             raise InputError(f"metadata needs {num} unique class names, got {names!r}")
         if not isinstance(self.provenance, dict):
             raise InputError("metadata provenance must be a mapping")
-        try:  # normalise (tuples -> lists) so that a JSON round trip compares equal
-            self.provenance = json.loads(json.dumps(self.provenance, allow_nan=False))
+        try:  # normalise (tuples -> lists, NaN -> None) so that a JSON round trip compares equal
+            self.provenance = json.loads(json.dumps(_finite(self.provenance), allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise InputError(f"metadata provenance is not JSON-able: {exc}") from None
 
@@ -113,6 +113,17 @@ class ModelMetadata:
         if missing:
             raise InputError(f"missing metadata keys: {', '.join(missing)}")
         return cls(**data)
+
+
+def _finite(value: Any) -> Any:
+    """Replace non-finite floats (e.g. a diverged loss) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _check_normalization(norm: Any) -> None:
@@ -171,11 +182,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if isinstance(exc, NapariUnetError) or not isinstance(exc, Exception):
             raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = (reason.strip().splitlines() or [type(exc).__name__])[0]
         raise ModelFileError(f"cannot write {path}: {reason}") from exc
     with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
         dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(dir_fd)
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 
@@ -216,9 +230,11 @@ def _refuse(path: Path, what: str, reason: str) -> ModelFileError:
     return ModelFileError(f"{path} is not a napari-unet {what} file: {reason}")
 
 
-def _read(path: str | os.PathLike, what: str, check: Callable | None = None) -> tuple[dict, bytes]:
+def _read(
+    path: str | os.PathLike, what: str, check: Callable | None = None, data: bool = True
+) -> tuple[dict, bytes]:
     """Validate the safetensors header, call ``check(entries, metadata)`` (which may raise),
-    then read the whole file through the same handle; returns (__metadata__, file bytes)."""
+    then read the whole file through the same handle if ``data``; returns (__metadata__, bytes)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{what} file {path} does not exist")
@@ -230,24 +246,33 @@ def _read(path: str | os.PathLike, what: str, check: Callable | None = None) -> 
             first = handle.read(8)
             if size == 0:
                 raise _refuse(path, what, "the file is empty")
-            hint = next((text for magic, text in _MAGIC if first.startswith(magic)), None)
-            if hint is None and first[:1] == b"\x80" and first[1:2] in b"\x02\x03\x04\x05":
-                hint = "it is a Python pickle (napari-unet never unpickles files)"
             length = struct.unpack("<Q", first)[0] if len(first) == 8 else size
-            if length > MAX_HEADER_BYTES or length > size - 8 or hint:
-                raise _refuse(path, what, hint or "no valid safetensors header (truncated?)")
-            header = handle.read(length)
+            opening = handle.read(1)  # a safetensors header is a JSON object
+            if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8) or opening != b"{":
+                raise _refuse(path, what, _sniff(first))
+            header = opening + handle.read(length - 1)
             entries, meta = _parse_header(path, what, header, size - 8 - length)
-            if check is None:
+            if check is not None:
+                check(entries, meta)
+            if not data:
                 return meta, b""
-            check(entries, meta)
             handle.seek(0)
-            data = handle.read()
+            content = handle.read()
     except OSError as exc:
         raise ModelFileError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
-    if len(data) != size or data[: 8 + length] != first + header:
+    if len(content) != size or content[: 8 + length] != first + header:
         raise _refuse(path, what, "the file changed while it was read")
-    return meta, data
+    return meta, content
+
+
+def _sniff(first: bytes) -> str:
+    """Why a file without a safetensors header was refused, naming well-known formats."""
+    for magic, text in _MAGIC:
+        if first.startswith(magic):
+            return text
+    if first[:1] == b"\x80" and first[1:2] in b"\x02\x03\x04\x05":
+        return "it is a Python pickle (napari-unet never unpickles files)"
+    return "no valid safetensors header (truncated or corrupt)"
 
 
 def _parse_header(path: Path, what: str, header: bytes, data_size: int) -> tuple[dict, dict]:
@@ -313,7 +338,7 @@ def _tensors(path: str | os.PathLike, data: bytes, what: str) -> dict[str, torch
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     """The metadata of a model file; reads only the header, never the weights."""
-    meta, _ = _read(path, "model")
+    meta, _ = _read(path, "model", data=False)
     return _metadata(path, meta)
 
 
@@ -359,8 +384,15 @@ def load_model(
 def load_tensors(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a :func:`save_tensors` file (or a model file); returns (tensors, metadata dict)."""
-    target = resolve_device(device)
+    """Load a :func:`save_tensors` file (or a model file); returns (tensors, metadata dict).
+
+    With ``device="meta"`` only the header is read: the tensors have the stored dtypes and shapes
+    but no data.
+    """
+    meta_only = str(device) == "meta"
+    target = torch.device("meta") if meta_only else resolve_device(device)
+    found: list[dict] = []
+    shapes: dict[str, tuple[torch.dtype, list[int]]] = {}
 
     def check(entries: dict, meta: dict) -> None:
         text = meta.get(TENSORS_KEY, meta.get(MODEL_KEY))
@@ -371,9 +403,12 @@ def load_tensors(
         if not isinstance(parsed, dict):
             raise _refuse(Path(path), "tensor", "its metadata is missing or not a JSON object")
         found.append(parsed)
+        shapes.update({k: (_DTYPES[v["dtype"]][1], v["shape"]) for k, v in entries.items()})
 
-    found: list[dict] = []
-    _, data = _read(path, "tensor", check)
+    _, data = _read(path, "tensor", check, data=not meta_only)
+    if meta_only:
+        shells = {k: torch.empty(v[1], dtype=v[0], device=target) for k, v in shapes.items()}
+        return shells, found[0]
     tensors = _tensors(path, data, "tensor")
     return {name: _to(t, target) for name, t in tensors.items()}, found[0]
 

@@ -1,0 +1,228 @@
+"""Helpers shared by the dock widgets: layer pickers, layer geometry, plane indices, messages."""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+
+from ..errors import InputError, NapariUnetError
+
+log = logging.getLogger("napari_unet")
+
+#: Layer-metadata keys written by the widgets (all start with ``napari_unet_``).
+META_IMAGE = "napari_unet_image"  # name of the image an annotation layer belongs to
+META_PLANES = "napari_unet_planes"  # planes marked "annotated" explicitly (lists of ints)
+META_MODE = "napari_unet_mode"  # label schema: instances / scribbles / classes
+META_WEIGHTMAP = "napari_unet_weightmap"  # WeightMapConfig fields chosen in the weight-map widget
+META_CHANNEL_AXIS = "napari_unet_channel_axis"  # image axis holding channels (None: none / RGB)
+
+
+# ----------------------------------------------------------------------------- messages
+def error_message(exc: BaseException) -> str:
+    """The sentence to show for an exception: user errors as they are, bugs with their type."""
+    if isinstance(exc, NapariUnetError):
+        return str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "out of memory: use a smaller batch size, smaller tiles or the CPU"
+    return f"unexpected error ({type(exc).__name__}): {exc}"
+
+
+def report_error(exc: BaseException) -> None:
+    """Show ``exc`` as a napari error notification (never a traceback dialog); log bugs."""
+    if not isinstance(exc, NapariUnetError):
+        log.error("napari-unet: %s", "".join(traceback.format_exception(exc)))
+    show_error(error_message(exc))
+
+
+def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
+    """A button slot: calls ``func()`` (ignoring Qt's arguments); exceptions become notifications."""
+
+    def slot(*_qt_args: Any) -> Any:
+        try:
+            return func()
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            report_error(exc)
+            return None
+
+    slot.__name__ = getattr(func, "__name__", "slot")
+    slot.__doc__ = func.__doc__
+    return slot
+
+
+# ----------------------------------------------------------------------------- layer picker
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers of one type, kept up to date by name."""
+
+    def __init__(self, viewer, kind: type[Layer], parent: QWidget | None = None,
+                 accept: Callable[[Layer], bool] | None = None,
+                 prefer: Callable[[Layer], bool] | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kind = kind
+        self._accept = accept
+        self._prefer = prefer
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.moved):
+            emitter.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+        self.refresh()
+
+    def _on_layers_changed(self, event=None) -> None:
+        try:
+            self.count()
+        except RuntimeError:  # the Qt object is gone: stop listening
+            events = self._viewer.layers.events
+            for emitter in (events.inserted, events.removed, events.moved):
+                emitter.disconnect(self._on_layers_changed)
+            return
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self.refresh()
+
+    def candidates(self) -> list[Layer]:
+        """The layers that may be chosen (preferred ones first, else in layer-list order)."""
+        layers = [
+            layer for layer in self._viewer.layers
+            if isinstance(layer, self._kind) and (self._accept is None or self._accept(layer))
+        ]
+        if self._prefer is not None:
+            layers.sort(key=lambda layer: not self._prefer(layer))
+        return layers
+
+    def refresh(self) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [layer.name for layer in self.candidates()]
+        if names == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Layer | None:
+        """The chosen layer, or None."""
+        name = self.currentText()
+        return self._viewer.layers[name] if name and name in self._viewer.layers else None
+
+    def set_layer(self, layer: Layer | str) -> None:
+        """Choose a layer (object or name)."""
+        self.refresh()
+        name = layer if isinstance(layer, str) else layer.name
+        index = self.findText(name)
+        if index < 0:
+            raise ValueError(f"{name!r} is not a layer this picker offers")
+        self.setCurrentIndex(index)
+
+
+def form(widget: QWidget, rows: Iterable[tuple[str, QWidget]]) -> QFormLayout:
+    """A form layout with labelled rows."""
+    layout = QFormLayout()
+    for label, field in rows:
+        layout.addRow(label, field)
+    return layout
+
+
+def hint(text: str) -> QLabel:
+    """A small word-wrapped explanatory label."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: palette(mid); font-size: 11px;")
+    return label
+
+
+# ----------------------------------------------------------------------------- geometry
+def layer_data(layer: Layer):
+    """The layer's full-resolution array (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def channel_axis(image: Image) -> int | None:
+    """The image axis holding channels: the last one for RGB(A), the recorded one, or None."""
+    data = layer_data(image)
+    if getattr(image, "rgb", False):
+        return data.ndim - 1
+    return image.metadata.get(META_CHANNEL_AXIS)
+
+
+def spatial_shape(image: Image, axis: int | None = None) -> tuple[int, ...]:
+    """Shape of the matching annotation array: the image shape without its channel axis."""
+    shape = tuple(layer_data(image).shape)
+    axis = channel_axis(image) if axis is None else axis
+    return shape if axis is None else shape[:axis] + shape[axis + 1:]
+
+
+def spatial_transform(image: Image, axis: int | None = None) -> dict[str, tuple[float, ...]]:
+    """``scale`` and ``translate`` for a layer of :func:`spatial_shape` aligned with ``image``."""
+    scale, translate = tuple(image.scale), tuple(image.translate)
+    axis = channel_axis(image) if axis is None else axis
+    rgb = getattr(image, "rgb", False)
+    if axis is not None and not rgb and len(scale) == layer_data(image).ndim:
+        scale = scale[:axis] + scale[axis + 1:]
+        translate = translate[:axis] + translate[axis + 1:]
+    return {"scale": scale, "translate": translate}
+
+
+def current_plane(viewer, layer: Layer, n_lead: int) -> tuple[int, ...]:
+    """Index over the first ``n_lead`` axes of ``layer`` of the plane the viewer shows."""
+    if n_lead == 0:
+        return ()
+    position = layer.world_to_data(viewer.dims.point)
+    shape = layer_data(layer).shape
+    return tuple(
+        int(np.clip(np.round(position[i]), 0, shape[i] - 1)) for i in range(n_lead)
+    )
+
+
+def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
+    """Move the viewer's sliders to the plane ``index`` of ``layer``."""
+    if not index:
+        return
+    position = list(np.zeros(layer.ndim))
+    position[: len(index)] = index
+    world = layer.data_to_world(position)
+    offset = viewer.dims.ndim - layer.ndim
+    for i in range(len(index)):
+        viewer.dims.set_point(offset + i, float(world[i]))
+
+
+def parse_planes(text: str, n_lead: int) -> list[tuple[int, ...]]:
+    """Parse ``"3, 5"`` (one leading axis) or ``"(0, 3); (1, 2)"`` into plane indices."""
+    text = text.strip()
+    if not text:
+        return []
+    if re.search(r"[^\d\s,;()]", text):
+        raise InputError(f"cannot read the plane list {text!r}: use numbers like 3, 5")
+    if n_lead <= 1:
+        items = [int(v) for v in re.findall(r"-?\d+", text)]
+        if any(v < 0 for v in items):
+            raise InputError("plane numbers must not be negative")
+        return [(v,) if n_lead else () for v in items]
+    groups = re.findall(r"\(([^)]*)\)", text) or [text]
+    result = []
+    for group in groups:
+        values = tuple(int(v) for v in re.findall(r"\d+", group))
+        if len(values) != n_lead:
+            raise InputError(f"give {n_lead} numbers per plane, e.g. (0, 3)")
+        result.append(values)
+    return result
+
+
+def is_annotation_layer(layer: Layer) -> bool:
+    """Whether ``layer`` was made by the Annotate widget (it records its image)."""
+    return isinstance(layer, Labels) and META_IMAGE in layer.metadata

@@ -1,0 +1,116 @@
+"""A small live plot of the training loss and the validation IoU (matplotlib in Qt).
+
+Cheap on the GUI thread: points are appended to lists; a timer redraws at most every
+``interval_ms`` (default 500 ms) and only when something changed. The axes are fixed for a run
+(x: 0..steps, IoU: 0..1, loss: 0..a bit above the largest loss seen), so a redraw normally only
+blits the two lines onto a cached background (a few milliseconds); the whole figure is drawn
+again only when the loss leaves its range or the widget is resized.
+"""
+
+from __future__ import annotations
+
+import time
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+FG, BG, LOSS, IOU = "#d0d0d0", "#262930", "#5fa8ff", "#ffa040"
+
+
+class LivePlot(QWidget):
+    """Loss (left axis) and validation IoU (right axis, 0..1) against the step."""
+
+    def __init__(self, parent: QWidget | None = None, interval_ms: int = 500) -> None:
+        super().__init__(parent)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_ious: list[float] = []
+        self.redraws = 0  # redraws with new data
+        self.full_draws = 0
+        self.last_draw_s = 0.0
+        self._dirty = False
+        self._background = None
+        self.figure = Figure(figsize=(3.6, 2.0), dpi=80, facecolor=BG)
+        self.figure.subplots_adjust(left=0.16, right=0.86, bottom=0.2, top=0.95)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(150)
+        ax = self.ax = self.figure.add_subplot(111)
+        ax2 = self.ax_iou = ax.twinx()
+        for axis in (ax, ax2):
+            axis.set_facecolor(BG)
+            axis.tick_params(colors=FG, labelsize=8)
+            for spine in axis.spines.values():
+                spine.set_color("#808080")
+        ax.set_xlabel("step", color=FG, fontsize=8)
+        ax.set_ylabel("loss", color=LOSS, fontsize=8)
+        ax2.set_ylabel("val IoU", color=IOU, fontsize=8)
+        ax2.set_ylim(0, 1)
+        (self.loss_line,) = ax.plot([], [], color=LOSS, lw=1, animated=True)
+        (self.iou_line,) = ax2.plot([], [], "o-", color=IOU, lw=1, ms=3, animated=True)
+        self.canvas.mpl_connect("draw_event", self._on_full_draw)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self._timer = QTimer(self, interval=interval_ms)
+        self._timer.timeout.connect(self.redraw_if_needed)
+        self._timer.start()
+
+    def start(self, total_steps: int, keep: bool = False) -> None:
+        """Prepare for a run of ``total_steps`` (``keep``: continue the curves, e.g. Resume)."""
+        if not keep:
+            for values in (self.steps, self.losses, self.val_steps, self.val_ious):
+                values.clear()
+        self.ax.set_xlim(0, max(total_steps, 1))
+        self.ax.set_ylim(0, max(self.losses, default=1.0) * 1.15)
+        self._dirty = True
+        self._full_draw()
+
+    def add_loss(self, step: int, loss: float) -> None:
+        """Append one training-loss point."""
+        self.steps.append(step)
+        self.losses.append(loss)
+        self._dirty = True
+
+    def add_validation(self, step: int, iou: float) -> None:
+        """Append one validation-IoU point."""
+        self.val_steps.append(step)
+        self.val_ious.append(iou)
+        self._dirty = True
+
+    def _full_draw(self) -> None:
+        self.full_draws += 1
+        self.canvas.draw()  # -> _on_full_draw caches the background and draws the lines
+
+    def _on_full_draw(self, _event=None) -> None:
+        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        self._draw_lines()
+
+    def _draw_lines(self) -> None:
+        self.loss_line.set_data(self.steps, self.losses)
+        self.iou_line.set_data(self.val_steps, self.val_ious)
+        self.ax.draw_artist(self.loss_line)
+        self.ax_iou.draw_artist(self.iou_line)
+
+    def redraw_if_needed(self) -> None:
+        """Redraw now if points were added since the last redraw."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        start = time.perf_counter()
+        low, high = self.ax.get_ylim()
+        too_high = self.losses and max(self.losses[-50:]) > high
+        if self.steps and self.steps[-1] > self.ax.get_xlim()[1]:
+            self.ax.set_xlim(0, self.steps[-1] * 1.5)
+            too_high = True
+        if too_high or self._background is None:
+            self.ax.set_ylim(0, max(self.losses, default=1.0) * 1.15)
+            self._full_draw()
+        else:
+            self.canvas.restore_region(self._background)
+            self._draw_lines()
+        self.canvas.blit(self.figure.bbox)
+        self.redraws += 1
+        self.last_draw_s = time.perf_counter() - start

@@ -1,0 +1,73 @@
+"""The live prediction layer of the Train widget: where to predict, and showing the result."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from ._common import current_plane
+
+MAX_EDGE = 384  # the live preview predicts at most this many pixels per side (cheap)
+
+
+class LivePreview:
+    """Chooses the region to preview (the visible centre of the current plane) and shows it."""
+
+    def __init__(self, viewer, max_edge: int = MAX_EDGE) -> None:
+        self.viewer = viewer
+        self.max_edge = max_edge
+        self.updates = 0
+
+    def request(self, labels: Labels) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
+        """(plane index, (y0, y1, x0, x1)) of the region around the camera centre."""
+        index = current_plane(self.viewer, labels, labels.ndim - 2)
+        height, width = labels.data.shape[-2:]
+        try:
+            point = list(self.viewer.dims.point)
+            centre = self.viewer.camera.center[-2:]
+            for axis, value in zip(self.viewer.dims.displayed[-2:], centre):
+                point[axis] = value
+            cy, cx = labels.world_to_data(point)[-2:]
+        except Exception:  # noqa: BLE001 - any odd camera state: use the plane centre
+            cy, cx = height / 2, width / 2
+        return index, (*_span(cy, height, self.max_edge), *_span(cx, width, self.max_edge))
+
+    def layer_name(self, image: Image | None, labels: Labels) -> str:
+        """Name of the preview layer: "<image> live prediction"."""
+        return f"{image.name if image is not None else labels.name} live prediction"
+
+    def layer(self, image: Image | None, labels: Labels) -> Labels:
+        """The preview layer, created (empty, aligned with ``labels``) when missing."""
+        name = self.layer_name(image, labels)
+        shape = tuple(labels.data.shape)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(layer, Labels) and tuple(layer.data.shape) == shape:
+            return layer
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        active = self.viewer.layers.selection.active
+        layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, opacity=0.45,
+                                       scale=labels.scale, translate=labels.translate)
+        if active is not None:
+            self.viewer.layers.selection.active = active
+        return layer
+
+    def show(self, image: Image | None, labels: Labels | None, index: tuple[int, ...],
+             box: tuple[int, int, int, int], prediction: np.ndarray) -> Labels | None:
+        """Write ``prediction`` into the preview layer (created on first use)."""
+        if labels is None:
+            return None
+        layer = self.layer(image, labels)
+        y0, y1, x0, x1 = box
+        layer.data[tuple(index) + (slice(y0, y1), slice(x0, x1))] = prediction
+        layer.refresh()
+        self.updates += 1
+        return layer
+
+
+def _span(centre: float, size: int, edge: int) -> tuple[int, int]:
+    """A window of at most ``edge`` pixels around ``centre`` inside ``[0, size)``."""
+    if size <= edge:
+        return 0, size
+    start = int(np.clip(round(centre - edge / 2), 0, size - edge))
+    return start, start + edge

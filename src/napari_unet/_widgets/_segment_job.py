@@ -1,0 +1,93 @@
+"""Segmentation work that the Segment widget runs in a worker thread (no Qt in here).
+
+Both functions return a tuple instead of raising: ``("plane", index, labels, probability,
+uncertainty)``, ``("stack", labels)``, ``("cancelled",)`` or ``("error", exception)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..annotations import Normalization, normalize_plane
+from ..batch import SegmentConfig, segment_plane, segment_stack
+from ..errors import Cancelled, InputError
+from ..postprocess import instance_labels, semantic_labels
+from ..predict import load_predictor, predict_plane_with_uncertainty
+from ._threads import limited_threads
+from ._train_job import image_plane
+
+
+@dataclass
+class ModelSource:
+    """Where the network comes from: the session's trained model or a model file."""
+
+    model: object | None = None  # a UNet (the model just trained)
+    metadata: object | None = None
+    path: str | None = None
+
+    def load(self, device: str):
+        """(model, metadata) on ``device``; the file is read in the worker."""
+        if self.path is not None:
+            if not Path(self.path).is_file():
+                raise InputError(f"model file {self.path} does not exist")
+            model, metadata, _ = load_predictor(self.path, device)
+            return model, metadata
+        from ..devices import resolve_device
+
+        return self.model.to(resolve_device(device)).eval(), self.metadata
+
+
+def _foreground(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    classes = [c for c in config.postprocess.foreground_classes if c < probs.shape[0]]
+    return probs[classes].sum(axis=0).astype(np.float32)
+
+
+def segment_current(source: ModelSource, device: str, image, index: tuple[int, ...],
+                    channel_axis: int | None, config: SegmentConfig, probability: bool,
+                    uncertainty: bool, cancelled: Callable[[], bool], threads: int | None = None):
+    """Segment one plane; optionally its foreground probability and TTA disagreement."""
+    try:
+        with limited_threads(threads):
+            return _segment_current(source, device, image, index, channel_axis, config,
+                                    probability, uncertainty, cancelled)
+    except Cancelled:
+        return ("cancelled",)
+    except Exception as exc:  # noqa: BLE001 - shown on the main thread
+        return ("error", exc)
+
+
+def _segment_current(source, device, image, index, channel_axis, config, probability,
+                     uncertainty, cancelled) -> tuple:
+    model, metadata = source.load(device)
+    raw = image_plane(image, index, channel_axis)
+    unc = None
+    if uncertainty:
+        norm = Normalization.from_dict(metadata.normalization)
+        probs, unc = predict_plane_with_uncertainty(model, normalize_plane(raw, norm),
+                                                    config.predict)
+        semantic = semantic_labels(probs)
+        labels = (instance_labels(semantic, config.postprocess, probabilities=probs)
+                  if config.instances else semantic).astype(np.uint32)
+    else:
+        labels, probs = segment_plane(model, metadata, raw, config, cancelled)
+    prob = _foreground(probs, config) if probability else None
+    return ("plane", index, labels, prob, unc)
+
+
+def segment_whole(source: ModelSource, device: str, image, config: SegmentConfig,
+                  progress: Callable[[int, int], None], cancelled: Callable[[], bool],
+                  threads: int | None = None):
+    """Segment every plane with :func:`segment_stack` (a dask image is read plane by plane)."""
+    try:
+        with limited_threads(threads):
+            model, metadata = source.load(device)
+            return ("stack", segment_stack(model, metadata, image, config, progress=progress,
+                                           cancelled=cancelled))
+    except Cancelled:
+        return ("cancelled",)
+    except Exception as exc:  # noqa: BLE001 - shown on the main thread
+        return ("error", exc)

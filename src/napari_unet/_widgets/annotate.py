@@ -1,0 +1,285 @@
+"""1 Annotate: an annotation Labels layer bound to an image, its schema, and its annotated planes."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+    QPushButton, QVBoxLayout, QWidget,
+)
+
+from ..annotations import IGNORE_LABEL, MODES, annotated_planes
+from ..errors import AnnotationError, InputError
+from ._common import (
+    META_CHANNEL_AXIS, META_IMAGE, META_MODE, META_PLANES, LayerCombo, current_plane, form,
+    go_to_plane, guarded, hint, is_annotation_layer, layer_data, parse_planes, spatial_shape,
+    spatial_transform,
+)
+from ._schema import background_value, object_value, schema_colormap, schema_html
+
+
+def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
+    """Planes listed in the layer's ``napari_unet_planes`` metadata."""
+    return {tuple(int(i) for i in p) for p in layer.metadata.get(META_PLANES, [])}
+
+
+def training_plane_list(layer: Labels) -> list[tuple[int, ...]]:
+    """Every annotated plane of ``layer``: planes holding labels plus the explicitly marked ones."""
+    return sorted(set(annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
+
+
+def layer_mode(layer: Labels | None) -> str:
+    """The label schema of an annotation layer (``instances`` unless recorded otherwise)."""
+    mode = layer.metadata.get(META_MODE, "instances") if layer is not None else "instances"
+    return mode if mode in MODES else "instances"
+
+
+class AnnotateWidget(QWidget):
+    """Create and inspect annotation layers; see the user guide for the click-by-click flow."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._watched: Labels | None = None
+        self._timer = QTimer(self, singleShot=True, interval=200)
+        self._timer.timeout.connect(self.refresh_planes)
+
+        self.image_combo = LayerCombo(viewer, Image, self)
+        self.channel_combo = QComboBox(self)
+        self.mode_combo = QComboBox(self)
+        self.mode_combo.addItems(MODES)
+        self.schema_label = QLabel(self)
+        self.schema_label.setWordWrap(True)
+        self.schema_label.setTextFormat(Qt.RichText)
+        self.new_button = QPushButton("New annotation layer", self)
+        self.labels_combo = LayerCombo(viewer, Labels, self, accept=is_annotation_layer)
+        self.background_button = QPushButton("Background", self)
+        self.object_button = QPushButton("Object", self)
+        self.ignore_button = QPushButton("Use ignore label", self)
+        self.plane_list = QListWidget(self)
+        self.plane_list.setMaximumHeight(120)
+        self.mark_button = QPushButton("Mark current plane as annotated (empty)", self)
+        self.unmark_button = QPushButton("Unmark", self)
+        self.source_combo = LayerCombo(viewer, Labels, self,
+                                       prefer=lambda layer: not is_annotation_layer(layer))
+        self.import_planes = QLineEdit(self)
+        self.import_planes.setPlaceholderText("all planes with labels, or e.g. 0, 2")
+        self.import_button = QPushButton("Import labels layer as annotations", self)
+        self._layout()
+
+        self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
+        self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
+        self.new_button.clicked.connect(guarded(lambda: self.new_annotation_layer()))
+        self.background_button.clicked.connect(guarded(lambda: self.use_brush("background")))
+        self.object_button.clicked.connect(guarded(lambda: self.use_brush("object")))
+        self.ignore_button.clicked.connect(guarded(lambda: self.use_ignore_label()))
+        self.mark_button.clicked.connect(guarded(lambda: self.mark_current_plane()))
+        self.unmark_button.clicked.connect(guarded(lambda: self.mark_current_plane(False)))
+        self.import_button.clicked.connect(guarded(self._on_import_clicked))
+        self.plane_list.itemClicked.connect(self._on_plane_clicked)
+        self._on_image_changed()
+        self._on_labels_changed()
+
+    def _layout(self) -> None:
+        layout = QVBoxLayout(self)
+        create = QGroupBox("Annotation layer", self)
+        box = form(create, [("image", self.image_combo), ("channel axis", self.channel_combo),
+                            ("schema", self.mode_combo)])
+        box.addRow(self.schema_label)
+        box.addRow(self.new_button)
+        box.addRow("annotations", self.labels_combo)
+        brushes = QHBoxLayout()
+        for button in (self.background_button, self.object_button, self.ignore_button):
+            brushes.addWidget(button)
+        box.addRow("brush", brushes)
+        create.setLayout(box)
+        planes = QGroupBox("Annotated planes (click to go there)", self)
+        inner = QVBoxLayout(planes)
+        inner.addWidget(self.plane_list)
+        row = QHBoxLayout()
+        row.addWidget(self.mark_button)
+        row.addWidget(self.unmark_button)
+        inner.addLayout(row)
+        imports = QGroupBox("Import (e.g. ground truth)", self)
+        imp = form(imports, [("labels", self.source_combo), ("planes", self.import_planes)])
+        imp.addRow(self.import_button)
+        imp.addRow(hint("Copies the labels of those planes into the annotation layer "
+                        "(scribbles: background becomes 1, objects 2)."))
+        imports.setLayout(imp)
+        for group in (create, planes, imports):
+            layout.addWidget(group)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ layers
+    def annotation_layer(self) -> Labels | None:
+        """The annotation layer chosen in the widget."""
+        return self.labels_combo.layer()
+
+    def _on_image_changed(self, *_args) -> None:
+        image = self.image_combo.layer()
+        self.channel_combo.clear()
+        if image is None:
+            return
+        data = layer_data(image)
+        if getattr(image, "rgb", False):
+            self.channel_combo.addItem("RGB (last axis)", data.ndim - 1)
+        else:
+            self.channel_combo.addItem("none", None)
+            for axis in range(max(data.ndim - 2, 0)):
+                self.channel_combo.addItem(f"axis {axis} ({data.shape[axis]})", axis)
+            recorded = image.metadata.get(META_CHANNEL_AXIS)
+            self.channel_combo.setCurrentIndex(0 if recorded is None else recorded + 1)
+
+    def new_annotation_layer(self, image: Image | None = None, mode: str | None = None) -> Labels:
+        """Add an empty annotation layer matching ``image`` (default: the chosen image)."""
+        image = image or self.image_combo.layer()
+        if image is None:
+            raise InputError("open an image first (File > Open, or File > Open Sample)")
+        mode = mode or self.mode_combo.currentText()
+        axis = None if image.rgb else self.channel_combo.currentData()
+        if image is self.image_combo.layer() and not image.rgb:
+            image.metadata[META_CHANNEL_AXIS] = axis
+        shape = spatial_shape(image, axis)
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint16), name=f"{image.name} annotations",
+            metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
+            **spatial_transform(image, axis),
+        )
+        layer.colormap = schema_colormap(mode)
+        layer.brush_size = 6
+        self.labels_combo.set_layer(layer)
+        return layer
+
+    def _on_mode_changed(self, mode: str) -> None:
+        self.schema_label.setText(schema_html(mode))
+        layer = self.annotation_layer()
+        if layer is not None and layer_mode(layer) != mode:
+            layer.metadata[META_MODE] = mode
+            layer.colormap = schema_colormap(mode)
+
+    def _on_labels_changed(self, *_args) -> None:
+        if self._watched is not None:
+            for emitter in (self._watched.events.paint, self._watched.events.data):
+                emitter.disconnect(self._schedule_refresh)
+        layer = self._watched = self.annotation_layer()
+        if layer is not None:
+            layer.events.paint.connect(self._schedule_refresh)
+            layer.events.data.connect(self._schedule_refresh)
+            self.mode_combo.setCurrentText(layer_mode(layer))
+            if layer.metadata.get(META_IMAGE) in self.viewer.layers:
+                self.image_combo.set_layer(layer.metadata[META_IMAGE])
+        self.schema_label.setText(schema_html(self.mode_combo.currentText()))
+        self.refresh_planes()
+
+    def _schedule_refresh(self, *_args) -> None:
+        self._timer.start()
+
+    def _require_layer(self, layer: Labels | None = None) -> Labels:
+        layer = layer or self.annotation_layer()
+        if layer is None:
+            raise AnnotationError("create an annotation layer first (New annotation layer)")
+        return layer
+
+    # ------------------------------------------------------------------ brushes
+    def use_brush(self, what: str) -> int:
+        """Select the paint brush with the schema's background or object label."""
+        layer = self._require_layer()
+        mode = layer_mode(layer)
+        if what == "background":
+            value = background_value(mode)
+        else:
+            plane = current_plane(self.viewer, layer, layer.ndim - 2)
+            value = object_value(mode, np.asarray(layer.data[plane]))
+        return self._select(layer, value)
+
+    def use_ignore_label(self) -> int:
+        """Paint with :data:`IGNORE_LABEL` (pixels the loss skips)."""
+        return self._select(self._require_layer(), IGNORE_LABEL)
+
+    def _select(self, layer: Labels, value: int) -> int:
+        layer.selected_label = value
+        self.viewer.layers.selection.active = layer
+        layer.mode = "erase" if value == 0 else "paint"
+        return value
+
+    # ------------------------------------------------------------------ planes
+    def annotated_planes(self, layer: Labels | None = None) -> list[tuple[int, ...]]:
+        """Planes with labels or marked as annotated, as leading-axis indices."""
+        layer = layer or self.annotation_layer()
+        return [] if layer is None else training_plane_list(layer)
+
+    def refresh_planes(self) -> None:
+        """Recompute the list of annotated planes from the layer data."""
+        self.plane_list.clear()
+        layer = self.annotation_layer()
+        if layer is None:
+            return
+        painted = set(annotated_planes(np.asarray(layer.data)))
+        for index in self.annotated_planes(layer):
+            where = ", ".join(map(str, index)) if index else "whole image"
+            state = "painted" if index in painted else "marked, empty"
+            item = QListWidgetItem(f"plane {where}  ({state})")
+            item.setData(Qt.UserRole, list(index))
+            self.plane_list.addItem(item)
+
+    def _on_plane_clicked(self, item: QListWidgetItem) -> None:
+        layer = self.annotation_layer()
+        if layer is not None:
+            go_to_plane(self.viewer, layer, tuple(item.data(Qt.UserRole)))
+
+    def mark_current_plane(self, annotated: bool = True) -> tuple[int, ...]:
+        """Record the plane on screen as annotated even if empty (all background), or unmark it."""
+        layer = self._require_layer()
+        index = current_plane(self.viewer, layer, layer.ndim - 2)
+        planes = explicit_planes(layer)
+        planes = planes | {index} if annotated else planes - {index}
+        layer.metadata[META_PLANES] = [list(p) for p in sorted(planes)]
+        self.refresh_planes()
+        return index
+
+    # ------------------------------------------------------------------ import
+    def _on_import_clicked(self) -> None:
+        source = self.source_combo.layer()
+        if source is None:
+            raise InputError("choose a labels layer to import")
+        layer = self.annotation_layer()
+        n_lead = (layer.ndim if layer is not None else source.ndim) - 2
+        self.import_labels(source, parse_planes(self.import_planes.text(), n_lead) or None)
+
+    def import_labels(self, source: Labels, planes: list | None = None,
+                      target: Labels | None = None) -> list[tuple[int, ...]]:
+        """Copy planes of ``source`` (default: all planes holding labels) into the annotations.
+
+        Creates the annotation layer for the chosen image when there is none yet. Returns the
+        planes copied; they count as annotated even when empty.
+        """
+        target = target or self.annotation_layer() or self.new_annotation_layer()
+        if target is source:
+            raise InputError("choose labels to import other than the annotation layer itself")
+        data = np.asarray(layer_data(source))
+        if data.shape != target.data.shape:
+            raise InputError(f"the labels to import have shape {data.shape} but the annotations "
+                             f"have shape {target.data.shape}")
+        if data.size and (data.min() < 0 or data.max() > IGNORE_LABEL):
+            raise AnnotationError(f"labels to import must be 0..{IGNORE_LABEL}")
+        n_lead = data.ndim - 2
+        chosen = annotated_planes(data) if planes is None else [
+            tuple(int(i) for i in np.atleast_1d(p))[:n_lead] for p in planes]
+        mode = layer_mode(target)
+        for index in chosen:
+            try:
+                plane = data[index]
+            except IndexError:
+                raise InputError(f"plane {index} is outside the labels {data.shape}") from None
+            if mode == "scribbles":
+                plane = np.where(plane == IGNORE_LABEL, plane, np.where(plane > 0, 2, 1))
+            target.data[index] = plane.astype(target.data.dtype)
+        marked = explicit_planes(target) | set(chosen)
+        target.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
+        target.refresh()
+        self.refresh_planes()
+        return chosen

@@ -1,0 +1,224 @@
+"""3 Train: train a U-Net on the annotated planes in a worker thread, with live plot and preview."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import napari
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from qtpy.QtWidgets import QFileDialog, QWidget
+
+from ..annotations import AnnotationConfig
+from ..augment import AugmentConfig
+from ..errors import AnnotationError, InputError
+from ..modelfile import save_model
+from ..train import TrainEvent
+from ..weightmap import WeightMapConfig
+from . import _session
+from ._augpreview import show_augmentation_preview
+from ._common import (
+    META_WEIGHTMAP, channel_axis, current_plane, guarded, layer_data, parse_planes, report_error,
+    spatial_shape,
+)
+from ._preview import LivePreview
+from ._train_form import TrainForm
+from ._train_job import TrainJob, run_job
+from .annotate import layer_mode, training_plane_list
+
+class TrainWidget(TrainForm):
+    """Train, cancel, resume and save; the result becomes the "model just trained".
+
+    Training runs in a napari ``thread_worker`` over :meth:`Trainer.run` (see ``_train_job``);
+    the GUI thread only receives small messages: events for the progress bar and the plot (the
+    plot redraws at most every 0.5 s) and, every few seconds, a predicted crop of the plane on
+    screen for the "<image> live prediction" layer.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(viewer, parent)
+        self.worker = None
+        self.job: TrainJob | None = None
+        self.events: list[TrainEvent] = []
+        self.last_checkpoint: Path | None = None
+        self.result = None  # (model, metadata) of the last finished or cancelled run
+        self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
+        self.preview = LivePreview(viewer)
+        self._started = time.perf_counter()
+        self.preview_button.clicked.connect(guarded(lambda: self.preview_augmentation()))
+        self.train_button.clicked.connect(lambda: self.start_training())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        self.resume_button.clicked.connect(lambda: self.start_training(resume=True))
+        self.save_button.clicked.connect(guarded(self._save_clicked))
+        self._set_running(False)
+
+    def _layers(self) -> tuple[Image, Labels]:
+        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        if image is None or labels is None:
+            raise InputError("choose an image and its annotation layer (see 1 Annotate)")
+        if spatial_shape(image) != tuple(labels.data.shape):
+            raise InputError(f"the annotations {tuple(labels.data.shape)} do not match the image "
+                             f"{tuple(layer_data(image).shape)}; create them in 1 Annotate")
+        return image, labels
+
+    def annotation_config(self, labels: Labels) -> AnnotationConfig:
+        """Schema and weight-map settings recorded on the annotation layer."""
+        weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
+        return AnnotationConfig(mode=layer_mode(labels), weight_map=weights)
+
+    # ------------------------------------------------------------------ actions
+    @property
+    def is_running(self) -> bool:
+        """Whether a training run is in progress."""
+        return self.worker is not None
+
+    def start_training(self, resume: bool = False):
+        """Start (or resume) a run in a worker; errors become notifications. Returns the worker."""
+        try:
+            return self._start(resume)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            report_error(exc)
+            return None
+
+    def _start(self, resume: bool):
+        if self.worker is not None:
+            raise InputError("a training run is already in progress")
+        if resume:
+            if self.job is None or self.last_checkpoint is None:
+                raise InputError("nothing to resume: cancel a run first (it saves a checkpoint)")
+            job = self.job.resumed(self.last_checkpoint, self.train_config())
+        else:
+            job = self._new_job()
+            self.events.clear()
+        self.plot.start(job.config.steps, keep=resume)
+        self.job = job
+        self.preview.layer(self.image_combo.layer(), self.labels_combo.layer())
+        self._update_preview_request()
+        self.worker = create_worker(run_job, job, _start_thread=False)
+        self.worker.yielded.connect(self._on_message)
+        self.worker.errored.connect(self._on_worker_error)
+        self.worker.finished.connect(self._on_worker_finished)
+        self.progress.setRange(0, job.config.steps)
+        self._set_running(True)
+        self.status.setText("starting ...")
+        self._started = time.perf_counter()
+        self.worker.start()
+        return self.worker
+
+    def _new_job(self) -> TrainJob:
+        image, labels = self._layers()
+        n_lead = labels.ndim - 2
+        held = parse_planes(self.hold_out.text(), n_lead)
+        planes = [p for p in training_plane_list(labels) if p not in held]
+        if not planes:
+            raise AnnotationError("no annotated plane: paint at least one object and some "
+                                  "background first (or import labels in 1 Annotate)")
+        model_path = None
+        if self.architecture() is None:
+            model_path = self.model_path.text().strip()
+            if not model_path:
+                raise InputError("choose the model file to fine-tune")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() else "_" for c in image.name)[:40]
+        return TrainJob(
+            image=layer_data(image), labels=labels.data, channel_axis=channel_axis(image),
+            planes=planes, val_planes=held, annotation=self.annotation_config(labels),
+            config=self.train_config(), architecture=self.architecture(), model_path=model_path,
+            checkpoint_path=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
+            preview_every_s=self.preview_every.value(), cpu_threads=self.cpu_threads(),
+        )
+
+    def cancel(self) -> None:
+        """Stop the run after the current step; a checkpoint is written for Resume."""
+        if self.job is not None and self.worker is not None:
+            self.job.cancel()
+            self.status.setText("cancelling (writing a checkpoint) ...")
+
+    def save_model(self, path: str | Path) -> Path:
+        """Write the last trained (or cancelled) network to a model file."""
+        if self.result is None:
+            raise InputError("train a model first")
+        model, metadata = self.result
+        return save_model(path, model, metadata)
+
+    def _save_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", "unet.safetensors",
+                                              "napari-unet models (*.safetensors)")
+        if path:
+            saved = self.save_model(path)
+            self.status.setText(f"saved {saved}")
+
+    def preview_augmentation(self, n: int = 4):
+        """Show ``n`` augmented versions of the current annotated plane; returns the layers."""
+        image, labels = self._layers()
+        plane = current_plane(self.viewer, labels, labels.ndim - 2)
+        planes = training_plane_list(labels)
+        if not planes:
+            raise AnnotationError("no annotated plane to preview: annotate a plane first")
+        plane = plane if plane in planes else planes[0]
+        return show_augmentation_preview(
+            self.viewer, image, labels, plane, self.annotation_config(labels),
+            AugmentConfig(strength=self.augment.value()), n)
+
+    # ------------------------------------------------------------------ worker messages
+    def _update_preview_request(self) -> None:
+        labels = self.labels_combo.layer()
+        if self.job is not None and labels is not None:
+            self.job.preview_request = self.preview.request(labels)
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "events":
+            for event in message[1]:
+                self._on_event(event)
+        elif kind == "preview":
+            self.preview.show(self.image_combo.layer(), self.labels_combo.layer(), *message[1:])
+            self._update_preview_request()
+        elif kind == "status":
+            self.status.setText(message[1])
+        elif kind == "finished":
+            self._on_finished(*message[1:])
+        elif kind == "error":
+            report_error(message[1])
+            self.status.setText(f"failed: {message[1]}")
+
+    def _on_event(self, event: TrainEvent) -> None:
+        self.events.append(event)
+        if event.kind == "step":
+            self.plot.add_loss(event.step, event.loss)
+            self.progress.setValue(event.step)
+            eta = time.strftime("%M:%S", time.gmtime(event.eta_s or 0))
+            self.status.setText(f"step {event.step}/{event.steps}  loss {event.loss:.4f}  "
+                                f"{event.tiles_per_s:.1f} tiles/s  ETA {eta}")
+        elif event.kind == "validation" and event.metrics:
+            self.plot.add_validation(event.step, event.metrics["val_iou"])
+        elif event.kind == "checkpoint":
+            self.last_checkpoint = Path(event.path)
+
+    def _on_finished(self, kind: str, step: int, path, model, metadata) -> None:
+        if model is not None:
+            self.result = (model, metadata)
+        if kind == "cancelled":
+            if path:
+                self.last_checkpoint = Path(path)
+            saved = ", checkpoint saved" if path else ""
+            self.status.setText(f"cancelled at step {step}{saved}")
+        else:
+            name = self.image_combo.currentText()
+            _session.set_trained(model, metadata, f"trained on {name!r}, {step} steps")
+            took = time.perf_counter() - self._started
+            self.status.setText(f"done: {step} steps in {took:.0f} s; use 4 Segment or Save model")
+        self.plot.redraw_if_needed()
+
+    def _on_worker_error(self, exc: Exception) -> None:
+        report_error(exc)
+
+    def _on_worker_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.set_running(running, self.last_checkpoint is not None, self.result is not None)

@@ -1,0 +1,43 @@
+"""Helpers shared by the viewer tests (imported as a plain module; see conftest.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from napari_unet.model import UNetConfig
+
+#: The tiny network of the tests: trains in a few seconds on 2 CPU cores.
+TINY = UNetConfig(width=8, depth=2, padding="same", dropout=0.0)
+TINY_TILE = 64
+
+
+def add_cells(viewer, cells, scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, -5.0)):
+    """Add the stack and its ground truth, both with a non-trivial scale and translation."""
+    image, truth = cells
+    image_layer = viewer.add_image(image, name="cells", scale=scale, translate=translate)
+    truth_layer = viewer.add_labels(truth, name="ground truth", scale=scale, translate=translate)
+    return image_layer, truth_layer
+
+
+def configure_tiny(train_widget, steps: int = 40) -> None:
+    """Settings of the tiny, fast run used by the tests."""
+    train_widget.set_custom_architecture(TINY)
+    train_widget.tile.setValue(TINY_TILE)
+    train_widget.steps.setValue(steps)
+    train_widget.lr.setValue(0.003)
+    train_widget.batch_size.setValue(4)
+
+
+def wait_idle(qtbot, widget, timeout_s: float = 90.0) -> float:
+    """Wait (processing events) until ``widget.is_running`` is False; returns the seconds."""
+    start = time.perf_counter()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=int(timeout_s * 1000))
+    return time.perf_counter() - start
+
+
+def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Jaccard index of the foregrounds (pred > 0 vs truth > 0)."""
+    a, b = np.asarray(pred) > 0, np.asarray(truth) > 0
+    return float((a & b).sum() / max((a | b).sum(), 1))
