@@ -12,6 +12,7 @@ file and renamed when complete, so it is either whole or absent.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,9 +231,13 @@ def _worker_model(model_path: str):
 def _segment_task(model_path: str, image_path: str, index: tuple[int, ...], config: SegmentConfig) -> np.ndarray:
     from .files import read_array
 
+    import dask
+
     model, metadata = _worker_model(model_path)
     image = read_array(image_path, lazy=True)
-    _, plane = next(iter_planes(image[index] if index else image, model, config.channel_axis))
+    # read the plane right here: the file handle cannot travel to other workers
+    with dask.config.set(scheduler="synchronous"):
+        _, plane = next(iter_planes(image[index] if index else image, model, config.channel_axis))
     return segment_plane(model, metadata, plane, config)[0]
 
 
@@ -280,7 +285,7 @@ def _run_distributed(client, model_path, image_path, indices, config, writer, pr
                              key=f"napari-unet-plane-{flat}-{id(writer)}")
 
     flats = iter(range(len(indices)))
-    futures = as_completed([submit(f) for f, _ in zip(flats, range(max_in_flight))], with_results=True)
+    futures = as_completed([submit(f) for f in itertools.islice(flats, max_in_flight)], with_results=True)
     results: dict[int, np.ndarray] = {}
     offset, next_flat = 0, 0
     for future, labels in futures:
