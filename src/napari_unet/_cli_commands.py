@@ -60,12 +60,13 @@ def run_train(args) -> int:
     from .augment import AugmentConfig
     from .files import read_array
     from .model import PRESETS, UNet
-    from .modelfile import load_model, read_metadata
+    from .modelfile import load_model
     from .train import Trainer, TrainConfig, read_checkpoint_metadata
 
     out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"{out}: the folder {out.parent} does not exist")
+    if not out.parent.is_dir():
+        state = "is not a folder" if out.parent.exists() else "does not exist"
+        raise InputError(f"{out}: the folder {out.parent} {state}")
     image = np.asarray(read_array(args.image))
     labels = np.asarray(read_array(args.labels))
     annotation = AnnotationConfig(mode=args.mode)
@@ -87,7 +88,6 @@ def run_train(args) -> int:
                 f"{args.init} was trained for {meta.architecture.in_channels} channel(s) and "
                 f"{meta.architecture.num_classes} classes; these data have {channels} and {num_classes}"
             )
-        read_metadata(args.init)
     else:
         overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding)) if v}
         config = PRESETS[args.preset].with_(in_channels=channels, num_classes=num_classes, **overrides)
@@ -96,7 +96,7 @@ def run_train(args) -> int:
         steps=args.steps, batch_size=args.batch_size, tile=args.tile, optimizer=args.optimizer,
         lr=args.lr, augment=AugmentConfig(strength=max(args.augment, 0.0)), seed=args.seed,
         device=args.device, val_every=max(50, args.steps // 10),
-        checkpoint_every=max(100, args.steps // 10),
+        checkpoint_every=getattr(args, "checkpoint_every", None) or max(100, args.steps // 10),
     )
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
     trainer = Trainer(model, train_set, config, val_set, annotation, ckpt, parent_model=parent)
@@ -109,16 +109,33 @@ def run_train(args) -> int:
     last_metrics: dict = {}
     start = time.perf_counter()
     try:
-        for event in trainer.run():
-            if event.kind == "step":
-                bar.update(event.step, f"loss {event.loss:.4f} ETA {event.eta_s:.0f}s")
-            elif event.kind == "validation":
-                last_metrics = event.metrics or {}
+        while True:
+            try:
+                for event in trainer.run():
+                    if event.kind == "step":
+                        bar.update(event.step, f"loss {event.loss:.4f} ETA {event.eta_s:.0f}s")
+                    elif event.kind == "validation":
+                        last_metrics = event.metrics or {}
+                break
+            except Exception as exc:
+                if not _retry_with_smaller_batch(trainer, exc):
+                    raise
     except KeyboardInterrupt:
         bar.close()
         path = trainer.save_checkpoint()
         print(f"napari-unet: interrupted at step {trainer.step}; resume with --resume {path}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from .devices import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        bar.close()
+        path = trainer.save_checkpoint()
+        print(f"napari-unet: error: out of {trainer.device.type} memory at step {trainer.step} even "
+              f"with one {trainer.tile} px tile per step; use a smaller --tile or --device cpu "
+              f"(resume with --resume {path})", file=sys.stderr)
+        return 1
     bar.close()
     trainer.save_model(out)
     trainer.save_checkpoint()
@@ -126,6 +143,36 @@ def run_train(args) -> int:
     print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f}s, final loss "
           f"{trainer.history[-1]['loss']:.4f} {summary}; model written to {out}", file=sys.stderr)
     return 0
+
+
+def _retry_with_smaller_batch(trainer, exc: BaseException) -> bool:
+    """After running out of (GPU) memory, halve the batch size and go on; False at batch size 1.
+
+    The step that failed had not updated the weights (it dies in the forward or backward pass),
+    so training simply continues from ``trainer.step``.
+    """
+    from dataclasses import replace
+
+    from .devices import is_out_of_memory, release_memory
+
+    if not is_out_of_memory(exc) or trainer.config.batch_size <= 1:
+        return False
+    smaller = trainer.config.batch_size // 2
+    release_memory(trainer.device)
+    print(f"napari-unet: warning: out of {trainer.device.type} memory at step {trainer.step} with "
+          f"{trainer.config.batch_size} tiles per step; continuing with {smaller}", file=sys.stderr)
+    trainer.config = replace(trainer.config, batch_size=smaller)
+    return True
+
+
+def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse an output path before any work is done (its folder must exist, its type be known)."""
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{path}: write {what} as {', '.join(suffixes)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        state = "is not a folder" if parent.exists() else "does not exist"
+        raise InputError(f"{path}: the folder {parent} {state}")
 
 
 def run_predict(args) -> int:
@@ -140,8 +187,9 @@ def run_predict(args) -> int:
         instances=args.instances, channel_axis=args.channel_axis,
     )
     out = Path(args.out)
-    if out.suffix.lower() not in (".tif", ".tiff", ".npy", ".zarr"):
-        raise InputError(f"{out}: write labels as .tif, .tiff, .npy or .zarr")
+    _check_destination(out, (".tif", ".tiff", ".npy", ".zarr"), "labels")
+    if args.probabilities:
+        _check_destination(Path(args.probabilities), (".tif", ".tiff", ".npy"), "probabilities")
     model, metadata, device = load_predictor(args.model, args.device)
     if args.tile:
         from .model import check_input_size
@@ -155,18 +203,31 @@ def run_predict(args) -> int:
         bar.update(done)
 
     start = time.perf_counter()
+    stream_to = None if out.suffix.lower() == ".npy" else out
     if args.scheduler:
-        result = segment_stack_distributed(args.model, args.image, args.scheduler, config,
-                                           None if out.suffix == ".npy" else out, progress)
+        result = segment_stack_distributed(args.model, args.image, args.scheduler, config, stream_to, progress)
     elif args.probabilities:
         result = _predict_with_probabilities(model, metadata, image, config, args.probabilities, progress)
     else:
-        result = segment_stack(model, metadata, image, config, None if out.suffix == ".npy" else out, progress)
-    if isinstance(result, np.ndarray):
+        result = segment_stack(model, metadata, image, config, stream_to, progress)
+    if isinstance(result, np.ndarray) and out.suffix.lower() == ".zarr":
+        _write_zarr(out, result)
+    elif isinstance(result, np.ndarray):
         write_array(out, result)
     bar.close()
     print(f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}", file=sys.stderr)
     return 0
+
+
+def _write_zarr(out: Path, labels: np.ndarray) -> None:
+    """Write an in-memory labels stack to a zarr output, recording every plane as done."""
+    from .batch import StackWriter
+
+    writer = StackWriter(out, labels.shape)
+    lead = labels.shape[:-2]
+    for flat, index in enumerate(np.ndindex(*lead) if lead else [()]):
+        writer.write(flat, index, labels[index])
+    writer.finish()
 
 
 def _predict_with_probabilities(model, metadata, image, config, prob_path, progress):

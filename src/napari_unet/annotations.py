@@ -4,7 +4,8 @@ The label-value schema (the one definition used by library, CLI and GUI; see doc
 
 ``instances`` (default; also what importing a ground-truth instance mask gives)
     A plane is annotated when it holds any non-zero label (or is listed explicitly). In an
-    annotated plane 0 = background and every other id = one object. Touching objects are kept
+    annotated plane 0 = background and every other id = one object; a plane painted with a single
+    value (a binary mask) has one object per connected region. Touching objects are kept
     apart by the U-Net weight map (gaps + border term).
 ``scribbles``
     Sparse strokes: 0 = not painted (ignored by the loss), 1 = background, 2 = object
@@ -162,6 +163,11 @@ def plane_targets(
     ignore = labels == IGNORE_LABEL
     if config.mode == "instances":
         instances = np.where(ignore, 0, labels)
+        ids = np.unique(instances)
+        if len(ids) == 2:  # a binary mask (one value for every object): objects = connected parts
+            from scipy import ndimage
+
+            instances = ndimage.label(instances > 0)[0]
         separated = separate_touching(instances)
         target = (separated > 0).astype(np.int64)
         weight = weight_map(instances, config.weight_map, ignore=ignore)

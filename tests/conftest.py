@@ -1,0 +1,23 @@
+"""Shared fixtures: where the real evaluation data lives (tests skip when it is absent)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path | None:
+    for cand in (os.environ.get("NAPARI_UNET_DATA"), ROOT.parent / "shared" / "data"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_root()
+    if root is None:
+        pytest.skip("real data (../shared/data or $NAPARI_UNET_DATA) is not available")
+    return root
