@@ -130,3 +130,27 @@ def test_scribbles_and_ignore():
     assert (plane.weight[30:35, 5:30] == 0).all()
     assert (plane.target[20:25, 5:30] == 1).all() and (plane.target[5:10, 5:30] == 0).all()
     assert (plane.weight[5:10, 5:30] > 0).all() and (plane.weight[20:25, 5:30] > 0).all()
+
+
+def test_out_of_memory_halves_the_batch_then_stops_cleanly(data, tmp_path, monkeypatch):
+    from napari_unet.errors import OutOfMemory
+
+    planes, _ = data
+    real_forward = UNet.forward
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, x)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+    trainer = _trainer(planes, 3)
+    events = list(trainer.run())
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert warnings == ["out of cpu memory at step 0 with 2 tiles per step; continuing with 1"]
+    assert events[-1].kind == "done" and trainer.step == 3 and trainer.config.batch_size == 1
+    monkeypatch.setattr(UNet, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    stuck = _trainer(planes, 3, ckpt=tmp_path / "oom.ckpt")
+    with pytest.raises(OutOfMemory, match="even with one 60 px tile"):
+        list(stuck.run())
+    assert (tmp_path / "oom.ckpt").exists()

@@ -109,33 +109,18 @@ def run_train(args) -> int:
     last_metrics: dict = {}
     start = time.perf_counter()
     try:
-        while True:
-            try:
-                for event in trainer.run():
-                    if event.kind == "step":
-                        bar.update(event.step, f"loss {event.loss:.4f} ETA {event.eta_s:.0f}s")
-                    elif event.kind == "validation":
-                        last_metrics = event.metrics or {}
-                break
-            except Exception as exc:
-                if not _retry_with_smaller_batch(trainer, exc):
-                    raise
+        for event in trainer.run():
+            if event.kind == "step":
+                bar.update(event.step, f"loss {event.loss:.4f} ETA {event.eta_s:.0f}s")
+            elif event.kind == "validation":
+                last_metrics = event.metrics or {}
+            elif event.kind == "warning":
+                print(f"napari-unet: warning: {event.message}", file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
         path = trainer.save_checkpoint()
         print(f"napari-unet: interrupted at step {trainer.step}; resume with --resume {path}", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from .devices import is_out_of_memory
-
-        if not is_out_of_memory(exc):
-            raise
-        bar.close()
-        path = trainer.save_checkpoint()
-        print(f"napari-unet: error: out of {trainer.device.type} memory at step {trainer.step} even "
-              f"with one {trainer.tile} px tile per step; use a smaller --tile or --device cpu "
-              f"(resume with --resume {path})", file=sys.stderr)
-        return 1
     bar.close()
     trainer.save_model(out)
     trainer.save_checkpoint()
@@ -143,26 +128,6 @@ def run_train(args) -> int:
     print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f}s, final loss "
           f"{trainer.history[-1]['loss']:.4f} {summary}; model written to {out}", file=sys.stderr)
     return 0
-
-
-def _retry_with_smaller_batch(trainer, exc: BaseException) -> bool:
-    """After running out of (GPU) memory, halve the batch size and go on; False at batch size 1.
-
-    The step that failed had not updated the weights (it dies in the forward or backward pass),
-    so training simply continues from ``trainer.step``.
-    """
-    from dataclasses import replace
-
-    from .devices import is_out_of_memory, release_memory
-
-    if not is_out_of_memory(exc) or trainer.config.batch_size <= 1:
-        return False
-    smaller = trainer.config.batch_size // 2
-    release_memory(trainer.device)
-    print(f"napari-unet: warning: out of {trainer.device.type} memory at step {trainer.step} with "
-          f"{trainer.config.batch_size} tiles per step; continuing with {smaller}", file=sys.stderr)
-    trainer.config = replace(trainer.config, batch_size=smaller)
-    return True
 
 
 def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None:
@@ -190,6 +155,10 @@ def run_predict(args) -> int:
     _check_destination(out, (".tif", ".tiff", ".npy", ".zarr"), "labels")
     if args.probabilities:
         _check_destination(Path(args.probabilities), (".tif", ".tiff", ".npy"), "probabilities")
+    inputs = {Path(args.image).resolve(), Path(args.model).resolve()}
+    for path in (out, Path(args.probabilities) if args.probabilities else None):
+        if path is not None and path.resolve() in inputs:
+            raise InputError(f"{path}: writing there would overwrite an input; choose another file")
     model, metadata, device = load_predictor(args.model, args.device)
     if args.tile:
         from .model import check_input_size
@@ -209,7 +178,7 @@ def run_predict(args) -> int:
     elif args.probabilities:
         result = _predict_with_probabilities(model, metadata, image, config, args.probabilities, progress)
     else:
-        result = segment_stack(model, metadata, image, config, stream_to, progress)
+        result = segment_stack(model, metadata, image, config, stream_to, progress, source=_source_key(args.image))
     if isinstance(result, np.ndarray) and out.suffix.lower() == ".zarr":
         _write_zarr(out, result)
     elif isinstance(result, np.ndarray):
@@ -217,6 +186,12 @@ def run_predict(args) -> int:
     bar.close()
     print(f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}", file=sys.stderr)
     return 0
+
+
+def _source_key(path: str) -> str:
+    """Identity of an input file for resuming a zarr output: path, size and modification time."""
+    info = Path(path).stat()
+    return f"{Path(path).resolve()}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def _write_zarr(out: Path, labels: np.ndarray) -> None:
@@ -254,8 +229,9 @@ def run_evaluate(args) -> int:
     from .files import read_array
     from .metrics import evaluate
 
-    pred = np.asarray(read_array(args.pred))
-    gt = np.asarray(read_array(args.gt))
+    # writable copies: .npy files are memory-mapped read-only, which skimage's relabelling refuses
+    pred = np.array(read_array(args.pred))
+    gt = np.array(read_array(args.gt))
     metrics = tuple(args.metric) if args.metric else ("iou", "seg", "ap50", "rand", "pixel")
     print_json(evaluate(pred, gt, metrics))
     return 0

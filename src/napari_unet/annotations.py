@@ -108,6 +108,9 @@ def guess_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ..
 def normalize_plane(plane: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
     """Scale a (C, Y, X) plane to float32, each channel by its own robust percentiles."""
     norm = normalization or Normalization()
+    kind = np.asarray(plane).dtype.kind
+    if kind not in "biuf":
+        raise InputError(f"the image holds {np.asarray(plane).dtype} values; expected real numbers")
     data = np.asarray(plane, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]

@@ -44,6 +44,13 @@ def plane_layout(shape: tuple[int, ...], model: UNet, channel_axis: int | None) 
     channels = model.config.in_channels
     if len(shape) < 2:
         raise InputError(f"an image needs at least two axes (Y, X), got shape {shape}")
+    if channel_axis is not None and not -len(shape) <= channel_axis < len(shape):
+        raise InputError(f"channel axis {channel_axis} does not exist: the image has shape {shape}")
+    if channel_axis is None and channels == 1 and len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4:
+        raise InputError(
+            f"the image of shape {shape} looks like RGB(A) but the model takes 1 channel; "
+            "convert it to grayscale or use a model trained on colour images"
+        )
     if channel_axis is None and channels > 1:
         if len(shape) >= 3 and shape[-1] == channels:
             channel_axis = len(shape) - 1
@@ -105,8 +112,10 @@ def segment_plane(model: UNet, metadata: ModelMetadata, plane: np.ndarray, confi
 class StackWriter:
     """Collects labelled planes into memory, a zarr array (resumable) or a TIFF file."""
 
-    def __init__(self, out: str | Path | None, shape: tuple[int, ...], dtype=np.uint32) -> None:
+    def __init__(self, out: str | Path | None, shape: tuple[int, ...], dtype=np.uint32,
+                 run: str | None = None) -> None:
         self.out = Path(out) if out is not None else None
+        self.run = run  # a zarr output is resumed only by a run with the same fingerprint
         self.shape, self.dtype = shape, np.dtype(dtype)
         self.done: set[int] = set()
         self._array = None
@@ -127,12 +136,18 @@ class StackWriter:
 
         chunks = (1,) * (len(self.shape) - 2) + self.shape[-2:]
         try:
-            existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
-            if existing is not None and hasattr(existing, "shape") and tuple(existing.shape) == self.shape:
+            try:
+                existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
+            except (OSError, ValueError, TypeError, KeyError):  # damaged by a kill: start anew
+                existing = None
+            if (existing is not None and hasattr(existing, "shape") and tuple(existing.shape) == self.shape
+                    and existing.dtype == self.dtype and existing.attrs.get("napari_unet_run") == self.run):
                 self._array = existing
                 self.done = set(int(i) for i in existing.attrs.get("napari_unet_done", []))
                 return
             self._array = zarr.open(str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+            if self.run is not None:
+                self._array.attrs["napari_unet_run"] = self.run
         except OSError as exc:
             raise InputError(f"{self.out}: cannot be written ({exc})") from None
 
@@ -161,11 +176,11 @@ class StackWriter:
             self._array = None
             self._tmp.unlink(missing_ok=True)
 
-    def write(self, flat_index: int, index: tuple[int, ...], plane: np.ndarray) -> None:
+    def write(self, flat_index: int, index: tuple[int, ...], plane: np.ndarray, attrs: dict | None = None) -> None:
         self._array[index] = plane
         self.done.add(flat_index)
         if self.kind == "zarr":
-            self._array.attrs["napari_unet_done"] = sorted(self.done)
+            self._array.attrs.update({"napari_unet_done": sorted(self.done), **(attrs or {})})
 
     def finish(self):
         """Return the in-memory array, or the output path once complete."""
@@ -180,26 +195,45 @@ class StackWriter:
         return self.out
 
 
+def run_fingerprint(model: UNet, metadata: ModelMetadata, image, config: SegmentConfig, source: str = "") -> str:
+    """What a resumed zarr output must share with the run that started it: the model's weights
+    and metadata, the settings, the image's shape and dtype, and ``source`` (e.g. the image
+    file's path, size and modification time)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for part in (metadata.to_json(), repr(config), repr(tuple(image.shape)), str(image.dtype), source):
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
 def segment_stack(model: UNet, metadata: ModelMetadata, image, config: SegmentConfig | None = None,
                   out: str | Path | None = None, progress: Progress | None = None,
-                  cancelled: Callable[[], bool] | None = None):
+                  cancelled: Callable[[], bool] | None = None, source: str = ""):
     """Segment every plane of ``image`` (numpy, dask or zarr; (..., [C,] Y, X)).
 
     Returns the labels array (``out=None``) or the output path. ``progress(done, total)`` is
     called after each plane; ``cancelled()`` returning True stops with :class:`Cancelled`
-    (a zarr output keeps the finished planes and the next run continues from there).
+    (a zarr output keeps the finished planes and the next run with the same model, settings,
+    image shape and ``source`` continues from there; any other run starts it anew).
     """
     config = config or SegmentConfig()
     lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
-    writer = StackWriter(out, lead + yx)
+    run = None
+    if out is not None and Path(out).suffix == ".zarr":
+        run = run_fingerprint(model, metadata, image, config, source)
+    writer = StackWriter(out, lead + yx, run=run)
     total = int(np.prod(lead)) if lead else 1
     offset = int(writer._array.attrs.get("napari_unet_offset", 0)) if writer.kind == "zarr" else 0
     try:
         offset = _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled)
+        return writer.finish()
     except BaseException:
         writer.abort()
         raise
-    return writer.finish()
 
 
 def _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled) -> int:
@@ -212,9 +246,8 @@ def _segment_planes(model, metadata, image, config, writer, offset, total, progr
         if config.instances:
             labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
             offset = max(offset, int(labels.max()))
-        writer.write(flat, index, labels)
-        if writer.kind == "zarr":
-            writer._array.attrs["napari_unet_offset"] = offset
+        # done planes and the id offset in one metadata write: a kill cannot separate them
+        writer.write(flat, index, labels, {"napari_unet_offset": offset})
         if progress is not None:
             progress(flat + 1, total)
     return offset
@@ -261,11 +294,12 @@ def segment_stack_distributed(model_path: str | Path, image_path: str | Path, sc
     if config.channel_axis is not None and config.channel_axis % image.ndim < len(lead):
         raise InputError("on a cluster, put the channel axis after the plane axes")
     indices = list(np.ndindex(*lead)) if lead else [()]
-    writer = StackWriter(out, lead + yx)
+    _check_reachable(scheduler)
     try:
         client = Client(scheduler, timeout="20s")
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
+    writer = StackWriter(out, lead + yx)  # only once connected: nothing is written in vain
     try:
         with client:
             _run_distributed(client, str(model_path), str(image_path), indices, config, writer,
@@ -274,6 +308,20 @@ def segment_stack_distributed(model_path: str | Path, image_path: str | Path, sc
         writer.abort()
         raise
     return writer.finish()
+
+
+def _check_reachable(scheduler: str) -> None:
+    """Fail at once (not after the 20 s connect timeout) on a malformed or refusing address."""
+    import socket
+
+    from distributed.comm import get_address_host_port, parse_address
+
+    try:
+        if parse_address(scheduler)[0] not in ("tcp", "tls"):
+            return
+        socket.create_connection(get_address_host_port(scheduler), timeout=10).close()
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
 
 
 def _run_distributed(client, model_path, image_path, indices, config, writer, progress, max_in_flight):
@@ -298,7 +346,7 @@ def _run_distributed(client, model_path, image_path, indices, config, writer, pr
             if config.instances:
                 labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
                 offset = max(offset, int(labels.max()))
-            writer.write(next_flat, indices[next_flat], labels)
+            writer.write(next_flat, indices[next_flat], labels, {"napari_unet_offset": offset})
             next_flat += 1
             if progress is not None:
                 progress(next_flat, len(indices))

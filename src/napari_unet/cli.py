@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import NapariUnetError
+from .errors import NapariUnetError, OutOfMemory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     train.add_argument("--resume", help="checkpoint to continue from")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUT with .ckpt suffix)")
+    train.add_argument("--checkpoint-every", type=_positive_int,
+                       help="steps between checkpoints (default: max(100, steps / 10))")
     train.add_argument("--tile", type=_positive_int, help="input tile edge in pixels")
     train.add_argument("--batch-size", type=_positive_int, default=4)
     train.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
@@ -125,11 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from . import _cli_commands as commands
 
+    previous, show = _sigterm_as_interrupt(), warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return int(getattr(commands, f"run_{args.command}")(args) or 0)
     except NapariUnetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, OutOfMemory) else 2
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130
@@ -139,6 +146,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"napari-unet: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # torch.cuda.OutOfMemoryError & co.; anything else is a bug
+        from .devices import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        print("napari-unet: error: out of accelerator memory even with the smallest tiles; "
+              "use --device cpu or a smaller --tile / --batch-size", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = show
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each (no source excerpt), e.g. the out-of-memory tile fallback."""
+    text = str(message).strip().splitlines() or [category.__name__]
+    print(f"napari-unet: warning: {text[0]}", file=sys.stderr)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (cluster schedulers, ``kill``) like Ctrl+C: checkpoints are written and
+    half-written outputs removed. Returns the previous handler (None when not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def print_json(data: dict) -> None:

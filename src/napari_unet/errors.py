@@ -34,3 +34,7 @@ class DeviceError(NapariUnetError):
 
 class Cancelled(NapariUnetError):
     """The user cancelled a running job."""
+
+
+class OutOfMemory(NapariUnetError):
+    """The device ran out of memory even at the smallest batch or tile."""

@@ -30,6 +30,13 @@ def read_array(path: str | os.PathLike, lazy: bool | None = None):
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    data = _read_any(p, lazy)
+    if 0 in tuple(data.shape):
+        raise InputError(f"{p}: the file holds no pixels (shape {tuple(data.shape)})")
+    return data
+
+
+def _read_any(p: Path, lazy: bool | None):
     try:
         if p.is_dir() and (p.suffix == ".zarr" or (p / ".zarray").exists() or (p / "zarr.json").exists()):
             return _read_zarr(p)
@@ -120,7 +127,8 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
     dest = Path(destination)
     parent = dest.parent if str(dest.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"{dest}: the folder {parent} does not exist")
+        state = "is not a folder" if parent.exists() else "does not exist"
+        raise InputError(f"{dest}: the folder {parent} {state}")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{dest}: the folder {parent} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=parent)

@@ -33,7 +33,8 @@ def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"{name} is empty (shape {a.shape}).")
     if np.issubdtype(a.dtype, np.signedinteger) and a.min() < 0:
         raise InputError(f"{name} contains negative labels; labels must be >= 0.")
-    return a
+    # skimage's relabel_sequential refuses read-only input (memory-mapped .npy, napari data)
+    return a if a.flags.writeable else a.copy()
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from . import __version__
 from .annotations import AnnotationConfig, TrainingPlane
 from .augment import AugmentConfig, augment_batch
-from .devices import release_memory, resolve_device
-from .errors import InputError, ModelFileError
+from .devices import is_out_of_memory, release_memory, resolve_device
+from .errors import InputError, ModelFileError, OutOfMemory
 from .model import UNet, border, check_input_size, input_size_for_output
 from .modelfile import ModelMetadata, load_tensors, save_model, save_tensors
 
@@ -92,7 +92,7 @@ class TrainConfig:
 class TrainEvent:
     """One thing that happened during training."""
 
-    kind: Literal["step", "validation", "checkpoint", "cancelled", "done"]
+    kind: Literal["step", "validation", "checkpoint", "warning", "cancelled", "done"]
     step: int
     steps: int
     loss: float | None = None
@@ -100,6 +100,7 @@ class TrainEvent:
     eta_s: float | None = None
     metrics: dict[str, float] | None = None
     path: str | None = None
+    message: str | None = None
 
 
 def default_tile(model: UNet) -> int:
@@ -236,25 +237,19 @@ class Trainer:
                     path = self.save_checkpoint() if self.checkpoint_path else None
                     yield TrainEvent("cancelled", self.step, cfg.steps, path=str(path) if path else None)
                     return
-                image, target, weight = self._sample_batch()
-                self._set_learning_rate()
-                if use_amp:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    logits = self.model(image)
-                loss = self._loss(logits, target, weight)
-                if not torch.isfinite(loss):
-                    raise InputError("training diverged (the loss is not finite); lower the learning rate")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                try:
+                    value = self._train_step(use_amp)
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    yield self._after_out_of_memory()
+                    continue
                 self.step += 1
                 elapsed = time.perf_counter() - t_start
                 rate = (self.step - step_start) / max(elapsed, 1e-9)
-                value = float(loss.detach())
                 self.history.append({"step": self.step, "loss": value})
                 yield TrainEvent("step", self.step, cfg.steps, loss=value,
-                                 tiles_per_s=rate * cfg.batch_size, eta_s=(cfg.steps - self.step) / max(rate, 1e-9))
+                                 tiles_per_s=rate * self.config.batch_size, eta_s=(cfg.steps - self.step) / max(rate, 1e-9))
                 if self.val_planes and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                     metrics = self.validate()
                     self.history[-1].update(metrics)
@@ -266,6 +261,43 @@ class Trainer:
         finally:
             self.model.eval()
             release_memory(self.device)
+
+    def _train_step(self, use_amp: bool) -> float:
+        """One optimiser step on a freshly sampled, augmented batch; returns the loss."""
+        image, target, weight = self._sample_batch()
+        self._set_learning_rate()
+        if use_amp:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(image)
+        loss = self._loss(logits, target, weight)
+        if not torch.isfinite(loss):
+            raise InputError("training diverged (the loss is not finite); lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _after_out_of_memory(self) -> TrainEvent:
+        """Halve the batch after running out of memory (the failed step changed no weight).
+
+        At one tile per step a checkpoint is written and :class:`OutOfMemory` raised.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        release_memory(self.device)
+        size, kind = self.config.batch_size, self.device.type
+        if size <= 1:
+            where = ""
+            if self.checkpoint_path:
+                where = f" (resume with --resume {self.save_checkpoint()})"
+            raise OutOfMemory(
+                f"out of {kind} memory at step {self.step} even with one {self.tile} px tile per "
+                f"step; use a smaller tile or another device{where}"
+            )
+        self.config = replace(self.config, batch_size=size // 2)
+        message = (f"out of {kind} memory at step {self.step} with {size} tiles per step; "
+                   f"continuing with {size // 2}")
+        return TrainEvent("warning", self.step, self.config.steps, message=message)
 
     def validate(self) -> dict[str, float]:
         """Foreground IoU and F1 at IoU 0.5 on the validation planes (annotated pixels only)."""
@@ -360,6 +392,11 @@ class Trainer:
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
+        tile = int(meta.get("tile", self.tile))
+        if tile != self.tile and self.config.tile is None:
+            check_input_size(self.model.config, tile)
+            self.tile = tile  # the run continues with the tile it started with
+            self._prepare_data()
 
 
 def read_checkpoint_metadata(path: str | Path) -> ModelMetadata:

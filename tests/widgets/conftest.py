@@ -19,6 +19,11 @@ HAS_DISPLAY = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"
 HERE = Path(__file__).parent
 
 
+def pytest_configure(config):
+    """napari warns on every viewer that PyQt5 cannot detect the system theme: not our concern."""
+    config.addinivalue_line("filterwarnings", "ignore:System theme detection:UserWarning")
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip (and mark) the viewer tests of this folder when there is no display."""
     skip = pytest.mark.skip(reason="viewer tests need a display: run them under xvfb-run")

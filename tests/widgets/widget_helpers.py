@@ -9,7 +9,7 @@ import numpy as np
 from napari_unet.model import UNetConfig
 
 #: The tiny network of the tests: trains in a few seconds on 2 CPU cores.
-TINY = UNetConfig(width=8, depth=2, padding="same", dropout=0.0)
+TINY = UNetConfig(width=8, depth=2, padding="same", norm="batch", dropout=0.0)
 TINY_TILE = 64
 
 

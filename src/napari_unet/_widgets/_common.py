@@ -43,7 +43,7 @@ def report_error(exc: BaseException) -> None:
 
 
 def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
-    """A button slot: calls ``func()`` (ignoring Qt's arguments); exceptions become notifications."""
+    """A button slot calling ``func()`` (Qt arguments ignored); errors become notifications."""
 
     def slot(*_qt_args: Any) -> Any:
         try:
@@ -111,6 +111,10 @@ class LayerCombo(QComboBox):
         self.addItems(names)
         if current in names:
             self.setCurrentText(current)
+        preferred = [layer.name for layer in self.candidates()
+                     if self._prefer is not None and self._prefer(layer)]
+        if preferred and self.currentText() not in preferred:
+            self.setCurrentText(preferred[0])  # e.g. a new annotation layer
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())

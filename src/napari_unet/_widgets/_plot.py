@@ -64,7 +64,7 @@ class LivePlot(QWidget):
             for values in (self.steps, self.losses, self.val_steps, self.val_ious):
                 values.clear()
         self.ax.set_xlim(0, max(total_steps, 1))
-        self.ax.set_ylim(0, max(self.losses, default=1.0) * 1.15)
+        self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
         self._dirty = True
         self._full_draw()
 
@@ -106,7 +106,7 @@ class LivePlot(QWidget):
             self.ax.set_xlim(0, self.steps[-1] * 1.5)
             too_high = True
         if too_high or self._background is None:
-            self.ax.set_ylim(0, max(self.losses, default=1.0) * 1.15)
+            self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.3)
             self._full_draw()
         else:
             self.canvas.restore_region(self._background)

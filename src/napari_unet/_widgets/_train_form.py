@@ -129,7 +129,8 @@ class TrainForm(QWidget):
 
     def _on_model_choice(self, choice: str) -> None:
         fine_tune = choice.startswith("fine-tune")
-        for widget in (self.model_path, self.browse_button, self.rows.labelForField(self._path_row)):
+        label = self.rows.labelForField(self._path_row)
+        for widget in (self.model_path, self.browse_button, label):
             widget.setVisible(fine_tune)
 
     def _browse_model(self) -> None:
@@ -165,7 +166,7 @@ class TrainForm(QWidget):
             steps=steps, batch_size=self.batch_size.value(), tile=self.tile.value() or None,
             optimizer=self.optimizer.currentText(), lr=self.lr.value() or None,
             augment=AugmentConfig(strength=self.augment.value()), device=self.device.currentText(),
-            val_every=max(1, min(50, steps // 20)),
+            val_every=max(1, min(50, steps // 10)),
         )
 
     def cpu_threads(self) -> int | None:

@@ -3,23 +3,30 @@
 :func:`run_job` is a generator over :meth:`Trainer.run`; it yields plain tuples that the widget
 handles on the main thread:
 
-``("status", text)``, ``("events", [TrainEvent, ...])`` (step events batched every 0.1 s), ``("preview", index, box, labels)``,
+``("status", text)``, ``("events", [TrainEvent, ...])`` (step events batched every 0.1 s),
+``("preview", index, box, labels)``,
 ``("finished", kind, step, checkpoint_path, model, metadata)`` with kind ``done`` or
 ``cancelled``, and ``("error", exception)``. Nothing is raised out of the generator.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..annotations import (
     AnnotationConfig, Normalization, TrainingPlane, normalize_plane, training_planes,
 )
+# Imported here, i.e. on the GUI thread when the widget module loads: the trainer's validation
+# imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
+# the GIL (and so freeze the viewer) for a few hundred milliseconds.
+from .. import metrics as _metrics  # noqa: F401
 from ..devices import release_memory
 from ..errors import AnnotationError, InputError
 from ..model import UNet, UNetConfig
@@ -29,6 +36,20 @@ from ..train import TrainConfig, Trainer
 from ._threads import limited_threads
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+_WARM = False
+
+
+def warm_up() -> None:
+    """Do PyTorch's one-time lazy imports now, on the calling (GUI) thread.
+
+    The first optimiser a process creates imports ``torch._dynamo`` (1-2 s of imports). Inside
+    the worker that import would hold the GIL in long stretches and freeze the viewer; done once
+    when the Train widget opens, it is just part of opening the widget.
+    """
+    global _WARM
+    if not _WARM:
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        _WARM = True
 PreviewRequest = tuple[tuple[int, ...], Box]
 
 
@@ -65,6 +86,7 @@ class TrainJob:
 
     @property
     def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
         return self._cancel.is_set()
 
     def resumed(self, checkpoint: Path, config: TrainConfig) -> TrainJob:
@@ -126,6 +148,7 @@ def _model(job: TrainJob, channels: int, classes: int):
         job.final_architecture = model.config
         return model.train(), replace(job.annotation, normalization=norm)
     arch = job.architecture or UNetConfig()
+    torch.manual_seed(job.config.seed)  # reproducible initial weights
     if job.resume_from is None:
         arch = arch.with_(in_channels=channels, num_classes=max(classes, arch.num_classes))
     job.final_architecture = arch
@@ -170,7 +193,8 @@ def _run(job: TrainJob):
     if job.cancelled:
         trainer.cancel()
     yield ("status", f"training on {trainer.device}, tiles of {trainer.tile} px")
-    last_preview = last_yield = time.perf_counter()
+    last_yield = time.perf_counter()
+    last_preview = -math.inf  # the first preview comes right after the first step
     final, pending = None, []
     for event in trainer.run():
         pending.append(event)

@@ -1,4 +1,4 @@
-"""1 Annotate: an annotation Labels layer bound to an image, its schema, and its annotated planes."""
+"""1 Annotate: an annotation Labels layer bound to an image, its schema and annotated planes."""
 
 from __future__ import annotations
 
@@ -176,7 +176,10 @@ class AnnotateWidget(QWidget):
         self.refresh_planes()
 
     def _schedule_refresh(self, *_args) -> None:
-        self._timer.start()
+        try:
+            self._timer.start()
+        except RuntimeError:  # the widget is gone; the layer outlived it
+            pass
 
     def _require_layer(self, layer: Labels | None = None) -> Labels:
         layer = layer or self.annotation_layer()
@@ -219,7 +222,7 @@ class AnnotateWidget(QWidget):
         if layer is None:
             return
         painted = set(annotated_planes(np.asarray(layer.data)))
-        for index in self.annotated_planes(layer):
+        for index in sorted(painted | explicit_planes(layer)):
             where = ", ".join(map(str, index)) if index else "whole image"
             state = "painted" if index in painted else "marked, empty"
             item = QListWidgetItem(f"plane {where}  ({state})")

@@ -46,7 +46,8 @@ class SegmentWidget(QWidget):
         self.viewer = viewer
         self.worker = None
         self.last_result: tuple | None = None
-        self._cancel = threading.Event()
+        self._cancel = cancel = threading.Event()
+        self.destroyed.connect(lambda *_: cancel.set())  # widget closed: stop a running job
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
         self.source = QComboBox(self)
@@ -66,6 +67,9 @@ class SegmentWidget(QWidget):
         self.instances = QCheckBox("number the objects", self)
         self.instances.setChecked(True)
         self.watershed = QCheckBox("split touching objects (watershed)", self)
+        self.seed_distance = QSpinBox(self, minimum=1, maximum=1000, value=5, suffix=" px")
+        self.seed_distance.setToolTip("smallest distance between two watershed seeds: about "
+                                      "the radius of the smallest object")
         self.min_size = QSpinBox(self, maximum=1_000_000)
         self.probability = QCheckBox("foreground probability layer", self)
         self.uncertainty = QCheckBox("uncertainty layer (8 passes)", self)
@@ -82,6 +86,7 @@ class SegmentWidget(QWidget):
         for label, field in (("", self.model_info), ("image", self.image_combo),
                              ("planes", self.scope), ("device", self.device), ("TTA", self.tta),
                              ("instances", self.instances), ("", self.watershed),
+                             ("seed distance", self.seed_distance),
                              ("min size (px)", self.min_size), ("extra", self.probability),
                              ("", self.uncertainty)):
             rows.addRow(label, field)
@@ -150,8 +155,9 @@ class SegmentWidget(QWidget):
         """Prediction and post-processing settings shown in the widget."""
         return SegmentConfig(
             predict=PredictConfig(tta=self.tta.isChecked(), device=self.device.currentText()),
-            postprocess=PostprocessConfig(min_size=self.min_size.value(),
-                                          watershed=self.watershed.isChecked()),
+            postprocess=PostprocessConfig(
+                min_size=self.min_size.value(), watershed=self.watershed.isChecked(),
+                watershed_min_distance=self.seed_distance.value()),
             instances=self.instances.isChecked(),
         )
 
@@ -175,7 +181,8 @@ class SegmentWidget(QWidget):
         image = self.image_combo.layer()
         if image is None:
             raise InputError("choose an image layer to segment")
-        source, config, device = self.model_source(), self.segment_config(), self.device.currentText()
+        source, config = self.model_source(), self.segment_config()
+        device = self.device.currentText()
         data, axis = layer_data(image), channel_axis(image)
         config = SegmentConfig(config.predict, config.postprocess, config.instances, axis)
         self._cancel.clear()

@@ -25,8 +25,9 @@ from ._common import (
 )
 from ._preview import LivePreview
 from ._train_form import TrainForm
-from ._train_job import TrainJob, run_job
+from ._train_job import TrainJob, run_job, warm_up
 from .annotate import layer_mode, training_plane_list
+
 
 class TrainWidget(TrainForm):
     """Train, cancel, resume and save; the result becomes the "model just trained".
@@ -39,6 +40,7 @@ class TrainWidget(TrainForm):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
+        warm_up()
         self.worker = None
         self.job: TrainJob | None = None
         self.events: list[TrainEvent] = []
@@ -47,6 +49,10 @@ class TrainWidget(TrainForm):
         self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
         self.preview = LivePreview(viewer)
         self._started = time.perf_counter()
+        self.speed: float | None = None
+        running = self._running_job = [None]  # seen by the lambda below, which outlives self
+        self.destroyed.connect(lambda *_: running[0] is not None and running[0].cancel())
+        viewer.dims.events.current_step.connect(self._on_dims_changed)
         self.preview_button.clicked.connect(guarded(lambda: self.preview_augmentation()))
         self.train_button.clicked.connect(lambda: self.start_training())
         self.cancel_button.clicked.connect(lambda: self.cancel())
@@ -93,7 +99,7 @@ class TrainWidget(TrainForm):
             job = self._new_job()
             self.events.clear()
         self.plot.start(job.config.steps, keep=resume)
-        self.job = job
+        self.job = self._running_job[0] = job
         self.preview.layer(self.image_combo.layer(), self.labels_combo.layer())
         self._update_preview_request()
         self.worker = create_worker(run_job, job, _start_thread=False)
@@ -101,6 +107,7 @@ class TrainWidget(TrainForm):
         self.worker.errored.connect(self._on_worker_error)
         self.worker.finished.connect(self._on_worker_finished)
         self.progress.setRange(0, job.config.steps)
+        self.progress.setFormat("step %v/%m")
         self._set_running(True)
         self.status.setText("starting ...")
         self._started = time.perf_counter()
@@ -169,11 +176,17 @@ class TrainWidget(TrainForm):
         if self.job is not None and labels is not None:
             self.job.preview_request = self.preview.request(labels)
 
+    def _on_dims_changed(self, *_args) -> None:
+        if self.worker is not None:  # the next live preview follows the plane on screen
+            try:
+                self._update_preview_request()
+            except RuntimeError:  # the widget was deleted during the run
+                pass
+
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
         if kind == "events":
-            for event in message[1]:
-                self._on_event(event)
+            self._on_events(message[1])
         elif kind == "preview":
             self.preview.show(self.image_combo.layer(), self.labels_combo.layer(), *message[1:])
             self._update_preview_request()
@@ -185,18 +198,23 @@ class TrainWidget(TrainForm):
             report_error(message[1])
             self.status.setText(f"failed: {message[1]}")
 
-    def _on_event(self, event: TrainEvent) -> None:
-        self.events.append(event)
-        if event.kind == "step":
-            self.plot.add_loss(event.step, event.loss)
-            self.progress.setValue(event.step)
-            eta = time.strftime("%M:%S", time.gmtime(event.eta_s or 0))
-            self.status.setText(f"step {event.step}/{event.steps}  loss {event.loss:.4f}  "
-                                f"{event.tiles_per_s:.1f} tiles/s  ETA {eta}")
-        elif event.kind == "validation" and event.metrics:
-            self.plot.add_validation(event.step, event.metrics["val_iou"])
-        elif event.kind == "checkpoint":
-            self.last_checkpoint = Path(event.path)
+    def _on_events(self, events: list[TrainEvent]) -> None:
+        """A batch of training events: cheap list appends, then one progress/status update."""
+        self.events.extend(events)
+        last_step = None
+        for event in events:
+            if event.kind == "step":
+                self.plot.add_loss(event.step, event.loss)
+                last_step = event
+            elif event.kind == "validation" and event.metrics:
+                self.plot.add_validation(event.step, event.metrics["val_iou"])
+            elif event.kind == "checkpoint":
+                self.last_checkpoint = Path(event.path)
+        if last_step is not None:  # QProgressBar.setValue repaints at once: once per batch
+            eta = time.strftime("%M:%S", time.gmtime(last_step.eta_s or 0))
+            self.progress.setFormat(f"step %v/%m   loss {last_step.loss:.4f}   ETA {eta}")
+            self.progress.setValue(last_step.step)
+            self.speed = last_step.tiles_per_s
 
     def _on_finished(self, kind: str, step: int, path, model, metadata) -> None:
         if model is not None:
@@ -210,14 +228,15 @@ class TrainWidget(TrainForm):
             name = self.image_combo.currentText()
             _session.set_trained(model, metadata, f"trained on {name!r}, {step} steps")
             took = time.perf_counter() - self._started
-            self.status.setText(f"done: {step} steps in {took:.0f} s; use 4 Segment or Save model")
+            self.status.setText(f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
+                                "tiles/s); use 4 Segment or Save model")
         self.plot.redraw_if_needed()
 
     def _on_worker_error(self, exc: Exception) -> None:
         report_error(exc)
 
     def _on_worker_finished(self) -> None:
-        self.worker = None
+        self.worker = self._running_job[0] = None
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:

@@ -1,0 +1,65 @@
+"""The Weight map widget: the layer it shows equals the library's weight map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from widget_helpers import add_cells
+
+from napari_unet._widgets.annotate import AnnotateWidget
+from napari_unet._widgets.weightmap import WeightMapWidget
+from napari_unet.annotations import IGNORE_LABEL
+from napari_unet.weightmap import WeightMapConfig, weight_map
+
+pytestmark = pytest.mark.viewer
+
+
+def test_weight_map_layer(viewer, cells, qtbot):
+    image, truth = add_cells(viewer, cells)
+    annotate = AnnotateWidget(viewer)
+    annotate.import_labels(truth, [0, 2])
+    labels = annotate.annotation_layer()
+    labels.data[2, :10, :10] = IGNORE_LABEL
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.labels_combo.set_layer(labels)
+    widget.w0.setValue(8.0)
+    widget.sigma.setValue(4.0)
+    widget.compute("all annotated planes")
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    layer = viewer.layers["cells annotations weight map"]
+    assert layer.data.shape == labels.data.shape
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert layer.colormap.name == "magma"
+    assert str(layer.blending) == "additive"
+    assert 0.5 <= layer.opacity <= 0.7
+    config = WeightMapConfig(w0=8.0, sigma=4.0)
+    plane = labels.data[2].astype(np.int64)
+    expected = weight_map(np.where(plane == IGNORE_LABEL, 0, plane), config,
+                          ignore=plane == IGNORE_LABEL)
+    np.testing.assert_allclose(layer.data[2], expected, rtol=1e-5)
+    assert not layer.data[1].any()  # not annotated: no weights
+    assert labels.metadata["napari_unet_weightmap"]["w0"] == 8.0  # training will use it
+    assert layer.contrast_limits[1] >= float(expected.max()) - 1e-3
+
+    # "current plane" with the Falk variant only touches the plane on screen
+    viewer.dims.set_point(0, image.data_to_world((0, 0, 0))[0])
+    widget.variant.setCurrentText("falk")
+    assert not widget.w0.isVisible() and widget.lam.isVisible()
+    widget.compute("current plane")
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    falk = weight_map(labels.data[0].astype(np.int64), WeightMapConfig(variant="falk"))
+    np.testing.assert_allclose(layer.data[0], falk, rtol=1e-5)
+    np.testing.assert_allclose(layer.data[2], expected, rtol=1e-5)
+
+
+def test_weight_map_errors_are_notifications(viewer, cells, notifications):
+    add_cells(viewer, cells)
+    annotate = AnnotateWidget(viewer)
+    annotate.new_annotation_layer()
+    widget = WeightMapWidget(viewer)
+    widget.scope.setCurrentText("all annotated planes")
+    widget.compute_button.click()
+    assert any("no annotated plane" in message for _, message in notifications)
+    assert widget.worker is None
