@@ -154,3 +154,22 @@ def test_out_of_memory_halves_the_batch_then_stops_cleanly(data, tmp_path, monke
     with pytest.raises(OutOfMemory, match="even with one 60 px tile"):
         list(stuck.run())
     assert (tmp_path / "oom.ckpt").exists()
+
+
+def test_training_planes_reads_only_the_annotated_planes_of_a_lazy_stack():
+    import dask.array as da
+
+    image = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+
+    def guard(block, block_info=None):
+        if block_info[0]["chunk-location"][0] >= 2:
+            raise AssertionError("an unannotated plane was read")
+        return block
+
+    lazy = da.from_array(image, chunks=(1, 32, 32)).map_blocks(guard, dtype=np.float32)
+    labels = np.zeros((4, 32, 32), np.uint16)
+    labels[0, 4:12, 4:12] = 1
+    labels[1, 10:20, 10:20] = 2
+    planes, _ = training_planes(lazy, labels)
+    assert [p.index for p in planes] == [(0,), (1,)]
+    np.testing.assert_allclose(planes[0].image, training_planes(image, labels)[0][0].image)

@@ -75,16 +75,27 @@ class TrainingPlane:
     index: tuple[int, ...]  # position of the plane in the leading axes of the source
 
 
-def split_channels(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
-    """Return a view with the channel axis moved right before (Y, X): shape (..., C, Y, X)."""
+def split_channels(image, channel_axis: int | None = None):
+    """The image with its channel axis moved right before (Y, X): shape (..., C, Y, X).
+
+    numpy input gives a numpy view; dask, zarr and other array-likes stay lazy (a dask array),
+    so that planes can be read one at a time.
+    """
+    if not isinstance(image, np.ndarray):
+        import dask.array as da
+
+        image = image if hasattr(image, "dask") else da.asarray(image)
+        move = da.moveaxis
+    else:
+        move = np.moveaxis
     if channel_axis is None:
         return image[..., None, :, :]
     axis = channel_axis % image.ndim
     if axis >= image.ndim - 2:
         if axis == image.ndim - 1 and image.ndim >= 3:
-            return np.moveaxis(image, -1, -3)
+            return move(image, -1, -3)
         raise InputError("the channel axis cannot be one of the two image (Y, X) axes")
-    return np.moveaxis(image, axis, -3)
+    return move(image, axis, -3)
 
 
 def guess_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> int | None:
@@ -231,7 +242,7 @@ def training_planes(
     labels = np.asarray(labels)
     if channel_axis is None:
         channel_axis = guess_channel_axis(np.shape(image), labels.shape)
-    image_c = split_channels(np.asarray(image), channel_axis)
+    image_c = split_channels(image, channel_axis)  # planes are read one at a time below
     if image_c.shape[:-3] + image_c.shape[-2:] != labels.shape:
         raise InputError(
             f"image shape {np.shape(image)} and labels shape {labels.shape} do not match"
@@ -253,7 +264,7 @@ def training_planes(
         num_classes = max(num_classes, k)
         result.append(
             TrainingPlane(
-                image=normalize_plane(image_c[index], config.normalization),
+                image=normalize_plane(np.asarray(image_c[index]), config.normalization),
                 target=target,
                 weight=weight,
                 index=index,

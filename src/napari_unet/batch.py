@@ -84,18 +84,8 @@ def iter_planes(image, model: UNet, channel_axis: int | None = None) -> Iterator
         if axis is None:
             plane = np.asarray(image[index])[None]
         else:
-            moved = _move_channel(image, axis)
-            plane = np.asarray(moved[index])
+            plane = np.asarray(split_channels(image, axis)[index])
         yield index, plane
-
-
-def _move_channel(image, axis: int):
-    if hasattr(image, "dask") or hasattr(image, "chunks") and not isinstance(image, np.ndarray):
-        import dask.array as da
-
-        arr = image if hasattr(image, "dask") else da.from_zarr(image)
-        return da.moveaxis(arr, axis, -3)
-    return split_channels(np.asarray(image), axis)
 
 
 def segment_plane(model: UNet, metadata: ModelMetadata, plane: np.ndarray, config: SegmentConfig,

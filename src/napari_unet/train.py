@@ -32,7 +32,10 @@ from .augment import AugmentConfig, augment_batch
 from .devices import is_out_of_memory, release_memory, resolve_device
 from .errors import InputError, ModelFileError, OutOfMemory
 from .model import UNet, border, check_input_size, input_size_for_output
+from .metrics import iou, matching
 from .modelfile import ModelMetadata, load_tensors, save_model, save_tensors
+from .postprocess import instance_labels, semantic_labels
+from .predict import PredictConfig, predict_plane
 
 CHECKPOINT_FORMAT = "napari-unet-checkpoint/1"
 
@@ -52,6 +55,9 @@ class TrainConfig:
         foreground (Falk et al.: 0.1); ignored pixels are never tile centres.
     val_every / checkpoint_every : steps between validations / checkpoints (0 = never).
     amp : bf16 autocast and channels_last on CUDA.
+    seed : seeds tile sampling, augmentation and dropout. The initial weights come from the model
+        passed to :class:`Trainer` (seed torch with ``torch.manual_seed`` before building it for
+        fully reproducible runs).
     """
 
     steps: int = 1000
@@ -301,10 +307,6 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Foreground IoU and F1 at IoU 0.5 on the validation planes (annotated pixels only)."""
-        from .metrics import iou, matching
-        from .postprocess import instance_labels, semantic_labels
-        from .predict import PredictConfig, predict_plane
-
         ious, f1s = [], []
         for p in self.val_planes:
             probs = predict_plane(self.model, p.image, PredictConfig(device=str(self.device)), self.device)
