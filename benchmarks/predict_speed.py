@@ -1,6 +1,6 @@
 """Prediction speed: our overlap-tile predictor against the paper's protocol done naively and MONAI.
 
-    python benchmarks/predict_speed.py                 # 1024 x 1024, best of 2 rounds (CPU), 5 (GPU)
+    python benchmarks/predict_speed.py                 # 1024 x 1024, best of 3 rounds (CPU), 5 (GPU)
     python benchmarks/predict_speed.py --quick         # 512 x 512, 1 round: a smoke run, see below
     python benchmarks/predict_speed.py --tiles 572,700,1020   # also ours with fixed square tiles
 
@@ -130,18 +130,41 @@ def naive_paper(model: UNet, plane: np.ndarray, device: torch.device, tile: int 
     return result[:, :h, :w]
 
 
-def naive_pixels(model: UNet, shape: tuple[int, int], tile: int = PAPER_TILE) -> int:
+def gflop(config: UNetConfig, height: int, width: int) -> float:
+    """Multiply-adds x 2 of the (up-)convolutions for one input tile, counted on the meta device."""
+    with torch.device("meta"):
+        net = UNet(config)
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        k = module.weight.shape
+        area = inputs[0].shape[-2] * inputs[0].shape[-1] if isinstance(module, torch.nn.ConvTranspose2d) \
+            else output.shape[-2] * output.shape[-1]
+        total += 2 * area * k[0] * k[1] * k[2] * k[3]
+
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.register_forward_hook(count)
+    net(torch.empty(1, config.in_channels, height, width, device="meta"))
+    return total / 1e9
+
+
+def naive_work(model: UNet, shape: tuple[int, int], tile: int = PAPER_TILE) -> tuple[int, float]:
+    """Input pixels and GFLOP of the naive protocol."""
     out = tile - 2 * border(model.config)
-    return math.ceil(shape[0] / out) * math.ceil(shape[1] / out) * tile * tile
+    n = math.ceil(shape[0] / out) * math.ceil(shape[1] / out)
+    return n * tile * tile, n * gflop(model.config, tile, tile)
 
 
-def ours_pixels(model: UNet, shape: tuple[int, int], pconfig: PredictConfig, device) -> tuple[int, tuple, int]:
-    """Input pixels through the network, the tile (h, w) and the batch our predictor picks."""
-    from napari_unet.predict import _stride
+def ours_work(model: UNet, shape: tuple[int, int], pconfig: PredictConfig, device) -> tuple[int, float, tuple, int]:
+    """Input pixels and GFLOP through the network, the tile (h, w) and the batch our predictor picks."""
+    from napari_unet.predict import _tile_count
 
     tile = tile_shape(model.config, shape, pconfig, device)
-    n = math.ceil(shape[0] / _stride(model.config, tile[0])) * math.ceil(shape[1] / _stride(model.config, tile[1]))
-    return n * tile[0] * tile[1], tile, _batch_size(model.config, tile, pconfig, device)
+    n = _tile_count(model.config, tile[0], shape[0]) * _tile_count(model.config, tile[1], shape[1])
+    return (n * tile[0] * tile[1], n * gflop(model.config, *tile), tile,
+            _batch_size(model.config, tile, pconfig, device))
 
 
 def monai_windows(shape: tuple[int, int], roi: int = MONAI_ROI, overlap: float = MONAI_OVERLAP) -> int:
@@ -173,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512 x 512, one round (smoke run)")
     parser.add_argument("--size", type=int, help="image edge (default 1024; 512 with --quick)")
-    parser.add_argument("--repeats", type=int, help="interleaved rounds, best kept (CPU 2, GPU 5; quick 1)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds, best kept (CPU 3, GPU 5; quick 1)")
     parser.add_argument("--tiles", default="", help="comma-separated square tiles for extra 'ours tile=T' runs")
     parser.add_argument("--no-monai", action="store_true")
     parser.add_argument("--no-naive", action="store_true", help="skip the (slow) naive protocol")
@@ -183,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(args.device)
     size = args.size or (512 if args.quick else 1024)
-    repeats = args.repeats or (1 if args.quick else (5 if device.type == "cuda" else 2))
+    repeats = args.repeats or (1 if args.quick else (5 if device.type == "cuda" else 3))
     out_path = args.out or RESULTS / ("predict_speed_quick.json" if args.quick else "predict_speed.json")
     print(f"device {device}, image {size} x {size}, best of {repeats} interleaved round(s), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
@@ -196,13 +219,15 @@ def main(argv: list[str] | None = None) -> dict:
     pconfig = PredictConfig(device=str(device))
 
     contenders: dict[str, dict] = {}
-    px, tile, batch = ours_pixels(paper, shape, pconfig, device)
+    px, gf, tile, batch = ours_work(paper, shape, pconfig, device)
     contenders["ours"] = {"run": lambda: predict_plane(paper, image, pconfig, device),
-                          "pixels_through_net": px, "detail": f"tiles {tile[0]}x{tile[1]}, batch {batch}"}
+                          "pixels_through_net": px, "gflop": gf,
+                          "detail": f"tiles {tile[0]}x{tile[1]}, batch {batch}"}
     if not args.no_naive:
+        px_n, gf_n = naive_work(paper, shape)
         contenders["naive"] = {"run": lambda: naive_paper(paper, image, device),
-                               "pixels_through_net": naive_pixels(paper, shape),
-                               "detail": f"tiles {PAPER_TILE}x{PAPER_TILE}, batch 1, fp32"}
+                               "pixels_through_net": px_n, "gflop": gf_n,
+                               "detail": f"tiles {PAPER_TILE}x{PAPER_TILE}, batch 1, fp32, NCHW"}
     swi = None if args.no_monai else import_monai()
     if swi is not None:
         torch.manual_seed(0)
@@ -211,17 +236,19 @@ def main(argv: list[str] | None = None) -> dict:
         n_win = monai_windows(shape)
         contenders["monai"] = {"run": lambda: make_monai(swi, same, device, batch)(image),
                                "pixels_through_net": n_win * MONAI_ROI**2,
+                               "gflop": n_win * gflop(same.config, MONAI_ROI, MONAI_ROI),
                                "detail": f"roi {MONAI_ROI}, overlap {MONAI_OVERLAP}, {n_win} windows, "
                                          f"sw_batch {batch}, same padding"}
     for t in [int(t) for t in args.tiles.split(",") if t.strip()]:
         cfg_t = PredictConfig(tile=t, device=str(device))
-        px_t, tile_t, batch_t = ours_pixels(paper, shape, cfg_t, device)
+        px_t, gf_t, tile_t, batch_t = ours_work(paper, shape, cfg_t, device)
         contenders[f"ours tile={t}"] = {
             "run": (lambda c=cfg_t: predict_plane(paper, image, c, device)),
-            "pixels_through_net": px_t, "detail": f"tiles {tile_t[0]}x{tile_t[1]}, batch {batch_t}"}
-    px_s, tile_s, batch_s = ours_pixels(small, shape, pconfig, device)
+            "pixels_through_net": px_t, "gflop": gf_t,
+            "detail": f"tiles {tile_t[0]}x{tile_t[1]}, batch {batch_t}"}
+    px_s, gf_s, tile_s, batch_s = ours_work(small, shape, pconfig, device)
     contenders["ours small"] = {"run": lambda: predict_plane(small, image, pconfig, device),
-                                "pixels_through_net": px_s,
+                                "pixels_through_net": px_s, "gflop": gf_s,
                                 "detail": f"PRESETS['small'], tiles {tile_s[0]}x{tile_s[1]}, batch {batch_s}"}
 
     # warm-up: one small forward per network and layout (library loading, kernel selection)
@@ -271,12 +298,14 @@ def main(argv: list[str] | None = None) -> dict:
     if diff_first is not None:
         print(f"max |ours - naive| in naive's first {first} x {first} tile: {diff_first:.1e} "
               f"(whole image: {diffs['naive']:.1e}, naive's tiles at stride {first} shift the pooling grid)")
-    print(f"{'contender':<16} {'best s':>8} {'MPix/s':>8} {'vs ours':>8} {'Mpx thru net':>12} "
-          f"{'max|d ours|':>11}  detail")
+    print(f"{'contender':<16} {'best s':>8} {'MPix/s':>8} {'vs ours':>8} {'Mpx in':>7} {'GFLOP':>7} "
+          f"{'GFLOP/s':>8} {'max|d ours|':>11}  detail")
     for n in names:
         d = f"{diffs[n]:.1e}" if n in diffs else "n/a"
+        c = contenders[n]
         print(f"{n:<16} {best[n]:>8.2f} {mpix / best[n]:>8.3f} {best['ours'] / best[n]:>8.2f} "
-              f"{contenders[n]['pixels_through_net'] / 1e6:>12.2f} {d:>11}  {contenders[n]['detail']}")
+              f"{c['pixels_through_net'] / 1e6:>7.2f} {c['gflop']:>7.0f} {c['gflop'] / best[n]:>8.1f} "
+              f"{d:>11}  {c['detail']}")
 
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -291,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         "contenders": {
             n: {"best_s": best[n], "all_s": times[n], "mpix_per_s": mpix / best[n],
                 "pixels_through_net": contenders[n]["pixels_through_net"],
+                "gflop": contenders[n]["gflop"], "gflop_per_s": contenders[n]["gflop"] / best[n],
                 "detail": contenders[n]["detail"]}
             for n in names
         },

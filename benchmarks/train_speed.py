@@ -1,6 +1,6 @@
 """Training speed: optimiser steps of :class:`napari_unet.train.Trainer`, augmentation, weight maps.
 
-    python benchmarks/train_speed.py            # best of 2 interleaved rounds (CPU), 5 (GPU)
+    python benchmarks/train_speed.py            # best of 3 interleaved rounds (CPU), 5 (GPU)
     python benchmarks/train_speed.py --quick    # 1 round, fewer steps, paper net 1 step
 
 Measured on this device (``resolve_device("auto")``), every contender interleaved with the others
@@ -36,7 +36,7 @@ import torch
 from napari_unet.annotations import training_planes
 from napari_unet.augment import AugmentConfig, augment_batch
 from napari_unet.devices import resolve_device
-from napari_unet.model import PRESETS, UNet
+from napari_unet.model import PRESETS, UNet, border
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
 from napari_unet.train import TrainConfig, Trainer, default_tile
 from napari_unet.weightmap import WeightMapConfig, weight_map
@@ -79,7 +79,6 @@ class Contender:
         self.trainer = Trainer(model, planes, config)
         self.tile = self.trainer.tile
         self.events = self.trainer.run()
-        self.rates: list[float] = []
 
     def steps(self, n: int, device) -> float:
         """Run ``n`` optimiser steps; returns seconds."""
@@ -111,14 +110,14 @@ def time_augment(tile: int, batch: int, iters: int, device, generator) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round, fewer steps")
-    parser.add_argument("--repeats", type=int, help="interleaved rounds (CPU 2, GPU 5; quick 1)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds (CPU 3, GPU 5; quick 1)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
-    repeats = args.repeats or (1 if args.quick else (5 if gpu else 2))
+    repeats = args.repeats or (1 if args.quick else (5 if gpu else 3))
     out_path = args.out or RESULTS / ("train_speed_quick.json" if args.quick else "train_speed.json")
     print(f"device {device}, best of {repeats} interleaved round(s), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
@@ -174,29 +173,36 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     for c in contenders:
         best = min(times[c.name])
+        out = c.tile - 2 * border(c.trainer.model.config)
         rows[c.name] = {"tile": c.tile, "batch": c.batch, "tiles_per_s": 1 / best,
-                        "mpix_per_s_input": c.tile**2 / best / 1e6, "s_per_tile_all": times[c.name],
+                        "mpix_per_s_input": c.tile**2 / best / 1e6,
+                        "mpix_per_s_output": out**2 / best / 1e6, "s_per_tile_all": times[c.name],
                         "steps_per_round": per_round[c.name]}
     for (tile, batch, iters), (name, ts) in zip(aug_specs, aug_times.items()):
         rows[name] = {"tile": tile, "batch": batch, "tiles_per_s": 1 / min(ts),
-                      "mpix_per_s_input": tile**2 / min(ts) / 1e6, "s_per_tile_all": ts,
+                      "mpix_per_s_input": tile**2 / min(ts) / 1e6, "mpix_per_s_output": None,
+                      "s_per_tile_all": ts,
                       "calls_per_round": iters}
     small_names = [f"small b{b}" for b in (1, 2, 4, 8)]
     best_small = max(small_names, key=lambda n: rows[n]["tiles_per_s"])
+    small_aug = f"augment {aug_specs[1][0]}"
     ratios = {
-        f"{best_small} / small b1": rows[best_small]["tiles_per_s"] / rows["small b1"]["tiles_per_s"],
-        "augment 572 / paper 572 b1 training (tiles/s)":
-            rows["augment 572"]["tiles_per_s"] / rows["paper 572 b1"]["tiles_per_s"],
-        f"augment {aug_specs[1][0]} / {best_small} training (tiles/s)":
-            rows[f"augment {aug_specs[1][0]}"]["tiles_per_s"] / rows[best_small]["tiles_per_s"],
+        f"{best_small} vs small b1, tiles/s": rows[best_small]["tiles_per_s"] / rows["small b1"]["tiles_per_s"],
+        f"{best_small} vs paper 572 b1, trained (output) MPix/s":
+            rows[best_small]["mpix_per_s_output"] / rows["paper 572 b1"]["mpix_per_s_output"],
+        "augmentation share of a paper 572 b1 step":
+            rows["paper 572 b1"]["tiles_per_s"] / rows["augment 572"]["tiles_per_s"],
+        f"augmentation share of a {best_small} step (188 px tiles)":
+            rows[best_small]["tiles_per_s"] / rows[small_aug]["tiles_per_s"],
     }
     print()
     for key, value in ratios.items():
-        print(f"ratio {key}: {value:.2f}x")
-    print(f"{'contender':<16} {'tile':>5} {'batch':>5} {'tiles/s':>9} {'MPix/s in':>9}")
+        print(f"{key}: " + (f"{100 * value:.1f} %" if "share" in key else f"{value:.2f}x"))
+    print(f"{'contender':<16} {'tile':>5} {'batch':>5} {'tiles/s':>9} {'MPix/s in':>9} {'MPix/s out':>10}")
     for name, row in rows.items():
+        out_rate = f"{row['mpix_per_s_output']:.3f}" if row["mpix_per_s_output"] else "-"
         print(f"{name:<16} {row['tile']:>5} {row['batch']:>5} {row['tiles_per_s']:>9.3f} "
-              f"{row['mpix_per_s_input']:>9.3f}")
+              f"{row['mpix_per_s_input']:>9.3f} {out_rate:>10}")
     print(f"weight map 512 x 512, 150 instances: {min(wm_times) * 1e3:.0f} ms (best of {len(wm_times)})")
     if wm_2048:
         print(f"weight map 2048 x 2048, {wm_2048['n_instances']} instances (weightmap_speed.json, "

@@ -81,8 +81,8 @@ def tile_shape(
     With ``pconfig.tile`` the user's square edge (clipped to what the plane needs). Otherwise the
     tiling of the plane that pushes the fewest pixels through the network among those whose tile
     fits the memory budget (and :data:`MAX_AUTO_TILE_PIXELS`): tiles may be rectangular, and their
-    size is fitted to the plane, e.g. 2 tiles of 1208 x 700 for a 1024 x 1024 plane and the paper's
-    network instead of 4 tiles of 1020 x 1020.
+    size is fitted to the plane, e.g. 2 tiles of 1212 x 700 for a 1024 x 1024 plane and the paper's
+    network (rather than 4 square tiles of 1020 x 1020).
     """
     margin = context_margin(config)
     if pconfig.tile is None:
@@ -103,9 +103,8 @@ def _axis_options(config: UNetConfig, length: int) -> list[tuple[int, int]]:
     options: list[tuple[int, int]] = []
     n = 1
     while True:
-        need = math.ceil(length / n)
-        edge = _align(config, need + 2 * margin)
-        while _stride(config, edge) < need:
+        edge = _align(config, math.ceil(length / n) + 2 * margin)
+        while _tile_count(config, edge, length) > n:
             edge += 2**config.depth  # the next usable edge
         if not options or edge < options[-1][1]:
             options.append((n, edge))
@@ -129,7 +128,15 @@ def _stride(config: UNetConfig, edge: int) -> int:
     return out - out % step if out >= step else out
 
 
-def _fitted_tile(config: UNetConfig, plane_shape: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+def _tile_count(config: UNetConfig, edge: int, length: int) -> int:
+    """Tiles of input edge ``edge`` needed to cover ``length`` output pixels along one axis."""
+    out = edge - 2 * context_margin(config)
+    return 1 + max(0, math.ceil((length - out) / _stride(config, edge)))
+
+
+def _fitted_tile(
+    config: UNetConfig, plane_shape: tuple[int, int], max_pixels: int
+) -> tuple[int, int]:
     """Tile (h, w) of at most ``max_pixels`` minimising the pixels computed over the plane."""
     along_y = _axis_options(config, int(plane_shape[0]))
     along_x = _axis_options(config, int(plane_shape[1]))
@@ -254,7 +261,7 @@ def _predict_tiled(model, plane, tile, pconfig, device, cancelled) -> np.ndarray
     height, width = plane.shape[1:]
     out_h, out_w = tile[0] - 2 * margin, tile[1] - 2 * margin
     step_y, step_x = _stride(cfg, tile[0]), _stride(cfg, tile[1])
-    ny, nx = math.ceil(height / step_y), math.ceil(width / step_x)
+    ny, nx = _tile_count(cfg, tile[0], height), _tile_count(cfg, tile[1], width)
     full_h, full_w = (ny - 1) * step_y + out_h, (nx - 1) * step_x + out_w
     padded = np.pad(
         plane,
@@ -320,6 +327,6 @@ def load_predictor(model_path, device: str = "auto"):
 
     dev = resolve_device(device)
     model, metadata = load_model(model_path, device=dev)
-    if dev.type == "cuda":
+    if dev.type in ("cuda", "cpu"):  # the layout predict_plane uses there (see _use_channels_last)
         model = model.to(memory_format=torch.channels_last)
     return model, metadata, dev
