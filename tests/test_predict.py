@@ -77,3 +77,20 @@ def test_bad_tile_and_channels_are_refused(model, plane):
         predict_plane(model, plane, PredictConfig(tile=61, device="cpu"))
     with pytest.raises(InputError, match="channel"):
         predict_plane(model, np.zeros((3, 40, 40), np.float32), PredictConfig(device="cpu"))
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_deep_networks_tile_on_the_pooling_grid(depth):
+    # tiles must start on multiples of 2**depth, else max-pooling sees a shifted grid and seams appear
+    torch.manual_seed(depth)
+    cfg = UNetConfig(width=2, depth=depth, dropout=0.0)
+    net = UNet(cfg).eval()
+    b = border(cfg)
+    plane = np.random.default_rng(depth).random((1, 70, 61), dtype=np.float32)
+    from napari_unet.model import input_size_for_output
+
+    t1 = input_size_for_output(cfg, 20)
+    t2 = input_size_for_output(cfg, 45)
+    a = predict_plane(net, plane, PredictConfig(tile=t1, device="cpu"))
+    c = predict_plane(net, plane, PredictConfig(tile=t2, device="cpu"))
+    np.testing.assert_allclose(a, c, atol=1e-5)
