@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_name
+
 import numpy as np
 import torch
 
@@ -61,14 +63,7 @@ MONAI_OVERLAP = 0.25
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

@@ -39,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from _machine import cpu_name
+
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stack_memory.json"
@@ -49,14 +51,7 @@ GB = 1e9
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
