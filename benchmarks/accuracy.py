@@ -191,7 +191,7 @@ def main() -> int:
     meta = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores", "device": torch.cuda.get_device_name() if device.type == "cuda" else str(device),
             "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
-            "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]), "torch": torch.__version__}
+            "command": " ".join(["python benchmarks/accuracy.py", *sys.argv[1:]]), "torch": torch.__version__}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     plot(rows)
