@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if root is None:
         pytest.skip("real data (../shared/data or $NAPARI_UNET_DATA) is not available")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny networks on one thread, as its subprocesses do (OMP_NUM_THREADS=1):
+    faster on a busy 2-core box and bit-identical to the subprocesses' results."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -40,15 +40,7 @@ def assert_clean_failure(stderr: str, code: int) -> None:
     assert lines[0].startswith("napari-unet: error: ")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run much faster on one thread (2 threads contend on a busy 2-core box)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

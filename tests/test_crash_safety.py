@@ -56,13 +56,7 @@ def hidden(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Same thread count as the subprocesses (OMP_NUM_THREADS=1): bit-identical results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -86,13 +86,7 @@ def refused(capsys, folder: Path, *args, match: str, absent=(), code: int | None
     return lines[-1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run much faster on one thread (2 threads contend on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
