@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -45,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _machine import cpu_name, write_json
 
 import numpy as np
 import torch
@@ -322,10 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         "monai": {"roi": MONAI_ROI, "overlap": MONAI_OVERLAP, "mode": "constant",
                   "available": swi is not None},
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
-    return result
+    return write_json(out_path, result)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _machine import cpu_name, write_json
 
 import numpy as np
 
@@ -345,10 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         "goal_bytes": GOAL_BYTES,
         "goal_met": met,
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_json}")
-    return result
+    return write_json(out_json, result)
 
 
 if __name__ == "__main__":

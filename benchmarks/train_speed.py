@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _machine import cpu_name, write_json
 
 import numpy as np
 import torch
@@ -219,10 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weight_map_2048": ({k: wm_2048[k] for k in ("date", "image_shape", "n_instances", "timings_s",
                                                       "ratio", "max_abs_diff")} if wm_2048 else None),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
-    return result
+    return write_json(out_path, result)
 
 
 if __name__ == "__main__":
