@@ -111,3 +111,15 @@ def test_tile_geometry_properties(depth, padding, size):
             s -= 4
             assert s % 2 == 0
             s //= 2
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_smallest_valid_size_is_its_own_nearest(depth, padding):
+    """Regression: at exactly the smallest valid size, 'below' used to be None."""
+    from napari_unet.model import min_input_size
+
+    cfg = UNetConfig(depth=depth, padding=padding, width=8)
+    low = min_input_size(cfg)
+    assert nearest_valid_sizes(cfg, low) == (low, low)
+    assert nearest_valid_sizes(cfg, low - 1) == (None, low)

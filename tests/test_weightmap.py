@@ -72,13 +72,14 @@ def test_single_and_far_instances_unchanged():
 # ---------------------------------------------------------------- paper variant, hand-checked
 
 # two_squares after separation: 2 x 20 x 19 = 760 foreground of 4800 pixels, 4040 background.
+PAPER = WeightMapConfig(class_balance=True)  # the paper's w_c (off by default)
 WC_BG = 4800 / (2 * 4040)  # 0.594059...
 WC_FG = 4800 / (2 * 760)  # 3.157894...
 BORDER_GAP = 10.0 * math.exp(-((1 + 2) ** 2) / (2 * 5.0**2))  # d1 = 1, d2 = 2 -> 8.3527
 
 
 def test_paper_hand_values():
-    w = weight_map(two_squares())
+    w = weight_map(two_squares(), WeightMapConfig(class_balance=True))  # the paper's w_c
     assert w.dtype == np.float32 and w.shape == (60, 80)
     assert WC_BG == pytest.approx(0.5940594) and BORDER_GAP == pytest.approx(8.352702)
     # gap pixels on both sides of the contact: d1 = 1, d2 = 2
@@ -95,7 +96,7 @@ def test_paper_hand_values():
 
 def test_background_beside_gap_value():
     # just above the gap, (19, 29): d1 = |(19,29) - (20,28)| = sqrt(2), d2 = |..-(20,31)| = sqrt(5)
-    w = weight_map(two_squares())
+    w = weight_map(two_squares(), WeightMapConfig(class_balance=True))  # the paper's w_c
     s = math.sqrt(2) + math.sqrt(5)
     assert w[19, 29] == pytest.approx(WC_BG + 10 * math.exp(-s * s / 50), rel=1e-5)
 
@@ -104,7 +105,7 @@ def test_ignore_gives_zero_and_is_not_counted():
     lab = two_squares()
     ignore = np.zeros(lab.shape, dtype=bool)
     ignore[:, 60:] = True  # 60 x 20 = 1200 background pixels ignored
-    w = weight_map(lab, ignore=ignore)
+    w = weight_map(lab, PAPER, ignore=ignore)
     assert np.all(w[ignore] == 0)
     n, n_bg = 4800 - 1200, 4040 - 1200
     assert w[0, 0] == pytest.approx(n / (2 * n_bg), rel=1e-6)
@@ -114,7 +115,7 @@ def test_ignore_gives_zero_and_is_not_counted():
 def test_single_instance_has_no_border_term():
     lab = np.zeros((40, 40), dtype=np.int32)
     lab[10:20, 10:20] = 5
-    w = weight_map(lab)
+    w = weight_map(lab, PAPER)
     wc_bg, wc_fg = 1600 / (2 * 1500), 1600 / (2 * 100)
     np.testing.assert_allclose(w[lab == 0], wc_bg, rtol=1e-6)  # even right next to the cell
     np.testing.assert_allclose(w[lab > 0], wc_fg, rtol=1e-6)
@@ -138,11 +139,11 @@ def test_classes_and_no_separation():
     lab = two_squares()
     classes = np.where(lab == 2, 2, np.where(lab == 1, 1, 0)).astype(np.uint8)
     # without separation: 3 classes present, 400 / 400 / 4000 pixels; no gap, so no border term
-    w = weight_map(lab, classes=classes, separate=False)
+    w = weight_map(lab, PAPER, classes=classes, separate=False)
     assert w[30, 29] == pytest.approx(4800 / (3 * 400))
     assert w[0, 0] == pytest.approx(4800 / (3 * 4000))
     # with separation the gap pixels become class 0 even though classes says 1 / 2
-    w = weight_map(lab, classes=classes)
+    w = weight_map(lab, PAPER, classes=classes)
     assert w[30, 29] == pytest.approx(4800 / (3 * 4040) + BORDER_GAP, rel=1e-5)
     assert w[30, 20] == pytest.approx(4800 / (3 * 380), rel=1e-6)
 

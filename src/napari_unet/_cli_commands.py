@@ -56,55 +56,39 @@ def _planes_of(labels: np.ndarray, text: str | None):
 
 
 def run_train(args) -> int:
-    from .annotations import AnnotationConfig, annotated_planes, training_planes
+    from .annotations import AnnotationConfig
     from .augment import AugmentConfig
     from .files import read_array
-    from .model import PRESETS, UNet
-    from .modelfile import load_model
-    from .train import Trainer, TrainConfig, read_checkpoint_metadata
+    from .model import PRESETS
+    from .recipe import TrainingRecipe, prepare_run
+    from .train import TrainConfig
 
     out = Path(args.out)
     if not out.parent.is_dir():
         state = "is not a folder" if out.parent.exists() else "does not exist"
         raise InputError(f"{out}: the folder {out.parent} {state}")
-    image = np.asarray(read_array(args.image))
+    image = read_array(args.image)
     labels = np.asarray(read_array(args.labels))
-    annotation = AnnotationConfig(mode=args.mode)
-    val_planes = _planes_of(labels, args.val_slices) or []
-    planes = _planes_of(labels, args.slices)
-    if planes is None:
-        planes = [p for p in annotated_planes(labels) if p not in set(val_planes)]
-    train_set, num_classes = training_planes(image, labels, annotation, planes, args.channel_axis)
-    val_set = training_planes(image, labels, annotation, val_planes, args.channel_axis)[0] if val_planes else []
-    channels = train_set[0].image.shape[0]
-    parent = None
-    if args.resume:
-        model = UNet(read_checkpoint_metadata(args.resume).architecture)
-    elif args.init:
-        model, meta = load_model(args.init)
-        parent = Path(args.init).name
-        if meta.architecture.in_channels != channels or meta.architecture.num_classes < num_classes:
-            raise InputError(
-                f"{args.init} was trained for {meta.architecture.in_channels} channel(s) and "
-                f"{meta.architecture.num_classes} classes; these data have {channels} and {num_classes}"
-            )
-    else:
-        overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding)) if v}
-        config = PRESETS[args.preset].with_(in_channels=channels, num_classes=num_classes, **overrides)
-        model = UNet(config)
+    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth),
+                                   ("padding", args.padding)) if v}
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, tile=args.tile, optimizer=args.optimizer,
-        lr=args.lr, augment=AugmentConfig(strength=max(args.augment, 0.0)), seed=args.seed,
-        device=args.device, val_every=max(50, args.steps // 10),
-        checkpoint_every=getattr(args, "checkpoint_every", None) or max(100, args.steps // 10),
+        steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, tile=args.tile,
+        optimizer=args.optimizer, lr=args.lr, augment=AugmentConfig(strength=max(args.augment, 0.0)),
+        seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
     )
-    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt")
-    trainer = Trainer(model, train_set, config, val_set, annotation, ckpt, parent_model=parent)
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
+    recipe = TrainingRecipe(
+        annotation=AnnotationConfig(mode=args.mode), training=config,
+        architecture=PRESETS[args.preset].with_(**overrides), init=args.init, resume=args.resume,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),
+        planes=_planes_of(labels, args.slices), val_planes=tuple(_planes_of(labels, args.val_slices) or ()),
+        channel_axis=args.channel_axis,
+    )
+    trainer = prepare_run(image, labels, recipe)
+    model, train_set = trainer.model, trainer.planes
+    budget = f", at most {config.minutes:g} min" if config.minutes else ""
     print(f"training {model.config.width}-wide, depth-{model.config.depth} U-Net on {len(train_set)} "
-          f"plane(s), tile {trainer.tile}, device {trainer.device}, steps {trainer.step}->{config.steps}",
-          file=sys.stderr)
+          f"plane(s), tile {trainer.tile}, device {trainer.device}, steps {trainer.step}->{config.steps}"
+          f"{budget}", file=sys.stderr)
     bar = ProgressLine("train", config.steps, args.quiet)
     last_metrics: dict = {}
     start = time.perf_counter()
@@ -116,6 +100,8 @@ def run_train(args) -> int:
                 last_metrics = event.metrics or {}
             elif event.kind == "warning":
                 print(f"napari-unet: warning: {event.message}", file=sys.stderr)
+            elif event.kind == "done" and event.message:
+                print(f"napari-unet: {event.message}", file=sys.stderr)
     except KeyboardInterrupt:
         bar.close()
         path = trainer.save_checkpoint()
@@ -143,13 +129,14 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
 def run_predict(args) -> int:
     from .batch import SegmentConfig, segment_stack, segment_stack_distributed
     from .files import read_array, write_array
-    from .postprocess import PostprocessConfig
+    from .derived import postprocess_config
     from .predict import PredictConfig, load_predictor
 
+    model, metadata, device = load_predictor(args.model, args.device)
+    post = None if args.min_size is None else postprocess_config(metadata.postprocess, min_size=args.min_size)
     config = SegmentConfig(
         predict=PredictConfig(tile=args.tile, tta=args.tta, device=args.device),
-        postprocess=PostprocessConfig(min_size=args.min_size),
-        instances=args.instances, channel_axis=args.channel_axis,
+        postprocess=post, instances=args.instances, channel_axis=args.channel_axis,
     )
     out = Path(args.out)
     _check_destination(out, (".tif", ".tiff", ".npy", ".zarr"), "labels")
@@ -159,7 +146,6 @@ def run_predict(args) -> int:
     for path in (out, Path(args.probabilities) if args.probabilities else None):
         if path is not None and path.resolve() in inputs:
             raise InputError(f"{path}: writing there would overwrite an input; choose another file")
-    model, metadata, device = load_predictor(args.model, args.device)
     if args.tile:
         from .model import check_input_size
 
@@ -208,6 +194,7 @@ def _write_zarr(out: Path, labels: np.ndarray) -> None:
 def _predict_with_probabilities(model, metadata, image, config, prob_path, progress):
     from .batch import iter_planes, plane_layout, segment_plane
     from .files import write_array
+    from .planes import offset_instances
 
     lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
     labels = np.zeros(lead + yx, np.uint32)
@@ -216,8 +203,7 @@ def _predict_with_probabilities(model, metadata, image, config, prob_path, progr
     for flat, (index, plane) in enumerate(iter_planes(image, model, config.channel_axis)):
         lab, p = segment_plane(model, metadata, plane, config)
         if config.instances:
-            lab = np.where(lab > 0, lab + offset, 0).astype(np.uint32)
-            offset = max(offset, int(lab.max()))
+            lab, offset = offset_instances(lab, offset)
         labels[index], probs[index] = lab, p
         progress(flat + 1, total)
     write_array(prob_path, probs)

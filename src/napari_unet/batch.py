@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .annotations import Normalization, normalize_plane, split_channels
+from .derived import postprocess_config
+from .planes import offset_instances
 from .errors import Cancelled, InputError
 from .model import UNet
 from .modelfile import ModelMetadata
@@ -31,10 +33,14 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """What to compute for every plane."""
+    """What to compute for every plane.
+
+    ``postprocess=None`` (default) uses what the model file recommends, i.e. the settings derived
+    from its training annotations (:func:`napari_unet.derived.postprocess_config`).
+    """
 
     predict: PredictConfig = field(default_factory=PredictConfig)
-    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    postprocess: PostprocessConfig | None = None
     instances: bool = True
     channel_axis: int | None = None
 
@@ -93,10 +99,24 @@ def segment_plane(model: UNet, metadata: ModelMetadata, plane: np.ndarray, confi
     """Labels (Y, X) and probabilities (K, Y, X) for one raw (C, Y, X) plane."""
     norm = Normalization.from_dict(metadata.normalization)
     probs = predict_plane(model, normalize_plane(plane, norm), config.predict, cancelled=cancelled)
+    return labels_from_probabilities(probs, metadata, config), probs
+
+
+def postprocess_for(metadata: ModelMetadata, config: SegmentConfig) -> PostprocessConfig:
+    """The post-processing of a run: the explicit one, else the model file's recommendation."""
+    if config.postprocess is not None:
+        return config.postprocess
+    return postprocess_config(metadata.postprocess)
+
+
+def labels_from_probabilities(probs: np.ndarray, metadata: ModelMetadata,
+                              config: SegmentConfig) -> np.ndarray:
+    """Instance (or semantic, with ``instances=False``) labels (Y, X) uint32 of one plane."""
     semantic = semantic_labels(probs)
     if config.instances:
-        return instance_labels(semantic, config.postprocess, probabilities=probs).astype(np.uint32), probs
-    return semantic.astype(np.uint32), probs
+        post = postprocess_for(metadata, config)
+        return instance_labels(semantic, post, probabilities=probs).astype(np.uint32)
+    return semantic.astype(np.uint32)
 
 
 class StackWriter:
@@ -234,8 +254,7 @@ def _segment_planes(model, metadata, image, config, writer, offset, total, progr
             raise Cancelled("segmentation cancelled")
         labels, _ = segment_plane(model, metadata, plane, config, cancelled)
         if config.instances:
-            labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
-            offset = max(offset, int(labels.max()))
+            labels, offset = offset_instances(labels, offset)
         # done planes and the id offset in one metadata write: a kill cannot separate them
         writer.write(flat, index, labels, {"napari_unet_offset": offset})
         if progress is not None:
@@ -334,8 +353,7 @@ def _run_distributed(client, model_path, image_path, indices, config, writer, pr
         while next_flat in results:
             labels = results.pop(next_flat)
             if config.instances:
-                labels = np.where(labels > 0, labels + offset, 0).astype(np.uint32)
-                offset = max(offset, int(labels.max()))
+                labels, offset = offset_instances(labels, offset)
             writer.write(next_flat, indices[next_flat], labels, {"napari_unet_offset": offset})
             next_flat += 1
             if progress is not None:

@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="model file to write (.safetensors)")
     train.add_argument("--slices", help="planes to train on, e.g. 0,3,5-7 (default: annotated)")
     train.add_argument("--val-slices", help="held-out annotated planes for validation")
-    train.add_argument("--steps", type=_positive_int, default=1000)
+    train.add_argument("--steps", type=_positive_int, default=1000,
+                       help="optimiser steps (default: %(default)s)")
+    train.add_argument("--minutes", type=_positive_float,
+                       help="training time budget in minutes; training stops at --steps or when "
+                            "the budget is spent, whichever comes first")
     train.add_argument("--init", help="fine-tune this model file instead of starting anew")
     train.add_argument("--preset", choices=["paper", "small"], default="small",
                        help="architecture preset (default: small; paper = the 2015 network)")
@@ -97,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     pred.add_argument("--device", default="auto")
     pred.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-    pred.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (px)")
+    pred.add_argument("--min-size", type=int, default=None,
+                      help="drop objects smaller than this (px); default: the model's "
+                           "recommendation, a quarter of the smallest training object")
     pred.add_argument("--channel-axis", type=int)
     pred.add_argument("--quiet", action="store_true")
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import AnnotationConfig, training_planes
 from .batch import SegmentConfig, segment_stack
 from .files import write_array
 from .metrics import iou, seg_score_planes
-from .model import PRESETS, UNet
 from .sample_data import make_cell_stack
-from .train import TrainConfig, Trainer
+from .recipe import TrainingRecipe, prepare_run
+from .train import TrainConfig
 
 IOU_BAR = 0.8
 
@@ -49,16 +48,13 @@ def run_demo(config: DemoConfig | None = None, log=_log) -> dict:
     image, truth = make_cell_stack(config.planes, seed=config.seed)
     log(f"[demo] synthetic stack {image.shape} with {int(truth.max())}+ touching cells per plane; "
         f"annotated planes {list(config.train_planes)} (their ground truth)")
-    annotation = AnnotationConfig()
     annotations = np.zeros_like(truth)
     for z in config.train_planes:
         annotations[z] = truth[z]
-    planes, num_classes = training_planes(image, annotations, annotation)
-    model = UNet(PRESETS["small"].with_(num_classes=num_classes))
     steps = config.steps or 400
-    train_config = TrainConfig(steps=steps, batch_size=4, seed=config.seed, device=config.device,
-                               val_every=0, checkpoint_every=0)
-    trainer = Trainer(model, planes, train_config, annotation=annotation)
+    recipe = TrainingRecipe(training=TrainConfig(steps=steps, seed=config.seed, device=config.device))
+    trainer = prepare_run(image, annotations, recipe)
+    model = trainer.model
     log(f"[demo] training the small U-Net preset ({sum(p.numel() for p in model.parameters()):,} "
         f"parameters) for {steps} steps on {trainer.device}, tile {trainer.tile}")
     for event in trainer.run():

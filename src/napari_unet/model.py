@@ -166,8 +166,10 @@ def nearest_valid_sizes(config: UNetConfig, size: int) -> tuple[int | None, int]
     """The valid input edges just below (None if there is none) and just above ``size``."""
     step = 2**config.depth
     low = min_input_size(config)
-    if size <= low:
+    if size < low:
         return (None, low)
+    if size == low:
+        return (low, low)
     above = low + math.ceil((size - low) / step) * step
     below = above if above == size else above - step
     return (below, above)

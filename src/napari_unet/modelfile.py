@@ -17,7 +17,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class ModelMetadata:
         e.g. ``{"method": "percentile", "low": 1.0, "high": 99.8}``.
     class_names : one unique, non-empty name per output class.
     provenance : JSON-able mapping (steps, data shape, creation date, version, parent name, ...).
+    postprocess : settings derived from the annotations that prediction uses without options
+        (``min_size``, ``fill_holes``, ``object_diameter``; see :mod:`napari_unet.derived`).
+        Files written before this field existed load with ``{}``.
     format_version : metadata format version (1).
     """
 
@@ -67,6 +70,7 @@ class ModelMetadata:
     normalization: dict
     class_names: list[str]
     provenance: dict
+    postprocess: dict = field(default_factory=dict)
     format_version: int = 1
 
     def __post_init__(self) -> None:
@@ -86,6 +90,12 @@ class ModelMetadata:
             raise InputError(f"metadata needs {num} unique class names, got {names!r}")
         if not isinstance(self.provenance, dict):
             raise InputError("metadata provenance must be a mapping")
+        if not isinstance(self.postprocess, dict):
+            raise InputError("metadata postprocess must be a mapping")
+        try:
+            self.postprocess = json.loads(json.dumps(_finite(self.postprocess), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"metadata postprocess is not JSON-able: {exc}") from None
         try:  # normalise (tuples -> lists, NaN -> None) so that a JSON round trip compares equal
             self.provenance = json.loads(json.dumps(_finite(self.provenance), allow_nan=False))
         except (TypeError, ValueError) as exc:
@@ -109,7 +119,7 @@ class ModelMetadata:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown metadata keys: {', '.join(unknown)}")
-        missing = sorted(known - {"format_version"} - set(data))
+        missing = sorted(known - {"format_version", "postprocess"} - set(data))
         if missing:
             raise InputError(f"missing metadata keys: {', '.join(missing)}")
         return cls(**data)

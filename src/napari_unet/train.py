@@ -32,10 +32,7 @@ from .augment import AugmentConfig, augment_batch
 from .devices import is_out_of_memory, release_memory, resolve_device
 from .errors import InputError, ModelFileError, OutOfMemory
 from .model import UNet, border, check_input_size, input_size_for_output
-from .metrics import iou, matching
 from .modelfile import ModelMetadata, load_tensors, save_model, save_tensors
-from .postprocess import instance_labels, semantic_labels
-from .predict import PredictConfig, predict_plane
 
 CHECKPOINT_FORMAT = "napari-unet-checkpoint/1"
 
@@ -53,7 +50,13 @@ class TrainConfig:
         final models from few, noisy tiles); ``constant`` keeps it.
     background_sampling : how often a tile centred on background is drawn relative to
         foreground (Falk et al.: 0.1); ignored pixels are never tile centres.
-    val_every / checkpoint_every : steps between validations / checkpoints (0 = never).
+    minutes : training time budget in minutes (None: none). The run ends at ``steps`` or when
+        the budget is spent, whichever comes first; the learning-rate schedule then follows the
+        larger of the two fractions done, so a budgeted run still anneals to its end.
+    val_every / checkpoint_every : steps between validations / checkpoints (0 = never; None:
+        :func:`validation_interval` / :func:`checkpoint_interval` of ``steps``).
+    keep_best : with validation planes, the model file keeps the weights of the validation with
+        the best score (foreground IoU + instance F1) instead of the last ones.
     amp : bf16 autocast and channels_last on CUDA.
     seed : seeds tile sampling, augmentation and dropout. The initial weights come from the model
         passed to :class:`Trainer` (seed torch with ``torch.manual_seed`` before building it for
@@ -70,8 +73,10 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     background_sampling: float = 0.1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    val_every: int = 50
-    checkpoint_every: int = 100
+    minutes: float | None = None
+    val_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_best: bool = True
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -89,6 +94,8 @@ class TrainConfig:
             raise InputError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if not 0 <= self.background_sampling <= 1:
             raise InputError("background sampling must be between 0 and 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"the time budget must be a positive number of minutes, got {self.minutes}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +116,16 @@ class TrainEvent:
     message: str | None = None
 
 
+def validation_interval(steps: int) -> int:
+    """Steps between validations when not set: a tenth of the run, at most 50."""
+    return max(1, min(50, steps // 10))
+
+
+def checkpoint_interval(steps: int) -> int:
+    """Steps between checkpoints when not set: a tenth of the run, at least 50."""
+    return max(50, steps // 10)
+
+
 def default_tile(model: UNet) -> int:
     """Smallest valid input edge whose output is at least 96 px."""
     return input_size_for_output(model.config, 96)
@@ -127,10 +144,17 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         parent_model: str | None = None,
         class_names: list[str] | None = None,
+        derived: dict | None = None,
     ) -> None:
         if not planes:
             raise InputError("no training planes given")
-        self.config = config or TrainConfig()
+        config = config or TrainConfig()
+        if config.val_every is None:
+            config = replace(config, val_every=validation_interval(config.steps))
+        if config.checkpoint_every is None:
+            config = replace(config, checkpoint_every=checkpoint_interval(config.steps))
+        self.config = config
+        self.derived = dict(derived or {})
         self.annotation = annotation or AnnotationConfig()
         self.device = resolve_device(self.config.device)
         channels = {p.image.shape[0] for p in planes + (val_planes or [])}
@@ -150,6 +174,9 @@ class Trainer:
         self.tile = self.config.tile or default_tile(model)
         check_input_size(model.config, self.tile)
         self.step = 0
+        self.train_seconds = 0.0  # time spent in training steps (checkpointed: budgets resume)
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # score, step, weights
+        self.best_step: int | None = None  # the step whose weights the model holds, if not the last
         self.history: list[dict] = []
         self._cancel = False
         torch.manual_seed(self.config.seed)
@@ -172,11 +199,23 @@ class Trainer:
         """Learning rate for the coming step (a pure function of the step: resumes exactly)."""
         if self.config.lr_schedule == "constant":
             return
-        progress = min(self.step / max(self.config.steps, 1), 1.0)
+        progress = min(self.progress(), 1.0)
         factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * factor
+
+    def progress(self) -> float:
+        """Fraction of the run done: of the steps, or of the time budget if that is further."""
+        done = self.step / max(self.config.steps, 1)
+        if self.config.minutes:
+            done = max(done, self.train_seconds / (60.0 * self.config.minutes))
+        return done
+
+    def _finished(self) -> bool:
+        return self.step >= self.config.steps or (
+            self.config.minutes is not None and self.train_seconds >= 60.0 * self.config.minutes
+        )
 
     def _prepare_data(self) -> None:
         """Pad every plane once by a tile and keep it on the device; build the tile sampler."""
@@ -238,11 +277,12 @@ class Trainer:
         self.model.train()
         t_start, step_start = time.perf_counter(), self.step
         try:
-            while self.step < cfg.steps:
+            while not self._finished():
                 if self._cancel:
                     path = self.save_checkpoint() if self.checkpoint_path else None
                     yield TrainEvent("cancelled", self.step, cfg.steps, path=str(path) if path else None)
                     return
+                t_step = time.perf_counter()
                 try:
                     value = self._train_step(use_amp)
                 except Exception as exc:
@@ -251,22 +291,52 @@ class Trainer:
                     yield self._after_out_of_memory()
                     continue
                 self.step += 1
+                self.train_seconds += time.perf_counter() - t_step
                 elapsed = time.perf_counter() - t_start
                 rate = (self.step - step_start) / max(elapsed, 1e-9)
                 self.history.append({"step": self.step, "loss": value})
                 yield TrainEvent("step", self.step, cfg.steps, loss=value,
-                                 tiles_per_s=rate * self.config.batch_size, eta_s=(cfg.steps - self.step) / max(rate, 1e-9))
-                if self.val_planes and cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                                 tiles_per_s=rate * self.config.batch_size, eta_s=self._eta(rate))
+                last = self._finished()
+                if self.val_planes and cfg.val_every and (self.step % cfg.val_every == 0 or last):
                     metrics = self.validate()
                     self.history[-1].update(metrics)
+                    self._remember_if_best(metrics)
                     yield TrainEvent("validation", self.step, cfg.steps, metrics=metrics)
                 if self.checkpoint_path and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     path = self.save_checkpoint()
                     yield TrainEvent("checkpoint", self.step, cfg.steps, path=str(path))
-            yield TrainEvent("done", self.step, cfg.steps, loss=self.history[-1]["loss"] if self.history else None)
+            message = self._restore_best()
+            yield TrainEvent("done", self.step, cfg.steps,
+                             loss=self.history[-1]["loss"] if self.history else None, message=message)
         finally:
             self.model.eval()
             release_memory(self.device)
+
+    def _eta(self, steps_per_s: float) -> float:
+        """Seconds left: until ``steps``, or until the time budget is spent if that is sooner."""
+        eta = (self.config.steps - self.step) / max(steps_per_s, 1e-9)
+        if self.config.minutes:
+            eta = min(eta, max(60.0 * self.config.minutes - self.train_seconds, 0.0))
+        return eta
+
+    def _remember_if_best(self, metrics: dict[str, float]) -> None:
+        """Keep a copy of the weights of the best validation so far (IoU + F1)."""
+        if not self.config.keep_best:
+            return
+        score = metrics["val_iou"] + metrics["val_f1"]
+        if self.best is None or score > self.best[0]:
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best = (score, self.step, state)
+
+    def _restore_best(self) -> str | None:
+        """Load the best validated weights at the end of a run; returns what was done, if anything."""
+        if self.best is None or self.best[1] == self.step:
+            return None
+        score, step, state = self.best
+        self.model.load_state_dict(state)
+        self.best_step = step
+        return f"kept the weights of step {step}, the best validation (IoU + F1 = {score:.3f})"
 
     def _train_step(self, use_amp: bool) -> float:
         """One optimiser step on a freshly sampled, augmented batch; returns the loss."""
@@ -306,17 +376,12 @@ class Trainer:
         return TrainEvent("warning", self.step, self.config.steps, message=message)
 
     def validate(self) -> dict[str, float]:
-        """Foreground IoU and F1 at IoU 0.5 on the validation planes (annotated pixels only)."""
-        ious, f1s = [], []
-        for p in self.val_planes:
-            probs = predict_plane(self.model, p.image, PredictConfig(device=str(self.device)), self.device)
-            semantic = semantic_labels(probs)
-            valid = p.weight > 0
-            ious.append(iou(np.where(valid, semantic, 0), np.where(valid, p.target, 0)))
-            gt_inst = instance_labels(p.target.astype(np.uint8))
-            f1s.append(matching(instance_labels(semantic), gt_inst)["f1"])
+        """Scores on the validation planes (:func:`napari_unet.validation.validate`)."""
+        from .validation import validate
+
+        metrics = validate(self.model, self.val_planes, self.derived, self.device)
         self.model.train()
-        return {"val_iou": float(np.mean(ious)), "val_f1": float(np.mean(f1s))}
+        return metrics
 
     # ---------------------------------------------------------------- files
     def metadata(self) -> ModelMetadata:
@@ -336,7 +401,10 @@ class Trainer:
                 "training": json.loads(json.dumps(self.config.to_dict())),
                 "parent_model": self.parent_model or "",
                 "final_loss": self.history[-1]["loss"] if self.history else None,
+                "train_seconds": round(self.train_seconds, 1),
+                "best_step": self.best_step,
             },
+            postprocess={k: v for k, v in self.derived.items() if v is not None},
         )
 
     def save_model(self, path: str | Path) -> Path:
@@ -357,11 +425,16 @@ class Trainer:
                     tensors[f"opt.{pid}.{key}"] = value.detach().cpu()
                 else:
                     scalars.setdefault(str(pid), {})[key] = value
+        if self.best is not None:
+            for name, value in self.best[2].items():
+                tensors[f"best.{name}"] = value
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.augment"] = self.aug_generator.get_state()
         meta = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
+            "train_seconds": self.train_seconds,
+            "best": [self.best[0], self.best[1]] if self.best is not None else None,
             "tile": self.tile,
             "param_groups": opt_state["param_groups"],
             "opt_scalars": scalars,
@@ -393,6 +466,10 @@ class Trainer:
         self.aug_generator.set_state(tensors["rng.augment"])
         self.rng.bit_generator.state = meta["rng_numpy"]
         self.step = int(meta["step"])
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        if meta.get("best"):
+            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+            self.best = (float(meta["best"][0]), int(meta["best"][1]), best)
         self.history = list(meta.get("history", []))
         tile = int(meta.get("tile", self.tile))
         if tile != self.tile and self.config.tile is None:

@@ -8,7 +8,7 @@ from napari.layers import Image, Labels
 from ..annotations import AnnotationConfig, normalize_plane, plane_targets
 from ..augment import AugmentConfig, augment_preview
 from ._common import channel_axis, layer_data
-from ._train_job import image_plane
+from ..planes import read_plane
 
 PREVIEW_EDGE = 256  # samples are cut around the annotated pixels to at most this size
 GAP = 8  # pixels between samples
@@ -55,7 +55,7 @@ def show_augmentation_preview(viewer, image: Image, labels: Labels, plane: tuple
                               annotation: AnnotationConfig, augment: AugmentConfig, n: int = 4,
                               seed: int | None = None) -> tuple[Image, Labels]:
     """Augment ``plane`` ``n`` times; show images and targets in a row right of the image."""
-    raw = image_plane(layer_data(image), plane, channel_axis(image))
+    raw = read_plane(layer_data(image), plane, channel_axis(image))
     target, weight, _ = plane_targets(np.asarray(labels.data[plane]), annotation)
     rows, cols = _crop(weight, PREVIEW_EDGE)
     norm = normalize_plane(raw[:, rows, cols], annotation.normalization)

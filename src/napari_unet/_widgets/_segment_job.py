@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..annotations import Normalization, normalize_plane
-from ..batch import SegmentConfig, segment_plane, segment_stack
+from ..batch import SegmentConfig, labels_from_probabilities, segment_plane, segment_stack
 from ..errors import Cancelled, InputError
-from ..postprocess import instance_labels, semantic_labels
 from ..predict import load_predictor, predict_plane_with_uncertainty
 from ._threads import limited_threads
-from ._train_job import image_plane
+from ..planes import read_plane
 
 
 @dataclass
@@ -28,6 +27,16 @@ class ModelSource:
     model: object | None = None  # a UNet (the model just trained)
     metadata: object | None = None
     path: str | None = None
+
+    def read_metadata(self):
+        """The model's metadata without loading its weights (a file's header only)."""
+        if self.path is not None:
+            if not Path(self.path).is_file():
+                raise InputError(f"model file {self.path} does not exist")
+            from ..modelfile import read_metadata
+
+            return read_metadata(self.path)
+        return self.metadata
 
     def load(self, device: str):
         """(model, metadata) on ``device``; the file is read in the worker."""
@@ -42,7 +51,8 @@ class ModelSource:
 
 
 def _foreground(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
-    classes = [c for c in config.postprocess.foreground_classes if c < probs.shape[0]]
+    foreground = config.postprocess.foreground_classes if config.postprocess else (1,)
+    classes = [c for c in foreground if c < probs.shape[0]]
     return probs[classes].sum(axis=0).astype(np.float32)
 
 
@@ -63,15 +73,13 @@ def segment_current(source: ModelSource, device: str, image, index: tuple[int, .
 def _segment_current(source, device, image, index, channel_axis, config, probability,
                      uncertainty, cancelled) -> tuple:
     model, metadata = source.load(device)
-    raw = image_plane(image, index, channel_axis)
+    raw = read_plane(image, index, channel_axis)
     unc = None
     if uncertainty:
         norm = Normalization.from_dict(metadata.normalization)
         probs, unc = predict_plane_with_uncertainty(model, normalize_plane(raw, norm),
                                                     config.predict)
-        semantic = semantic_labels(probs)
-        labels = (instance_labels(semantic, config.postprocess, probabilities=probs)
-                  if config.instances else semantic).astype(np.uint32)
+        labels = labels_from_probabilities(probs, metadata, config)
     else:
         labels, probs = segment_plane(model, metadata, raw, config, cancelled)
     prob = _foreground(probs, config) if probability else None

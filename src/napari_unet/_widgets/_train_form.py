@@ -166,7 +166,6 @@ class TrainForm(QWidget):
             steps=steps, batch_size=self.batch_size.value(), tile=self.tile.value() or None,
             optimizer=self.optimizer.currentText(), lr=self.lr.value() or None,
             augment=AugmentConfig(strength=self.augment.value()), device=self.device.currentText(),
-            val_every=max(1, min(50, steps // 10)),
         )
 
     def cpu_threads(self) -> int | None:

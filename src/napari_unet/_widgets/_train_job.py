@@ -20,18 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..annotations import (
-    AnnotationConfig, Normalization, TrainingPlane, normalize_plane, training_planes,
-)
+from ..annotations import normalize_plane
 # Imported here, i.e. on the GUI thread when the widget module loads: the trainer's validation
 # imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
 # the GIL (and so freeze the viewer) for a few hundred milliseconds.
 from .. import metrics as _metrics  # noqa: F401
 from ..devices import release_memory
-from ..errors import AnnotationError, InputError
-from ..model import UNet, UNetConfig
+from ..planes import read_plane
 from ..postprocess import semantic_labels
 from ..predict import PredictConfig, predict_plane
+from ..recipe import TrainingRecipe, prepare_run
 from ..train import TrainConfig, Trainer
 from ._threads import limited_threads
 
@@ -55,28 +53,22 @@ PreviewRequest = tuple[tuple[int, ...], Box]
 
 @dataclass
 class TrainJob:
-    """Everything one run needs; ``prepared`` is filled by the worker and reused by Resume."""
+    """Everything one run needs: the data and a :class:`TrainingRecipe` (the CLI's recipe)."""
 
     image: object  # (..., [C,] Y, X) array-like: numpy or dask, read one plane at a time
     labels: object  # (..., Y, X) annotations
-    channel_axis: int | None  # image axis holding channels
-    planes: list[tuple[int, ...]]
-    val_planes: list[tuple[int, ...]]
-    annotation: AnnotationConfig
-    config: TrainConfig
-    checkpoint_path: Path
-    architecture: UNetConfig | None = None  # a new network (channels and classes filled in)
-    model_path: str | None = None  # fine-tune this model file instead
-    resume_from: Path | None = None
+    recipe: TrainingRecipe
     preview_every_s: float = 3.0
     message_every_s: float = 0.1  # step events are sent to the GUI in batches this often
     cpu_threads: int | None = None  # PyTorch CPU threads (None: unchanged)
     preview_request: PreviewRequest | None = None  # set by the main thread
-    prepared: tuple[list[TrainingPlane], list[TrainingPlane], int] | None = None
-    final_architecture: UNetConfig | None = None
-    parent: tuple[str | None, list[str] | None] = (None, None)
     trainer: Trainer | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def config(self) -> TrainConfig:
+        """The training settings of the run."""
+        return self.recipe.training
 
     def cancel(self) -> None:
         """Ask the run to stop; the trainer writes a checkpoint first."""
@@ -90,78 +82,18 @@ class TrainJob:
         return self._cancel.is_set()
 
     def resumed(self, checkpoint: Path, config: TrainConfig) -> TrainJob:
-        """A new job continuing from ``checkpoint`` with the same data and architecture."""
-        return replace(self, resume_from=Path(checkpoint), config=config, trainer=None,
-                       architecture=self.final_architecture, _cancel=threading.Event())
+        """A new job continuing from ``checkpoint`` with the same data and planes."""
+        recipe = replace(self.recipe, resume=Path(checkpoint), init=None, training=config)
+        return replace(self, recipe=recipe, trainer=None, _cancel=threading.Event())
 
 
-def image_plane(image, index: tuple[int, ...], channel_axis: int | None) -> np.ndarray:
-    """One raw plane as (C, Y, X) (reads only that plane of a dask/zarr array)."""
-    key: list = list(index)
-    if channel_axis is not None and channel_axis < len(index):
-        key.insert(channel_axis, slice(None))
-        return np.asarray(image[tuple(key)])
-    plane = np.asarray(image[tuple(key)])
-    if channel_axis is None:
-        return plane[None]
-    return np.moveaxis(plane, channel_axis - len(index), 0)
-
-
-def gather_planes(job: TrainJob, planes: list[tuple[int, ...]], config: AnnotationConfig):
-    """Training planes for ``planes``, reading only those planes of the image and labels."""
-    if not planes:
-        return [], 2
-    images = np.stack([image_plane(job.image, p, job.channel_axis) for p in planes])
-    labels = np.stack([np.asarray(job.labels[p]) for p in planes])
-    result, classes = training_planes(images, labels, config,
-                                      planes=[(i,) for i in range(len(planes))], channel_axis=1)
-    for plane, index in zip(result, planes):
-        plane.index = index
-    return result, classes
-
-
-def _prepare(job: TrainJob):
-    if job.prepared is None:
-        train, classes = gather_planes(job, job.planes, job.annotation)
-        val = []
-        if job.val_planes:
-            empty = [p for p in job.val_planes if not np.any(np.asarray(job.labels[p]))]
-            if empty:
-                raise AnnotationError(f"hold-out plane {empty[0]} has no annotations")
-            val, val_classes = gather_planes(job, job.val_planes, job.annotation)
-            classes = max(classes, val_classes)
-        job.prepared = (train, val, classes)
-    return job.prepared
-
-
-def _model(job: TrainJob, channels: int, classes: int):
-    """The network to train, its annotation config (normalisation) and parent information."""
-    if job.model_path:
-        from ..modelfile import load_model
-
-        model, meta = load_model(job.model_path, device="cpu")
-        if classes > model.config.num_classes:
-            raise InputError(f"the annotations hold {classes} classes but the model file "
-                             f"predicts {model.config.num_classes}")
-        norm = Normalization.from_dict(meta.normalization)
-        job.parent = (str(job.model_path), list(meta.class_names))
-        job.final_architecture = model.config
-        return model.train(), replace(job.annotation, normalization=norm)
-    arch = job.architecture or UNetConfig()
-    torch.manual_seed(job.config.seed)  # reproducible initial weights
-    if job.resume_from is None:
-        arch = arch.with_(in_channels=channels, num_classes=max(classes, arch.num_classes))
-    job.final_architecture = arch
-    return UNet(arch), job.annotation
-
-
-def _preview(job: TrainJob, trainer: Trainer, annotation: AnnotationConfig):
+def _preview(job: TrainJob, trainer: Trainer):
     request = job.preview_request
     if request is None:
         return None
     index, (y0, y1, x0, x1) = request
-    plane = image_plane(job.image, index, job.channel_axis)[:, y0:y1, x0:x1]
-    normalised = normalize_plane(plane, annotation.normalization)
+    plane = read_plane(job.image, index, job.recipe.channel_axis)[:, y0:y1, x0:x1]
+    normalised = normalize_plane(plane, trainer.annotation.normalization)
     device = trainer.device
     probs = predict_plane(trainer.model, normalised, PredictConfig(device=str(device)), device)
     return ("preview", index, (y0, y1, x0, x1), semantic_labels(probs))
@@ -179,16 +111,7 @@ def run_job(job: TrainJob):
 
 def _run(job: TrainJob):
     yield ("status", "preparing the annotated planes ...")
-    train, val, classes = _prepare(job)
-    if job.cancelled:
-        yield ("finished", "cancelled", 0, None, None, None)
-        return
-    model, annotation = _model(job, train[0].image.shape[0], classes)
-    parent, names = job.parent
-    trainer = Trainer(model, train, job.config, val_planes=val, annotation=annotation,
-                      checkpoint_path=job.checkpoint_path, parent_model=parent, class_names=names)
-    if job.resume_from is not None:
-        trainer.load_checkpoint(job.resume_from)
+    trainer = prepare_run(job.image, job.labels, job.recipe)
     job.trainer = trainer
     if job.cancelled:
         trainer.cancel()
@@ -205,13 +128,13 @@ def _run(job: TrainJob):
         if event.kind in ("cancelled", "done"):
             final = event
         elif event.kind == "step" and now - last_preview >= job.preview_every_s:
-            preview = _preview(job, trainer, annotation)
+            preview = _preview(job, trainer)
             last_preview = time.perf_counter()
             if preview is not None:
                 yield preview
     if pending:
         yield ("events", pending)
-    if final.kind == "done" and (preview := _preview(job, trainer, annotation)) is not None:
+    if final.kind == "done" and (preview := _preview(job, trainer)) is not None:
         yield preview
     metadata, device = trainer.metadata(), trainer.device
     model = trainer.model.cpu().eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import threading
 import time
 
@@ -18,7 +20,7 @@ from qtpy.QtWidgets import (
 from ..batch import SegmentConfig, plane_layout
 from ..devices import available_devices
 from ..errors import InputError
-from ..postprocess import PostprocessConfig
+from ..derived import postprocess_config
 from ..predict import PredictConfig
 from . import _session
 from ._common import (
@@ -70,7 +72,11 @@ class SegmentWidget(QWidget):
         self.seed_distance = QSpinBox(self, minimum=1, maximum=1000, value=5, suffix=" px")
         self.seed_distance.setToolTip("smallest distance between two watershed seeds: about "
                                       "the radius of the smallest object")
-        self.min_size = QSpinBox(self, maximum=1_000_000)
+        self.min_size = QSpinBox(self, minimum=-1, maximum=1_000_000, value=-1, suffix=" px")
+        self.min_size.setSpecialValueText("auto (from the annotations)")
+        self.min_size.setToolTip(
+            "objects smaller than this many pixels are removed; auto: a quarter of the smallest "
+            "object annotated for training (recorded in the model file); 0 keeps every object")
         self.probability = QCheckBox("foreground probability layer", self)
         self.uncertainty = QCheckBox("uncertainty layer (8 passes)", self)
         self.run_button = QPushButton("Segment", self)
@@ -151,13 +157,22 @@ class SegmentWidget(QWidget):
             raise InputError("choose a model file")
         return ModelSource(path=path)
 
-    def segment_config(self) -> SegmentConfig:
-        """Prediction and post-processing settings shown in the widget."""
+    def segment_config(self, metadata=None) -> SegmentConfig:
+        """Prediction and post-processing settings shown in the widget.
+
+        "auto" settings come from ``metadata`` (the model's recommendation); without it they are
+        resolved by the segmentation itself (:func:`napari_unet.batch.postprocess_for`).
+        """
+        min_size = self.min_size.value()
+        post = None
+        if min_size >= 0 or self.watershed.isChecked():
+            recommended = postprocess_config(getattr(metadata, "postprocess", None) or {})
+            post = replace(recommended, watershed=self.watershed.isChecked(),
+                           watershed_min_distance=self.seed_distance.value(),
+                           **({"min_size": min_size} if min_size >= 0 else {}))
         return SegmentConfig(
             predict=PredictConfig(tta=self.tta.isChecked(), device=self.device.currentText()),
-            postprocess=PostprocessConfig(
-                min_size=self.min_size.value(), watershed=self.watershed.isChecked(),
-                watershed_min_distance=self.seed_distance.value()),
+            postprocess=post,
             instances=self.instances.isChecked(),
         )
 
@@ -181,7 +196,8 @@ class SegmentWidget(QWidget):
         image = self.image_combo.layer()
         if image is None:
             raise InputError("choose an image layer to segment")
-        source, config = self.model_source(), self.segment_config()
+        source = self.model_source()
+        config = self.segment_config(source.read_metadata())
         device = self.device.currentText()
         data, axis = layer_data(image), channel_axis(image)
         config = SegmentConfig(config.predict, config.postprocess, config.instances, axis)

@@ -14,7 +14,9 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 from ..annotations import AnnotationConfig
 from ..augment import AugmentConfig
 from ..errors import AnnotationError, InputError
+from ..model import PRESETS
 from ..modelfile import save_model
+from ..recipe import TrainingRecipe
 from ..train import TrainEvent
 from ..weightmap import WeightMapConfig
 from . import _session
@@ -130,13 +132,14 @@ class TrainWidget(TrainForm):
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() else "_" for c in image.name)[:40]
-        return TrainJob(
-            image=layer_data(image), labels=labels.data, channel_axis=channel_axis(image),
-            planes=planes, val_planes=held, annotation=self.annotation_config(labels),
-            config=self.train_config(), architecture=self.architecture(), model_path=model_path,
-            checkpoint_path=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
-            preview_every_s=self.preview_every.value(), cpu_threads=self.cpu_threads(),
+        recipe = TrainingRecipe(
+            annotation=self.annotation_config(labels), training=self.train_config(),
+            architecture=self.architecture() or PRESETS["small"], init=model_path,
+            checkpoint=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
+            planes=tuple(planes), val_planes=tuple(held), channel_axis=channel_axis(image),
         )
+        return TrainJob(image=layer_data(image), labels=labels.data, recipe=recipe,
+                        preview_every_s=self.preview_every.value(), cpu_threads=self.cpu_threads())
 
     def cancel(self) -> None:
         """Stop the run after the current step; a checkpoint is written for Resume."""

@@ -1,0 +1,183 @@
+"""The one way a training run is put together: what the CLI, the Train widget and the demo call.
+
+:func:`prepare_run` takes an image, its annotations and a :class:`TrainingRecipe` and returns a
+ready :class:`~napari_unet.train.Trainer`. It owns every decision the three fronts used to make
+on their own:
+
+1. **Parent first.** When fine-tuning (``init``) or resuming (``resume``), the parent's
+   architecture, normalisation and class names are read *before* any plane is normalised, so
+   the planes are prepared exactly as the parent saw its data and the model file records what
+   it was trained with.
+2. **Planes** are read one at a time (dask and zarr stacks stay lazy): the listed planes, or
+   every annotated plane that is not held out for validation.
+3. **Seeding**: ``torch.manual_seed(seed)`` right before the network is built, so the same
+   inputs and seed give bit-identical initial weights and model files from every front.
+4. **Cadence**: validation and checkpoint intervals follow one rule
+   (:func:`napari_unet.train.validation_interval`, :func:`~napari_unet.train.checkpoint_interval`)
+   unless set explicitly.
+5. **Settings derived from the annotations** (:func:`napari_unet.derived.derive_settings`):
+   the post-processing the model file recommends, e.g. the smallest object size kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .annotations import (
+    AnnotationConfig, Normalization, TrainingPlane, annotated_planes, training_planes,
+)
+from .derived import derive_settings
+from .errors import AnnotationError, InputError
+from .model import PRESETS, UNet, UNetConfig
+from .planes import read_plane
+from .train import TrainConfig, Trainer, read_checkpoint_metadata
+
+PlaneIndex = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """Everything a training run needs besides the image and the annotations.
+
+    annotation : label schema, weight map and normalisation (a parent's normalisation wins).
+    training : steps, time budget, batch, optimiser, augmentation, seed, device.
+    architecture : the network to build when neither ``init`` nor ``resume`` is given
+        (channels and classes are filled in from the data).
+    init : a model file to fine-tune (its architecture, normalisation and class names are kept).
+    resume : a training checkpoint to continue.
+    checkpoint : where checkpoints are written (None: no checkpoints).
+    planes : planes to train on (None: every annotated plane not in ``val_planes``).
+    val_planes : annotated planes held out for validation.
+    channel_axis : image axis holding channels (None: guessed from the shapes).
+    """
+
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    architecture: UNetConfig = PRESETS["small"]
+    init: str | Path | None = None
+    resume: str | Path | None = None
+    checkpoint: str | Path | None = None
+    planes: tuple[PlaneIndex, ...] | None = None
+    val_planes: tuple[PlaneIndex, ...] = ()
+    channel_axis: int | None = None
+
+
+@dataclass
+class _Parent:
+    architecture: UNetConfig | None = None
+    normalization: Normalization | None = None
+    class_names: list[str] | None = None
+    name: str | None = None
+    model: UNet | None = None
+
+
+def _parent(recipe: TrainingRecipe) -> _Parent:
+    """Architecture, normalisation and class names of the model or checkpoint continued."""
+    if recipe.init is not None and recipe.resume is not None:
+        raise InputError("give either a model to fine-tune or a checkpoint to resume, not both")
+    if recipe.resume is not None:
+        meta = read_checkpoint_metadata(recipe.resume)
+        parent = meta.provenance.get("parent_model") or None
+        return _Parent(meta.architecture, Normalization.from_dict(meta.normalization),
+                       list(meta.class_names), parent)
+    if recipe.init is not None:
+        from .modelfile import load_model
+
+        model, meta = load_model(recipe.init, device="cpu")
+        return _Parent(model.config, Normalization.from_dict(meta.normalization),
+                       list(meta.class_names), Path(recipe.init).name, model)
+    return _Parent()
+
+
+def _lead(labels) -> tuple[int, ...]:
+    return tuple(np.shape(labels)[:-2])
+
+
+def _check_indices(labels, planes: list[PlaneIndex], what: str) -> list[PlaneIndex]:
+    lead = _lead(labels)
+    clean = []
+    for index in planes:
+        index = tuple(int(i) for i in np.atleast_1d(index)) if lead else ()
+        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
+            raise InputError(f"{what} {index} does not exist: the annotations have shape "
+                             f"{tuple(np.shape(labels))}")
+        clean.append(index)
+    return clean
+
+
+def gather_planes(image, labels, planes: list[PlaneIndex], annotation: AnnotationConfig,
+                  channel_axis: int | None) -> tuple[list[TrainingPlane], int]:
+    """Training planes for ``planes``, reading only those planes of the image and labels."""
+    if not planes:
+        return [], 2
+    if channel_axis is None:
+        from .annotations import guess_channel_axis
+
+        channel_axis = guess_channel_axis(tuple(np.shape(image)), tuple(np.shape(labels)))
+    images = np.stack([read_plane(image, p, channel_axis) for p in planes])
+    stacked = np.stack([np.asarray(labels[p]) for p in planes])
+    result, classes = training_planes(images, stacked, annotation,
+                                      planes=[(i,) for i in range(len(planes))], channel_axis=1)
+    for plane, index in zip(result, planes):
+        plane.index = index
+    return result, classes
+
+
+def _choose_planes(labels, recipe: TrainingRecipe) -> tuple[list[PlaneIndex], list[PlaneIndex]]:
+    val = _check_indices(labels, list(recipe.val_planes), "hold-out plane")
+    if recipe.planes is not None:
+        train = _check_indices(labels, list(recipe.planes), "plane")
+    else:
+        held = set(val)
+        train = [p for p in annotated_planes(np.asarray(labels)) if p not in held]
+    if not train:
+        if val:
+            raise AnnotationError("every annotated plane is held out for validation: keep at "
+                                  "least one annotated plane for training")
+        raise AnnotationError("no annotated plane: paint at least one object and some "
+                              "background first")
+    empty = [p for p in val if not np.any(np.asarray(labels[p]))]
+    if empty:
+        raise AnnotationError(f"hold-out plane {empty[0]} has no annotations")
+    return train, val
+
+
+def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
+    """A :class:`Trainer` ready to ``run()``; see the module docstring for what it decides."""
+    recipe = recipe or TrainingRecipe()
+    parent = _parent(recipe)
+    annotation = recipe.annotation
+    if parent.normalization is not None:  # before any plane is normalised
+        annotation = replace(annotation, normalization=parent.normalization)
+    train_idx, val_idx = _choose_planes(labels, recipe)
+    train_set, classes = gather_planes(image, labels, train_idx, annotation, recipe.channel_axis)
+    val_set, val_classes = gather_planes(image, labels, val_idx, annotation, recipe.channel_axis)
+    classes = max(classes, val_classes)
+    channels = train_set[0].image.shape[0]
+
+    if parent.architecture is not None:
+        arch = parent.architecture
+        source = recipe.init or recipe.resume
+        if arch.in_channels != channels or arch.num_classes < classes:
+            raise InputError(
+                f"{source} was trained for {arch.in_channels} channel(s) and {arch.num_classes} "
+                f"classes; these data have {channels} and {classes}"
+            )
+    else:
+        arch = recipe.architecture.with_(in_channels=channels,
+                                         num_classes=max(classes, 2))
+    torch.manual_seed(recipe.training.seed)  # the same seed gives the same initial weights
+    model = parent.model if parent.model is not None else UNet(arch)
+
+    trainer = Trainer(
+        model, train_set, recipe.training, val_set, annotation,
+        checkpoint_path=recipe.checkpoint, parent_model=parent.name,
+        class_names=parent.class_names, derived=derive_settings(train_set, annotation),
+    )
+    if recipe.resume is not None:
+        trainer.load_checkpoint(recipe.resume)
+    return trainer
