@@ -77,7 +77,7 @@ def run_train(args) -> int:
         seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
     )
     recipe = TrainingRecipe(
-        annotation=AnnotationConfig(mode=args.mode), training=config,
+        annotation=AnnotationConfig(mode=args.mode, partial=args.partial), training=config,
         architecture=PRESETS[args.preset].with_(**overrides), init=args.init, resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),
         planes=_planes_of(labels, args.slices), val_planes=tuple(_planes_of(labels, args.val_slices) or ()),

@@ -59,6 +59,13 @@ class AnnotationConfig:
     mode: Mode = "instances"
     weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
     normalization: Normalization = field(default_factory=Normalization)
+    partial: bool = False
+    """Instances mode: the planes are *partially* annotated (only some objects painted). Then
+    unpainted pixels count as background only within one object diameter (the median of the
+    plane's painted objects) of a painted object; farther pixels are ignored, so unpainted cells
+    are not taught as background. Off by default: a plane with annotations is taken as fully
+    annotated, which also teaches the debris and halos far from any cell. Paint the ignore value
+    (65535) over single unannotated objects either way."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -182,6 +189,8 @@ def plane_targets(
             from scipy import ndimage
 
             instances = ndimage.label(instances > 0)[0]
+        if config.partial:
+            ignore = ignore | _far_from_objects(instances)
         separated = separate_touching(instances)
         target = (separated > 0).astype(np.int64)
         weight = weight_map(instances, config.weight_map, ignore=ignore)
@@ -197,6 +206,17 @@ def plane_targets(
     classes = np.where(painted, target, -1)
     weight = _balanced_weights(classes, config.weight_map.class_balance)
     return target, weight, int(target.max()) + 1
+
+
+def _far_from_objects(instances: np.ndarray) -> np.ndarray:
+    """Pixels farther than one median object diameter from every object (partial annotations)."""
+    from scipy import ndimage
+
+    ids, areas = np.unique(instances[instances > 0], return_counts=True)
+    if not len(ids):
+        return np.zeros(instances.shape, bool)
+    diameter = float(np.sqrt(4 * np.median(areas) / np.pi))
+    return ndimage.distance_transform_edt(instances == 0) > diameter
 
 
 def _balanced_weights(classes: np.ndarray, balance: bool) -> np.ndarray:

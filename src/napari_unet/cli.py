@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--padding", choices=["valid", "same"])
     train.add_argument("--mode", choices=["instances", "scribbles", "classes"], default="instances",
                        help="annotation schema (docs/annotations.md)")
+    train.add_argument("--partial", action="store_true",
+                       help="the planes are partially annotated (only some objects painted): "
+                            "unpainted pixels far from painted objects are not background")
     train.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     train.add_argument("--resume", help="checkpoint to continue from")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUT with .ckpt suffix)")

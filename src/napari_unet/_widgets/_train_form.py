@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 from superqt import QCollapsible, QLabeledDoubleSlider
@@ -46,7 +46,18 @@ class TrainForm(QWidget):
         self.browse_button = QPushButton("...", self)
         self.device = QComboBox(self)
         self.device.addItems(available_devices())
-        self.steps = _spin(500, 1, 1_000_000)
+        self.steps = _spin(TrainConfig().steps, 1, 1_000_000)
+        self.steps.setToolTip("optimiser steps, each on a batch of augmented tiles; training "
+                              "ends here or when the time budget is spent")
+        self.minutes = QDoubleSpinBox(self, decimals=1, minimum=0.0, maximum=10_000.0,
+                                      singleStep=1.0, suffix=" min")
+        self.minutes.setSpecialValueText("none")
+        self.minutes.setToolTip("training time budget in minutes (none: train for all steps); "
+                                "the learning rate anneals over the budget")
+        self.partial = QCheckBox("only some objects are painted per plane", self)
+        self.partial.setToolTip(
+            "partial annotations: unpainted pixels count as background only within one object "
+            "diameter of a painted object, so unpainted cells are not taught as background")
         self.lr = QDoubleSpinBox(self, decimals=5, singleStep=1e-4, maximum=1.0)
         self.lr.setSpecialValueText("default")
         self.optimizer = QComboBox(self)
@@ -91,6 +102,7 @@ class TrainForm(QWidget):
             ("schema", self.schema), ("model", self.model_combo)])
         rows.addRow("model file", path_row)
         for label, field in (("device", self.device), ("steps", self.steps),
+                             ("time budget", self.minutes), ("partial", self.partial),
                              ("learning rate", self.lr), ("optimizer", self.optimizer),
                              ("batch size", self.batch_size), ("augmentation", self.augment),
                              ("hold out planes", self.hold_out)):
@@ -163,7 +175,8 @@ class TrainForm(QWidget):
         """The training settings shown in the widget."""
         steps = self.steps.value()
         return TrainConfig(
-            steps=steps, batch_size=self.batch_size.value(), tile=self.tile.value() or None,
+            steps=steps, minutes=self.minutes.value() or None,
+            batch_size=self.batch_size.value(), tile=self.tile.value() or None,
             optimizer=self.optimizer.currentText(), lr=self.lr.value() or None,
             augment=AugmentConfig(strength=self.augment.value()), device=self.device.currentText(),
         )

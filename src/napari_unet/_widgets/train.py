@@ -74,7 +74,8 @@ class TrainWidget(TrainForm):
     def annotation_config(self, labels: Labels) -> AnnotationConfig:
         """Schema and weight-map settings recorded on the annotation layer."""
         weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
-        return AnnotationConfig(mode=layer_mode(labels), weight_map=weights)
+        return AnnotationConfig(mode=layer_mode(labels), weight_map=weights,
+                                partial=self.partial.isChecked())
 
     # ------------------------------------------------------------------ actions
     @property
