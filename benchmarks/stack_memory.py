@@ -1,7 +1,9 @@
 """Peak memory of segmenting a stack larger than 2 GB through the command line.
 
-    python benchmarks/stack_memory.py              # 500 x 2048 x 2048 uint8 BigTIFF (2.1 GB), 6 planes segmented
-    python benchmarks/stack_memory.py --quick      # same 2.1 GB stack, 1 plane segmented, every 4th plane read
+    python benchmarks/stack_memory.py              # 500 x 2048 x 2048 uint8 BigTIFF (2.1 GB),
+                                                   # 6 planes segmented
+    python benchmarks/stack_memory.py --quick      # same 2.1 GB stack, 1 plane segmented,
+                                                   # every 4th plane read
     python benchmarks/stack_memory.py --format zarr --planes 3
 
 Steps, each measured in its own child process. Peak RSS is the kernel's high-water mark of the
@@ -39,9 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-from _machine import cpu_name, write_json
-
 import numpy as np
+from _machine import cpu_name, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stack_memory.json"
 GOAL_BYTES = 1.5e9
@@ -87,13 +88,24 @@ def write_stack(path: Path, fmt: str, n_planes: int, size: int) -> float:
     if fmt == "tiff":
         import tifffile
 
-        tifffile.imwrite(path, data=plane_source(n_planes, size), shape=(n_planes, size, size),
-                         dtype=np.uint8, bigtiff=True, photometric="minisblack")
+        tifffile.imwrite(
+            path,
+            data=plane_source(n_planes, size),
+            shape=(n_planes, size, size),
+            dtype=np.uint8,
+            bigtiff=True,
+            photometric="minisblack",
+        )
     else:
         import zarr
 
-        arr = zarr.open(str(path), mode="w", shape=(n_planes, size, size), chunks=(1, size, size),
-                        dtype=np.uint8)
+        arr = zarr.open(
+            str(path),
+            mode="w",
+            shape=(n_planes, size, size),
+            chunks=(1, size, size),
+            dtype=np.uint8,
+        )
         for z, plane in enumerate(plane_source(n_planes, size)):
             arr[z] = plane
     return time.perf_counter() - start
@@ -108,9 +120,12 @@ def save_untrained_model(path: Path) -> None:
 
     torch.manual_seed(0)
     config = PRESETS["small"]
-    metadata = ModelMetadata(architecture=config, normalization=Normalization().to_dict(),
-                             class_names=["background", "cell"],
-                             provenance={"note": "untrained; benchmarks/stack_memory.py"})
+    metadata = ModelMetadata(
+        architecture=config,
+        normalization=Normalization().to_dict(),
+        class_names=["background", "cell"],
+        provenance={"note": "untrained; benchmarks/stack_memory.py"},
+    )
     save_model(path, UNet(config).eval(), metadata)
 
 
@@ -123,8 +138,9 @@ class Child:
 
         self.cmd = cmd
         self.start = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         self.ps = psutil.Process(self.proc.pid)
         self.poll_peak = 0
         self.hwm_peak = 0
@@ -197,7 +213,8 @@ class Child:
             "returncode": self.proc.returncode,
             "seconds": time.perf_counter() - self.start,
             "peak_rss_bytes": self.hwm_peak,
-            "ru_maxrss_bytes": usage.ru_maxrss * 1024,  # Linux: KiB; includes the parent's RSS at spawn
+            "ru_maxrss_bytes": usage.ru_maxrss
+            * 1024,  # Linux: KiB; includes the parent's RSS at spawn
             "peak_rss_polled_bytes": self.poll_peak,
             "output_tail": self.lines[-6:],
         }
@@ -233,38 +250,66 @@ def cli_command() -> list[str]:
 # ------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="segment 1 plane and read every 4th plane (the stack is still 2.1 GB)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="segment 1 plane and read every 4th plane (the stack is still 2.1 GB)",
+    )
     parser.add_argument("--stack-planes", type=int, default=500, help="planes in the stack")
     parser.add_argument("--size", type=int, default=2048, help="plane edge in pixels")
-    parser.add_argument("--planes", type=int, default=None,
-                        help="planes to segment before stopping the CLI (default 6, quick 1; 0 = all)")
-    parser.add_argument("--format", choices=["tiff", "zarr"], default="tiff",
-                        help="stack on disk: BigTIFF (default) or a zarr array")
-    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
-                        help="folder for the temporary stack (default /tmp)")
+    parser.add_argument(
+        "--planes",
+        type=int,
+        default=None,
+        help="planes to segment before stopping the CLI (default 6, quick 1; 0 = all)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["tiff", "zarr"],
+        default="tiff",
+        help="stack on disk: BigTIFF (default) or a zarr array",
+    )
+    parser.add_argument(
+        "--tmp",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="folder for the temporary stack (default /tmp)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--out", type=Path, help="JSON path (default results/stack_memory[_quick].json)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default results/stack_memory[_quick].json)"
+    )
     args = parser.parse_args(argv)
     planes = args.planes if args.planes is not None else (1 if args.quick else 6)
-    out_json = args.out or RESULTS.with_name("stack_memory_quick.json" if args.quick else RESULTS.name)
+    out_json = args.out or RESULTS.with_name(
+        "stack_memory_quick.json" if args.quick else RESULTS.name
+    )
     read_step = 4 if args.quick else 1
 
     stack_bytes = args.stack_planes * args.size * args.size
     free = shutil.disk_usage(args.tmp).free
     if free < 1.5 * stack_bytes + 1e9:
-        raise SystemExit(f"{args.tmp} has {free / GB:.1f} GB free; need {1.5 * stack_bytes / GB + 1:.1f} GB")
+        raise SystemExit(
+            f"{args.tmp} has {free / GB:.1f} GB free; need {1.5 * stack_bytes / GB + 1:.1f} GB"
+        )
     print(f"disk: {free / GB:.1f} GB free under {args.tmp}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="napari-unet-stackmem-", dir=args.tmp))
     try:
         stack = workdir / ("stack.tif" if args.format == "tiff" else "stack.zarr")
         model_path = workdir / "small.safetensors"
         out = workdir / "labels.zarr"
-        print(f"writing {args.stack_planes} x {args.size} x {args.size} uint8 ({stack_bytes / GB:.2f} GB) "
-              f"to {stack} ...", flush=True)
+        print(
+            f"writing {args.stack_planes} x {args.size} x {args.size} uint8 "
+            f"({stack_bytes / GB:.2f} GB) "
+            f"to {stack} ...",
+            flush=True,
+        )
         write_s = write_stack(stack, args.format, args.stack_planes, args.size)
-        on_disk = (stack.stat().st_size if stack.is_file()
-                   else sum(f.stat().st_size for f in stack.rglob("*") if f.is_file()))
+        on_disk = (
+            stack.stat().st_size
+            if stack.is_file()
+            else sum(f.stat().st_size for f in stack.rglob("*") if f.is_file())
+        )
         print(f"  written in {write_s:.0f} s, {on_disk / GB:.2f} GB on disk", flush=True)
         save_untrained_model(model_path)
 
@@ -276,7 +321,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"load_predictor({str(model_path)!r}, 'auto')\n"
         )
         # 2. every plane read through read_array's lazy path, as iter_planes does
-        print(f"reading every {'' if read_step == 1 else f'{read_step}th '}plane lazily ...", flush=True)
+        print(
+            f"reading every {'' if read_step == 1 else f'{read_step}th '}plane lazily ...",
+            flush=True,
+        )
         reading = run_python(
             "import numpy as np, time\n"
             "from napari_unet.files import read_array\n"
@@ -286,13 +334,16 @@ def main(argv: list[str] | None = None) -> dict:
             "t = time.perf_counter(); total = 0; n = 0\n"
             f"for i in range(0, arr.shape[0], {read_step}):\n"
             "    total += int(np.asarray(arr[i]).sum(dtype=np.uint64)); n += 1\n"
-            "print('planes read', n, 'checksum', total, 'seconds', round(time.perf_counter() - t, 1))\n"
+            "print('planes read', n, 'checksum', total, "
+            "'seconds', round(time.perf_counter() - t, 1))\n"
         )
         print("  " + " | ".join(reading["output_tail"]), flush=True)
 
         # 3. the CLI on the whole stack, stopped after `planes` finished planes
         cmd = [*cli_command(), "predict", str(model_path), str(stack), "--out", str(out)]
-        print(f"segmenting: {' '.join(cmd)}  (stopped after {planes or 'all'} planes) ...", flush=True)
+        print(
+            f"segmenting: {' '.join(cmd)}  (stopped after {planes or 'all'} planes) ...", flush=True
+        )
         child = Child(cmd)
         stopped = False
         while child.alive():
@@ -307,7 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("napari-unet predict failed:\n" + "\n".join(child.lines[-20:]))
         segmenting["planes_segmented"] = done
         segmenting["stopped_by_benchmark"] = stopped
-        segmenting["command"] = " ".join(["napari-unet", "predict", "MODEL", "STACK", "--out", "OUT.zarr"])
+        segmenting["command"] = " ".join(
+            ["napari-unet", "predict", "MODEL", "STACK", "--out", "OUT.zarr"]
+        )
         secs_per_plane = segmenting["seconds"] / max(done, 1)
     finally:
         if args.keep:
@@ -315,27 +368,48 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    rows = [("baseline: imports + model", baseline), (f"read {args.stack_planes // read_step} planes lazily", reading),
-            (f"CLI predict, {done} planes", segmenting)]
+    rows = [
+        ("baseline: imports + model", baseline),
+        (f"read {args.stack_planes // read_step} planes lazily", reading),
+        (f"CLI predict, {done} planes", segmenting),
+    ]
     peak = max(r["peak_rss_bytes"] for _, r in rows[1:])
     met = peak < GOAL_BYTES
     print()
-    print(f"peak RSS {peak / GB:.2f} GB = {peak / stack_bytes:.2f} x the {stack_bytes / GB:.2f} GB stack "
-          f"(goal < {GOAL_BYTES / GB:.1f} GB: {'met' if met else 'missed'})")
-    print(f"{'step':<28} {'peak RSS GB':>11} {'/ stack':>7} {'ru_maxrss GB':>12} {'max polled RSS':>14} {'seconds':>8}")
+    print(
+        f"peak RSS {peak / GB:.2f} GB = {peak / stack_bytes:.2f} x the "
+        f"{stack_bytes / GB:.2f} GB stack "
+        f"(goal < {GOAL_BYTES / GB:.1f} GB: {'met' if met else 'missed'})"
+    )
+    print(
+        f"{'step':<28} {'peak RSS GB':>11} {'/ stack':>7} {'ru_maxrss GB':>12} "
+        f"{'max polled RSS':>14} {'seconds':>8}"
+    )
     for name, r in rows:
-        print(f"{name:<28} {r['peak_rss_bytes'] / GB:>11.3f} {r['peak_rss_bytes'] / stack_bytes:>7.3f} "
-              f"{r['ru_maxrss_bytes'] / GB:>12.3f} {r['peak_rss_polled_bytes'] / GB:>14.3f} {r['seconds']:>8.1f}")
-    print(f"segmented {done} of {args.stack_planes} planes ({'stopped by the benchmark' if stopped else 'ran to the end'}), "
-          f"{secs_per_plane:.1f} s per {args.size}^2 plane incl. start-up, small preset, untrained")
+        print(
+            f"{name:<28} {r['peak_rss_bytes'] / GB:>11.3f} "
+            f"{r['peak_rss_bytes'] / stack_bytes:>7.3f} "
+            f"{r['ru_maxrss_bytes'] / GB:>12.3f} {r['peak_rss_polled_bytes'] / GB:>14.3f} "
+            f"{r['seconds']:>8.1f}"
+        )
+    print(
+        f"segmented {done} of {args.stack_planes} planes "
+        f"({'stopped by the benchmark' if stopped else 'ran to the end'}), "
+        f"{secs_per_plane:.1f} s per {args.size}^2 plane incl. start-up, small preset, untrained"
+    )
 
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "stack": {"format": args.format, "shape": [args.stack_planes, args.size, args.size],
-                  "dtype": "uint8", "bytes": stack_bytes, "bytes_on_disk": on_disk,
-                  "write_seconds": write_s},
+        "stack": {
+            "format": args.format,
+            "shape": [args.stack_planes, args.size, args.size],
+            "dtype": "uint8",
+            "bytes": stack_bytes,
+            "bytes_on_disk": on_disk,
+            "write_seconds": write_s,
+        },
         "model": "PRESETS['small'] (untrained)",
         "baseline": baseline,
         "read_all_planes": {**reading, "plane_step": read_step},

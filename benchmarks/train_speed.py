@@ -30,10 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name, write_json
-
 import numpy as np
 import torch
+from _machine import cpu_name, write_json
 
 from napari_unet.annotations import training_planes
 from napari_unet.augment import AugmentConfig, augment_batch
@@ -49,9 +48,16 @@ RESULTS = HERE / "results"
 
 def machine_info(device: torch.device) -> dict:
     cpu = cpu_name()
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -65,11 +71,20 @@ def sync(device: torch.device) -> None:
 class Contender:
     """A Trainer whose ``run()`` generator is advanced a few steps at a time."""
 
-    def __init__(self, name: str, preset: str, tile: int | None, batch: int, planes, device) -> None:
+    def __init__(
+        self, name: str, preset: str, tile: int | None, batch: int, planes, device
+    ) -> None:
         torch.manual_seed(0)
         model = UNet(PRESETS[preset])
-        config = TrainConfig(steps=10**6, batch_size=batch, tile=tile, val_every=0,
-                             checkpoint_every=0, device=str(device), seed=0)
+        config = TrainConfig(
+            steps=10**6,
+            batch_size=batch,
+            tile=tile,
+            val_every=0,
+            checkpoint_every=0,
+            device=str(device),
+            seed=0,
+        )
         self.name, self.batch = name, batch
         self.trainer = Trainer(model, planes, config)
         self.tile = self.trainer.tile
@@ -113,9 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     repeats = args.repeats or (1 if args.quick else (5 if gpu else 3))
-    out_path = args.out or RESULTS / ("train_speed_quick.json" if args.quick else "train_speed.json")
-    print(f"device {device}, best of {repeats} interleaved round(s), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    out_path = args.out or RESULTS / (
+        "train_speed_quick.json" if args.quick else "train_speed.json"
+    )
+    print(
+        f"device {device}, best of {repeats} interleaved round(s), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     images, instances = make_cell_stack(4, CellSampleConfig(shape=(384, 384), n_cells=54), seed=0)
     planes, _ = training_planes(images, instances)
@@ -125,9 +145,17 @@ def main(argv: list[str] | None = None) -> dict:
     small_steps = 20 if gpu else (2 if args.quick else 4)
     specs = [("paper 572 b1", "paper", 572, 1, paper_steps)]
     for b in (1, 2, 4, 8):
-        specs.append((f"small b{b}", "small", None, b, max(1, small_steps * 2 // b) if not gpu else small_steps))
+        specs.append(
+            (
+                f"small b{b}",
+                "small",
+                None,
+                b,
+                max(1, small_steps * 2 // b) if not gpu else small_steps,
+            )
+        )
     contenders = [Contender(n, p, t, b, planes, device) for n, p, t, b, _ in specs]
-    per_round = {c.name: s for c, (*_, s) in zip(contenders, specs)}
+    per_round = {c.name: s for c, (*_, s) in zip(contenders, specs, strict=False)}
     print("warm-up ...", flush=True)
     for c in contenders:
         c.steps(1 if not gpu else 3, device)
@@ -141,14 +169,19 @@ def main(argv: list[str] | None = None) -> dict:
         time_augment(tile, batch, 1, device, gen)
     aug_times: dict[str, list[float]] = {f"augment {t}": [] for t, _, _ in aug_specs}
     for r in range(repeats):
-        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         for c in order:
             n = per_round[c.name]
             times[c.name].append(c.steps(n, device) / (n * c.batch))  # seconds per tile
-            print(f"  round {r + 1}: {c.name:<14} {n} step(s) {times[c.name][-1] * n * c.batch:7.2f} s",
-                  flush=True)
+            print(
+                f"  round {r + 1}: {c.name:<14} {n} step(s) "
+                f"{times[c.name][-1] * n * c.batch:7.2f} s",
+                flush=True,
+            )
         for tile, batch, iters in aug_specs:
-            aug_times[f"augment {tile}"].append(time_augment(tile, batch, iters, device, gen) / (iters * batch))
+            aug_times[f"augment {tile}"].append(
+                time_augment(tile, batch, iters, device, gen) / (iters * batch)
+            )
     for c in contenders:
         c.close()
 
@@ -169,41 +202,67 @@ def main(argv: list[str] | None = None) -> dict:
     for c in contenders:
         best = min(times[c.name])
         out = c.tile - 2 * border(c.trainer.model.config)
-        rows[c.name] = {"tile": c.tile, "batch": c.batch, "tiles_per_s": 1 / best,
-                        "mpix_per_s_input": c.tile**2 / best / 1e6,
-                        "mpix_per_s_output": out**2 / best / 1e6, "s_per_tile_all": times[c.name],
-                        "steps_per_round": per_round[c.name]}
-    for (tile, batch, iters), (name, ts) in zip(aug_specs, aug_times.items()):
-        rows[name] = {"tile": tile, "batch": batch, "tiles_per_s": 1 / min(ts),
-                      "mpix_per_s_input": tile**2 / min(ts) / 1e6, "mpix_per_s_output": None,
-                      "s_per_tile_all": ts,
-                      "calls_per_round": iters}
+        rows[c.name] = {
+            "tile": c.tile,
+            "batch": c.batch,
+            "tiles_per_s": 1 / best,
+            "mpix_per_s_input": c.tile**2 / best / 1e6,
+            "mpix_per_s_output": out**2 / best / 1e6,
+            "s_per_tile_all": times[c.name],
+            "steps_per_round": per_round[c.name],
+        }
+    for (tile, batch, iters), (name, ts) in zip(aug_specs, aug_times.items(), strict=False):
+        rows[name] = {
+            "tile": tile,
+            "batch": batch,
+            "tiles_per_s": 1 / min(ts),
+            "mpix_per_s_input": tile**2 / min(ts) / 1e6,
+            "mpix_per_s_output": None,
+            "s_per_tile_all": ts,
+            "calls_per_round": iters,
+        }
     small_names = [f"small b{b}" for b in (1, 2, 4, 8)]
     best_small = max(small_names, key=lambda n: rows[n]["tiles_per_s"])
     small_aug = f"augment {aug_specs[1][0]}"
     ratios = {
-        f"{best_small} vs small b1, tiles/s": rows[best_small]["tiles_per_s"] / rows["small b1"]["tiles_per_s"],
-        f"{best_small} vs paper 572 b1, trained (output) MPix/s":
-            rows[best_small]["mpix_per_s_output"] / rows["paper 572 b1"]["mpix_per_s_output"],
-        "augmentation share of a paper 572 b1 step":
-            rows["paper 572 b1"]["tiles_per_s"] / rows["augment 572"]["tiles_per_s"],
-        f"augmentation share of a {best_small} step (188 px tiles)":
-            rows[best_small]["tiles_per_s"] / rows[small_aug]["tiles_per_s"],
+        f"{best_small} vs small b1, tiles/s": rows[best_small]["tiles_per_s"]
+        / rows["small b1"]["tiles_per_s"],
+        f"{best_small} vs paper 572 b1, trained (output) MPix/s": rows[best_small][
+            "mpix_per_s_output"
+        ]
+        / rows["paper 572 b1"]["mpix_per_s_output"],
+        "augmentation share of a paper 572 b1 step": rows["paper 572 b1"]["tiles_per_s"]
+        / rows["augment 572"]["tiles_per_s"],
+        f"augmentation share of a {best_small} step (188 px tiles)": rows[best_small]["tiles_per_s"]
+        / rows[small_aug]["tiles_per_s"],
     }
     print()
     for key, value in ratios.items():
         print(f"{key}: " + (f"{100 * value:.1f} %" if "share" in key else f"{value:.2f}x"))
-    print(f"{'contender':<16} {'tile':>5} {'batch':>5} {'tiles/s':>9} {'MPix/s in':>9} {'MPix/s out':>10}")
+    print(
+        f"{'contender':<16} {'tile':>5} {'batch':>5} {'tiles/s':>9} "
+        f"{'MPix/s in':>9} {'MPix/s out':>10}"
+    )
     for name, row in rows.items():
         out_rate = f"{row['mpix_per_s_output']:.3f}" if row["mpix_per_s_output"] else "-"
-        print(f"{name:<16} {row['tile']:>5} {row['batch']:>5} {row['tiles_per_s']:>9.3f} "
-              f"{row['mpix_per_s_input']:>9.3f} {out_rate:>10}")
-    print(f"weight map 512 x 512, 150 instances: {min(wm_times) * 1e3:.0f} ms (best of {len(wm_times)})")
+        print(
+            f"{name:<16} {row['tile']:>5} {row['batch']:>5} {row['tiles_per_s']:>9.3f} "
+            f"{row['mpix_per_s_input']:>9.3f} {out_rate:>10}"
+        )
+    print(
+        f"weight map 512 x 512, 150 instances: {min(wm_times) * 1e3:.0f} ms "
+        f"(best of {len(wm_times)})"
+    )
     if wm_2048:
-        print(f"weight map 2048 x 2048, {wm_2048['n_instances']} instances (weightmap_speed.json, "
-              f"{wm_2048['date']}): {wm_2048['timings_s']['weight_map_best']:.2f} s vs reference "
-              f"{wm_2048['timings_s']['weight_map_reference']:.1f} s ({wm_2048['ratio']:.0f}x)")
-    print(f"small preset default tile: {default_tile(UNet(PRESETS['small']))}; best batch here: {best_small}")
+        print(
+            f"weight map 2048 x 2048, {wm_2048['n_instances']} instances (weightmap_speed.json, "
+            f"{wm_2048['date']}): {wm_2048['timings_s']['weight_map_best']:.2f} s vs reference "
+            f"{wm_2048['timings_s']['weight_map_reference']:.1f} s ({wm_2048['ratio']:.0f}x)"
+        )
+    print(
+        f"small preset default tile: {default_tile(UNet(PRESETS['small']))}; "
+        f"best batch here: {best_small}"
+    )
 
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -216,8 +275,21 @@ def main(argv: list[str] | None = None) -> dict:
         "best_small_batch": rows[best_small]["batch"],
         "weight_map_512_150_s": {"best": min(wm_times), "all": wm_times},
         "weight_map_2048_from": str(wm_file.relative_to(HERE.parent)) if wm_2048 else None,
-        "weight_map_2048": ({k: wm_2048[k] for k in ("date", "image_shape", "n_instances", "timings_s",
-                                                      "ratio", "max_abs_diff")} if wm_2048 else None),
+        "weight_map_2048": (
+            {
+                k: wm_2048[k]
+                for k in (
+                    "date",
+                    "image_shape",
+                    "n_instances",
+                    "timings_s",
+                    "ratio",
+                    "max_abs_diff",
+                )
+            }
+            if wm_2048
+            else None
+        ),
     }
     return write_json(out_path, result)
 

@@ -65,10 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = ref_time / best
     max_abs_diff = float(np.abs(fast.astype(np.float64) - ref).max())
     print(f"speed-up: {ratio:.1f}x  (weight_map {best:.3f} s vs reference {ref_time:.1f} s)")
-    print(f"{'image':>12} {'instances':>9} {'variant':>7} {'weight_map s':>12} "
-          f"{'reference s':>11} {'ratio':>7} {'max|diff|':>9}")
-    print(f"{size:>5} x {size:<4} {len(np.unique(labels)) - 1:>9} {args.variant:>7} {best:>12.3f} "
-          f"{ref_time:>11.1f} {ratio:>7.1f} {max_abs_diff:>9.2e}")
+    print(
+        f"{'image':>12} {'instances':>9} {'variant':>7} {'weight_map s':>12} "
+        f"{'reference s':>11} {'ratio':>7} {'max|diff|':>9}"
+    )
+    print(
+        f"{size:>5} x {size:<4} {len(np.unique(labels)) - 1:>9} {args.variant:>7} {best:>12.3f} "
+        f"{ref_time:>11.1f} {ratio:>7.1f} {max_abs_diff:>9.2e}"
+    )
 
     result = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -104,8 +104,9 @@ def main() -> None:
     # 3 Train a small network, holding plane 4 out for validation; screenshot mid-run
     train = only(viewer, "3 Train")
     train.labels_combo.set_layer(labels)
-    train.set_custom_architecture(UNetConfig(width=16, depth=2, padding="same", norm="batch",
-                                             dropout=0.0))
+    train.set_custom_architecture(
+        UNetConfig(width=16, depth=2, padding="same", norm="batch", dropout=0.0)
+    )
     train.tile.setValue(96)
     train.steps.setValue(300)
     train.lr.setValue(0.003)

@@ -10,7 +10,9 @@ from hypothesis import settings
 # so that a landing never fails by chance. HYPOTHESIS_PROFILE=explore forces exploration.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore"))
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "explore")
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

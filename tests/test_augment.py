@@ -84,7 +84,7 @@ def test_seed_reproducible_and_different():
     a = augment_batch(image, target, weight, AugmentConfig(shift=4.0), _gen(7))
     b = augment_batch(image, target, weight, AugmentConfig(shift=4.0), _gen(7))
     c = augment_batch(image, target, weight, AugmentConfig(shift=4.0), _gen(8))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert torch.equal(x, y)
     assert not torch.equal(a[0], c[0]) and not torch.equal(a[1], c[1])
 
@@ -202,8 +202,15 @@ def test_preview():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"elastic_sigma": -1.0}, {"elastic_grid": 1}, {"shift": -2.0}, {"strength": -0.1},
-     {"strength": 10.0}, {"intensity": 3.0}, {"elastic_grid": 2.5}],
+    [
+        {"elastic_sigma": -1.0},
+        {"elastic_grid": 1},
+        {"shift": -2.0},
+        {"strength": -0.1},
+        {"strength": 10.0},
+        {"intensity": 3.0},
+        {"elastic_grid": 2.5},
+    ],
 )
 def test_invalid_config(kwargs):
     with pytest.raises(InputError, match="augmentation"):
@@ -222,8 +229,9 @@ def test_bad_shapes():
 def test_same_seed_same_result_on_cuda():
     image, target, weight = _batch()
     cpu = augment_batch(image, target, weight, AugmentConfig(shift=3.0), _gen(12))
-    gpu = augment_batch(image.cuda(), target.cuda(), weight.cuda(), AugmentConfig(shift=3.0),
-                        _gen(12))
+    gpu = augment_batch(
+        image.cuda(), target.cuda(), weight.cuda(), AugmentConfig(shift=3.0), _gen(12)
+    )
     assert all(t.device.type == "cuda" for t in gpu)
     assert torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-3)
     assert (cpu[1] != gpu[1].cpu()).float().mean() < 1e-3  # nearest ties may round differently

@@ -1,4 +1,5 @@
-"""Whole-stack segmentation: numpy / dask / zarr in, memory / zarr / TIFF out, cancel, resume, cluster."""
+"""Whole-stack segmentation: numpy / dask / zarr in, memory / zarr / TIFF out, cancel, resume,
+cluster."""
 
 import dask.array as da
 import numpy as np
@@ -23,8 +24,12 @@ def model():
     # bias the head so that some pixels are foreground and some background
     with torch.no_grad():
         net.head.bias[1] = 0.02
-    meta = ModelMetadata(architecture=net.config, normalization={"method": "percentile", "low": 1.0, "high": 99.8},
-                         class_names=["background", "object"], provenance={})
+    meta = ModelMetadata(
+        architecture=net.config,
+        normalization={"method": "percentile", "low": 1.0, "high": 99.8},
+        class_names=["background", "object"],
+        provenance={},
+    )
     return net, meta
 
 
@@ -45,7 +50,7 @@ def test_numpy_dask_and_zarr_inputs_agree(model, stack, tmp_path):
     np.testing.assert_array_equal(segment_stack(net, meta, read_array(zpath), CFG), ref)
     # instance ids are unique over the stack
     ids = [set(np.unique(p)) - {0} for p in ref]
-    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :])
 
 
 def test_streams_to_tiff_and_zarr(model, stack, tmp_path):
@@ -67,8 +72,15 @@ def test_cancel_then_rerun_resumes_a_zarr_output(model, stack, tmp_path):
         done.append(i)
 
     with pytest.raises(Cancelled):
-        segment_stack(net, meta, stack, CFG, out=tmp_path / "o.zarr", progress=progress,
-                      cancelled=lambda: len(done) >= 2)
+        segment_stack(
+            net,
+            meta,
+            stack,
+            CFG,
+            out=tmp_path / "o.zarr",
+            progress=progress,
+            cancelled=lambda: len(done) >= 2,
+        )
     assert done == [1, 2]
     # a cancelled TIFF leaves nothing behind
     with pytest.raises(Cancelled):
@@ -84,8 +96,12 @@ def test_cancel_then_rerun_resumes_a_zarr_output(model, stack, tmp_path):
 def test_time_series_with_channels(model):
     net = UNet(UNetConfig(in_channels=2, width=4, depth=2, dropout=0.0)).eval()
     _, meta = model
-    meta = ModelMetadata(architecture=net.config, normalization=meta.normalization,
-                         class_names=meta.class_names, provenance={})
+    meta = ModelMetadata(
+        architecture=net.config,
+        normalization=meta.normalization,
+        class_names=meta.class_names,
+        provenance={},
+    )
     image = np.random.default_rng(1).random((2, 3, 40, 50, 2)).astype(np.float32)  # T, Z, Y, X, C
     labels = segment_stack(net, meta, image, CFG)
     assert labels.shape == (2, 3, 40, 50)
@@ -98,8 +114,15 @@ def test_local_cluster_gives_the_same_labels(model, stack, tmp_path):
     image_path = tmp_path / "stack.tif"
     tifffile.imwrite(image_path, stack)
     local = segment_stack(net, meta, stack, CFG)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster:
-        out = segment_stack_distributed(model_path, image_path, cluster.scheduler_address, CFG,
-                                        out=tmp_path / "dist.zarr", max_in_flight=2)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        out = segment_stack_distributed(
+            model_path,
+            image_path,
+            cluster.scheduler_address,
+            CFG,
+            out=tmp_path / "dist.zarr",
+            max_in_flight=2,
+        )
     np.testing.assert_array_equal(np.asarray(read_array(out)), local)

@@ -27,8 +27,14 @@ TINY = ["--steps", "5", "--width", "4", "--depth", "2", "--tile", "60", "--batch
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real command in a fresh interpreter."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "napari_unet.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def assert_clean_failure(stderr: str, code: int) -> None:
@@ -49,14 +55,27 @@ def work(tmp_path_factory) -> Path:
     from napari_unet.sample_data import CellSampleConfig, make_cell_stack
 
     folder = tmp_path_factory.mktemp("cli")
-    image, labels = make_cell_stack(3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10), seed=1)
+    image, labels = make_cell_stack(
+        3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10), seed=1
+    )
     labels = labels.copy()
     labels[2] = 0
     tifffile.imwrite(folder / "image.tif", image)
     tifffile.imwrite(folder / "labels.tif", labels)
-    np.save(folder / "gt.npy", make_cell_stack(3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10),
-                                               seed=1)[1])
-    done = cli("train", "image.tif", "labels.tif", "--out", "model.safetensors", "--quiet", *TINY, cwd=folder)
+    np.save(
+        folder / "gt.npy",
+        make_cell_stack(3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10), seed=1)[1],
+    )
+    done = cli(
+        "train",
+        "image.tif",
+        "labels.tif",
+        "--out",
+        "model.safetensors",
+        "--quiet",
+        *TINY,
+        cwd=folder,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     (folder / "train.stderr").write_text(done.stderr)
@@ -88,7 +107,11 @@ def test_train_writes_model_and_checkpoint(work):
     from napari_unet.train import read_checkpoint_metadata
 
     meta = read_metadata(work / "model.safetensors")
-    assert (meta.architecture.width, meta.architecture.depth, meta.architecture.in_channels) == (4, 2, 1)
+    assert (meta.architecture.width, meta.architecture.depth, meta.architecture.in_channels) == (
+        4,
+        2,
+        1,
+    )
     assert meta.provenance["steps"] == 5 and meta.provenance["planes"] == 2
     assert read_checkpoint_metadata(work / "model.ckpt").architecture == meta.architecture
     stderr = (work / "train.stderr").read_text()
@@ -97,8 +120,19 @@ def test_train_writes_model_and_checkpoint(work):
 
 
 def test_predict_tif_with_instances_probabilities_tta(work):
-    done = cli("predict", "model.safetensors", "image.tif", "--out", "labels_out.tif", "--instances",
-               "--probabilities", "probs.tif", "--tta", "--quiet", cwd=work)
+    done = cli(
+        "predict",
+        "model.safetensors",
+        "image.tif",
+        "--out",
+        "labels_out.tif",
+        "--instances",
+        "--probabilities",
+        "probs.tif",
+        "--tta",
+        "--quiet",
+        cwd=work,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "labels written to labels_out.tif" in done.stderr
     labels = tifffile.imread(work / "labels_out.tif")
@@ -108,21 +142,58 @@ def test_predict_tif_with_instances_probabilities_tta(work):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     # instance ids are unique over the stack
     ids = [set(np.unique(p)) - {0} for p in labels]
-    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1 :])
     assert not [p for p in os.listdir(work) if p.startswith(".")]
 
 
 def test_predict_zarr_and_npy_agree(work, capsys):
     import zarr
 
-    assert main(["predict", str(work / "model.safetensors"), str(work / "image.tif"),
-                 "--out", str(work / "out.zarr"), "--instances", "--quiet"]) == 0
-    assert main(["predict", str(work / "model.safetensors"), str(work / "image.tif"),
-                 "--out", str(work / "out.npy"), "--instances", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(work / "model.safetensors"),
+                str(work / "image.tif"),
+                "--out",
+                str(work / "out.zarr"),
+                "--instances",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(work / "model.safetensors"),
+                str(work / "image.tif"),
+                "--out",
+                str(work / "out.npy"),
+                "--instances",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # zarr together with --probabilities (labels computed in memory, then streamed to zarr)
-    assert main(["predict", str(work / "model.safetensors"), str(work / "image.tif"),
-                 "--out", str(work / "out2.zarr"), "--instances", "--probabilities",
-                 str(work / "p.npy"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(work / "model.safetensors"),
+                str(work / "image.tif"),
+                "--out",
+                str(work / "out2.zarr"),
+                "--instances",
+                "--probabilities",
+                str(work / "p.npy"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     stored = zarr.open(str(work / "out.zarr"), mode="r")
     assert sorted(stored.attrs["napari_unet_done"]) == [0, 1, 2]
     npy = np.load(work / "out.npy")
@@ -133,8 +204,19 @@ def test_predict_zarr_and_npy_agree(work, capsys):
 
 
 def test_semantic_labels_without_instances(work, capsys):
-    assert main(["predict", str(work / "model.safetensors"), str(work / "image.tif"),
-                 "--out", str(work / "semantic.npy"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(work / "model.safetensors"),
+                str(work / "image.tif"),
+                "--out",
+                str(work / "semantic.npy"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert set(np.unique(np.load(work / "semantic.npy"))) <= {0, 1}
 
 
@@ -144,12 +226,28 @@ def test_evaluate_prints_json_in_subprocess(work, capsys):
     result = json.loads(done.stdout)
     assert {"iou", "seg", "ap50", "f1_50", "rand", "pixel"} <= set(result)
     assert all(isinstance(v, float) for v in result.values())
-    assert main(["evaluate", str(work / "gt.npy"), str(work / "gt.npy"), "--metric", "iou", "--metric", "seg"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(work / "gt.npy"),
+                str(work / "gt.npy"),
+                "--metric",
+                "iou",
+                "--metric",
+                "seg",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"iou": 1.0, "seg": 1.0}
 
 
 def test_weightmap(work, capsys):
-    assert main(["weightmap", str(work / "labels.tif"), "--out", str(work / "w.tif"), "--w0", "5"]) == 0
+    assert (
+        main(["weightmap", str(work / "labels.tif"), "--out", str(work / "w.tif"), "--w0", "5"])
+        == 0
+    )
     weights = tifffile.imread(work / "w.tif")
     assert weights.shape == (3, 96, 96) and weights.dtype == np.float32
     assert weights.min() > 0 and weights.max() > 1
@@ -160,7 +258,19 @@ def test_export_torchscript(work, capsys):
     import torch
 
     out = work / "model.pt"
-    assert main(["export", str(work / "model.safetensors"), "--format", "torchscript", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(work / "model.safetensors"),
+                "--format",
+                "torchscript",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     scripted = torch.jit.load(str(out))
     logits = scripted(torch.zeros(1, 1, 60, 60))
     assert logits.shape == (1, 2, 20, 20)
@@ -173,7 +283,9 @@ def test_errors_in_a_subprocess_are_one_line(work):
     assert_clean_failure(done.stderr, done.returncode)
     assert done.returncode == 2
     assert not (work / "never.tif").exists()
-    usage = cli("predict", "model.safetensors", "image.tif", "--out", "x.tif", "--no-such-option", cwd=work)
+    usage = cli(
+        "predict", "model.safetensors", "image.tif", "--out", "x.tif", "--no-such-option", cwd=work
+    )
     assert_clean_failure(usage.stderr, usage.returncode)
     assert "unrecognized arguments: --no-such-option" in usage.stderr
 

@@ -90,7 +90,9 @@ def test_small_preset_is_cpu_friendly():
 
 
 @settings(max_examples=60, deadline=None)
-@given(depth=st.integers(1, 6), padding=st.sampled_from(["valid", "same"]), size=st.integers(1, 2000))
+@given(
+    depth=st.integers(1, 6), padding=st.sampled_from(["valid", "same"]), size=st.integers(1, 2000)
+)
 def test_tile_geometry_properties(depth, padding, size):
     cfg = UNetConfig(depth=depth, padding=padding, width=8)
     below, above = nearest_valid_sizes(cfg, size)

@@ -47,7 +47,7 @@ def _metadata(cfg: UNetConfig = TINY, **changes) -> ModelMetadata:
 def _model(cfg: UNetConfig = TINY, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     model = UNet(cfg)
-    for name, buffer in model.named_buffers():  # non-default batch-norm statistics
+    for _name, buffer in model.named_buffers():  # non-default batch-norm statistics
         if buffer.is_floating_point():
             buffer.copy_(torch.rand_like(buffer) + 0.5)
         else:
@@ -292,8 +292,19 @@ def test_truncated_file_is_refused(saved):
 
 @pytest.mark.parametrize(
     "kind",
-    ["missing", "folder", "empty", "short", "zero", "random", "hdf5", "tiff", "npy", "foreign",
-     "json"],  # fmt: skip
+    [
+        "missing",
+        "folder",
+        "empty",
+        "short",
+        "zero",
+        "random",
+        "hdf5",
+        "tiff",
+        "npy",
+        "foreign",
+        "json",
+    ],  # fmt: skip
 )
 def test_foreign_files_are_refused(tmp_path, kind):
     path = tmp_path / f"{kind}.safetensors"

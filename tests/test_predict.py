@@ -37,7 +37,9 @@ def test_tiles_equal_one_pass_over_the_padded_image(model, plane):
     # grow to a valid size for one pass (extra rows/cols on the far side only)
     h = 4 * int(np.ceil((padded.shape[1] - 4 * 3) / 4)) + 12
     w = 4 * int(np.ceil((padded.shape[2] - 4 * 3) / 4)) + 12
-    padded = np.pad(plane, ((0, 0), (b, h - plane.shape[1] - b), (b, w - plane.shape[2] - b)), mode="reflect")
+    padded = np.pad(
+        plane, ((0, 0), (b, h - plane.shape[1] - b), (b, w - plane.shape[2] - b)), mode="reflect"
+    )
     with torch.inference_mode():
         whole = torch.softmax(model(torch.from_numpy(padded)[None]), dim=1)[0].numpy()
     np.testing.assert_allclose(tiled, whole[:, : plane.shape[1], : plane.shape[2]], atol=1e-5)
@@ -54,7 +56,9 @@ def test_images_smaller_than_a_tile_are_segmented(model, shape):
 def test_tta_and_uncertainty(model, plane):
     probs = predict_plane(model, plane, PredictConfig(tta=True, device="cpu"))
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
-    mean, spread = predict_plane_with_uncertainty(model, plane[:, :64, :80], PredictConfig(device="cpu"))
+    mean, spread = predict_plane_with_uncertainty(
+        model, plane[:, :64, :80], PredictConfig(device="cpu")
+    )
     assert mean.shape == (2, 64, 80) and spread.shape == (64, 80)
     assert spread.min() >= 0 and spread.max() > 0  # an untrained net disagrees with itself
 
@@ -81,11 +85,11 @@ def test_bad_tile_and_channels_are_refused(model, plane):
 
 @pytest.mark.parametrize("depth", [3, 4])
 def test_deep_networks_tile_on_the_pooling_grid(depth):
-    # tiles must start on multiples of 2**depth, else max-pooling sees a shifted grid and seams appear
+    # tiles must start on multiples of 2**depth, else max-pooling sees a shifted grid and seams
+    # appear
     torch.manual_seed(depth)
     cfg = UNetConfig(width=2, depth=depth, dropout=0.0)
     net = UNet(cfg).eval()
-    b = border(cfg)
     plane = np.random.default_rng(depth).random((1, 70, 61), dtype=np.float32)
     from napari_unet.model import input_size_for_output
 

@@ -22,12 +22,19 @@ def test_isbi_binary_membrane_labels_train_and_segment(shared_data):
     assert k == 2
     # 255 = cell, 0 = membrane: cells become separate objects, so the border term is present
     assert planes[0].weight.max() > 5
-    trainer = Trainer(UNet(UNetConfig(width=4, depth=2, norm="batch")), planes,
-                      TrainConfig(steps=4, tile=60, batch_size=2, device="cpu"))
+    trainer = Trainer(
+        UNet(UNetConfig(width=4, depth=2, norm="batch")),
+        planes,
+        TrainConfig(steps=4, tile=60, batch_size=2, device="cpu"),
+    )
     for _ in trainer.run():
         pass
-    pred = segment_stack(trainer.model, trainer.metadata(), volume[2:3, :160, :160],
-                         SegmentConfig(predict=PredictConfig(device="cpu"), instances=False))
+    pred = segment_stack(
+        trainer.model,
+        trainer.metadata(),
+        volume[2:3, :160, :160],
+        SegmentConfig(predict=PredictConfig(device="cpu"), instances=False),
+    )
     scores = evaluate(pred, (labels[2:3, :160, :160] > 0).astype(np.uint8), ("pixel", "iou"))
     assert 0.0 <= scores["pixel"] <= 1.0
 

@@ -48,9 +48,29 @@ def _same_weights(a: Path, b: Path) -> None:
 
 def _cli_train(folder: Path, out: str, *extra: str) -> Path:
     path = folder / out
-    rc = main(["train", str(folder / "image.tif"), str(folder / "labels.tif"), "--out", str(path),
-               "--steps", "3", "--width", "4", "--depth", "2", "--tile", "60", "--device", "cpu",
-               "--quiet", "--seed", "5", *extra])
+    rc = main(
+        [
+            "train",
+            str(folder / "image.tif"),
+            str(folder / "labels.tif"),
+            "--out",
+            str(path),
+            "--steps",
+            "3",
+            "--width",
+            "4",
+            "--depth",
+            "2",
+            "--tile",
+            "60",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--seed",
+            "5",
+            *extra,
+        ]
+    )
     assert rc == 0
     return path
 
@@ -75,7 +95,8 @@ def test_cli_gui_job_and_library_give_the_same_model(stack, tmp_path):
     cli = _cli_train(folder, "cli.safetensors")
     recipe = TrainingRecipe(
         training=TrainConfig(steps=3, tile=60, device="cpu", seed=5),
-        architecture=PRESETS["small"].with_(width=4, depth=2), checkpoint=tmp_path / "gui.ckpt",
+        architecture=PRESETS["small"].with_(width=4, depth=2),
+        checkpoint=tmp_path / "gui.ckpt",
     )
     messages = list(run_job(TrainJob(image=image, labels=labels, recipe=recipe)))
     finished = [m for m in messages if m[0] == "finished"]
@@ -101,8 +122,20 @@ def test_demo_uses_the_same_recipe(tmp_path, one_torch_thread):
         labels[z] = truth[z]
     tifffile.imwrite(tmp_path / "image.tif", image)
     tifffile.imwrite(tmp_path / "labels.tif", labels)
-    rc = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--out",
-               str(tmp_path / "cli.safetensors"), "--steps", "2", "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "train",
+            str(tmp_path / "image.tif"),
+            str(tmp_path / "labels.tif"),
+            "--out",
+            str(tmp_path / "cli.safetensors"),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     _same_weights(Path(result["out"]) / "model.safetensors", tmp_path / "cli.safetensors")
 
@@ -110,13 +143,22 @@ def test_demo_uses_the_same_recipe(tmp_path, one_torch_thread):
 def test_fine_tuning_keeps_the_parents_normalisation(stack, tmp_path):
     image, labels, _ = stack
     odd = Normalization(low=5.0, high=90.0)
-    parent = prepare_run(image, labels, TrainingRecipe(
-        annotation=AnnotationConfig(normalization=odd),
-        training=TrainConfig(steps=1, tile=60, device="cpu"), architecture=TINY))
+    parent = prepare_run(
+        image,
+        labels,
+        TrainingRecipe(
+            annotation=AnnotationConfig(normalization=odd),
+            training=TrainConfig(steps=1, tile=60, device="cpu"),
+            architecture=TINY,
+        ),
+    )
     list(parent.run())
     path = parent.save_model(tmp_path / "parent.safetensors")
-    child = prepare_run(image, labels, TrainingRecipe(
-        training=TrainConfig(steps=1, tile=60, device="cpu"), init=path))
+    child = prepare_run(
+        image,
+        labels,
+        TrainingRecipe(training=TrainConfig(steps=1, tile=60, device="cpu"), init=path),
+    )
     assert child.annotation.normalization == odd
     expected = normalize_plane(image[0][None], odd)
     np.testing.assert_array_equal(child.planes[0].image, expected)
@@ -172,9 +214,14 @@ def test_cli_partial_flag_is_recorded(stack):
 
 def test_time_budget_ends_a_run_and_anneals(stack):
     image, labels, _ = stack
-    trainer = prepare_run(image, labels, TrainingRecipe(
-        training=TrainConfig(steps=10**6, minutes=0.01, tile=60, device="cpu"),
-        architecture=TINY))
+    trainer = prepare_run(
+        image,
+        labels,
+        TrainingRecipe(
+            training=TrainConfig(steps=10**6, minutes=0.01, tile=60, device="cpu"),
+            architecture=TINY,
+        ),
+    )
     events = list(trainer.run())
     assert events[-1].kind == "done" and trainer.step < 10**6
     assert trainer.train_seconds >= 0.6
@@ -184,8 +231,13 @@ def test_time_budget_ends_a_run_and_anneals(stack):
 
 def test_best_validated_weights_are_kept(stack):
     image, labels, _ = stack
-    trainer = prepare_run(image, labels, TrainingRecipe(
-        training=TrainConfig(steps=2, tile=60, device="cpu", val_every=0), architecture=TINY))
+    trainer = prepare_run(
+        image,
+        labels,
+        TrainingRecipe(
+            training=TrainConfig(steps=2, tile=60, device="cpu", val_every=0), architecture=TINY
+        ),
+    )
     list(trainer.run())
     snapshot = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer._remember_if_best({"val_iou": 0.9, "val_f1": 0.9})

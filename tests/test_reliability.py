@@ -34,8 +34,21 @@ from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelMetadata, load_model, save_model
 from napari_unet.predict import PredictConfig, predict_plane
 
-TRAIN = ["--steps", "1", "--width", "2", "--depth", "2", "--tile", "44", "--batch-size", "1", "--quiet",
-         "--device", "cpu"]
+TRAIN = [
+    "--steps",
+    "1",
+    "--width",
+    "2",
+    "--depth",
+    "2",
+    "--tile",
+    "44",
+    "--batch-size",
+    "1",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 NORM = {"method": "percentile", "low": 1.0, "high": 99.8}
 CPU = SegmentConfig(predict=PredictConfig(device="cpu"))
 PROGRESS = ("training ", "train [", "predict [")  # informational lines, not errors
@@ -47,8 +60,12 @@ def make_model(path: Path, channels: int = 1, seed: int = 0, width: int = 4) -> 
     net = UNet(UNetConfig(in_channels=channels, width=width, depth=2, dropout=0.0)).eval()
     with torch.no_grad():
         net.head.bias[1] = 0.02  # some foreground, some background
-    meta = ModelMetadata(architecture=net.config, normalization=NORM,
-                         class_names=["background", "object"], provenance={})
+    meta = ModelMetadata(
+        architecture=net.config,
+        normalization=NORM,
+        class_names=["background", "object"],
+        provenance={},
+    )
     return save_model(path, net, meta)
 
 
@@ -94,15 +111,20 @@ def data(tmp_path_factory) -> dict[str, Path]:
     from napari_unet.sample_data import CellSampleConfig, make_cell_stack
 
     folder = tmp_path_factory.mktemp("data")
-    image, labels = make_cell_stack(3, CellSampleConfig(shape=(64, 64), n_cells=5, cell_radius=9), seed=2)
+    image, labels = make_cell_stack(
+        3, CellSampleConfig(shape=(64, 64), n_cells=5, cell_radius=9), seed=2
+    )
     labels = labels.astype(np.uint16)
     labels[2] = 0
     tifffile.imwrite(folder / "image.tif", image)
     tifffile.imwrite(folder / "labels.tif", labels)
     np.save(folder / "rgb.npy", np.stack([image, image // 2, image // 3], axis=-1))
     return {
-        "dir": folder, "image": folder / "image.tif", "labels": folder / "labels.tif",
-        "rgb": folder / "rgb.npy", "model": make_model(folder / "model.safetensors"),
+        "dir": folder,
+        "image": folder / "image.tif",
+        "labels": folder / "labels.tif",
+        "rgb": folder / "rgb.npy",
+        "model": make_model(folder / "model.safetensors"),
         "model3": make_model(folder / "model3.safetensors", channels=3),
     }
 
@@ -160,8 +182,20 @@ def test_train_refuses_bad_annotations(capsys, tmp_path, data, arrays, case, mes
     labels, extra = _labels_case(case, arrays[1])
     np.save(tmp_path / "labels.npy", labels)
     out = tmp_path / "m.safetensors"
-    refused(capsys, tmp_path, "train", data["image"], tmp_path / "labels.npy", "--out", out, *TRAIN, *extra,
-            match=message, absent=[out, tmp_path / "m.ckpt"], code=2)
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        tmp_path / "labels.npy",
+        "--out",
+        out,
+        *TRAIN,
+        *extra,
+        match=message,
+        absent=[out, tmp_path / "m.ckpt"],
+        code=2,
+    )
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
@@ -169,11 +203,31 @@ def test_train_and_predict_refuse_non_finite_pixels(capsys, tmp_path, data, arra
     image = arrays[0].astype(np.float32)
     image[1, 5, 7] = value
     np.save(tmp_path / "image.npy", image)
-    refused(capsys, tmp_path, "train", tmp_path / "image.npy", data["labels"], "--out", tmp_path / "m.st", *TRAIN,
-            match="NaN or infinite", absent=[tmp_path / "m.st"])
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        tmp_path / "image.npy",
+        data["labels"],
+        "--out",
+        tmp_path / "m.st",
+        *TRAIN,
+        match="NaN or infinite",
+        absent=[tmp_path / "m.st"],
+    )
     for out in ("l.tif", "l.zarr", "l.npy"):
-        refused(capsys, tmp_path, "predict", data["model"], tmp_path / "image.npy", "--out", tmp_path / out,
-                "--quiet", match="NaN or infinite", absent=[tmp_path / out] if out != "l.zarr" else [])
+        refused(
+            capsys,
+            tmp_path,
+            "predict",
+            data["model"],
+            tmp_path / "image.npy",
+            "--out",
+            tmp_path / out,
+            "--quiet",
+            match="NaN or infinite",
+            absent=[tmp_path / out] if out != "l.zarr" else [],
+        )
 
 
 def test_a_failed_run_keeps_the_previous_result(capsys, tmp_path, data, arrays):
@@ -182,8 +236,17 @@ def test_a_failed_run_keeps_the_previous_result(capsys, tmp_path, data, arrays):
     image = arrays[0].astype(np.float32)
     image[2, 0, 0] = np.nan  # the last plane fails after two planes were segmented
     np.save(tmp_path / "image.npy", image)
-    refused(capsys, tmp_path, "predict", data["model"], tmp_path / "image.npy", "--out", previous, "--quiet",
-            match="NaN")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        tmp_path / "image.npy",
+        "--out",
+        previous,
+        "--quiet",
+        match="NaN",
+    )
     assert (tifffile.imread(previous) == 7).all()
 
 
@@ -202,25 +265,53 @@ def test_a_failed_run_keeps_the_previous_result(capsys, tmp_path, data, arrays):
 def test_train_refuses_bad_options(capsys, tmp_path, data, args, message):
     args = [a.format(model=data["model"], dir=data["dir"]) for a in args]
     out = tmp_path / "m.safetensors"
-    refused(capsys, tmp_path, "train", data["image"], data["labels"], "--out", out, *TRAIN, *args,
-            match=message, absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        data["labels"],
+        "--out",
+        out,
+        *TRAIN,
+        *args,
+        match=message,
+        absent=[out],
+    )
 
 
 def test_slices_on_a_2d_image(capsys, tmp_path, arrays):
     np.save(tmp_path / "i.npy", arrays[0][0])
     np.save(tmp_path / "l.npy", arrays[1][0])
-    refused(capsys, tmp_path, "train", tmp_path / "i.npy", tmp_path / "l.npy", "--out", tmp_path / "m.st",
-            *TRAIN, "--slices", "1", match="only plane 0")
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        tmp_path / "i.npy",
+        tmp_path / "l.npy",
+        "--out",
+        tmp_path / "m.st",
+        *TRAIN,
+        "--slices",
+        "1",
+        match="only plane 0",
+    )
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "0"], "--steps: expected a positive"),
-    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "-5"], "--steps: expected a positive"),
-    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "ten"], "expected a whole number"),
+    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "0"],
+     "--steps: expected a positive"),
+    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "-5"],
+     "--steps: expected a positive"),
+    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--steps", "ten"],
+     "expected a whole number"),
     (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--batch-size", "0"], "--batch-size"),
-    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--lr", "-1"], "--lr: expected a positive"),
-    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--checkpoint-every", "0"], "--checkpoint-every"),
-    (["predict", "{model}", "{image}", "--out", "{tmp}/l.tif", "--no-such-option"], "unrecognized arguments"),
+    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--lr", "-1"],
+     "--lr: expected a positive"),
+    (["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "--checkpoint-every", "0"],
+     "--checkpoint-every"),
+    (["predict", "{model}", "{image}", "--out", "{tmp}/l.tif", "--no-such-option"],
+     "unrecognized arguments"),
     (["predict", "{model}", "{image}"], "required: --out"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["weightmap", "{labels}", "--out", "{tmp}/w.tif", "--sigma", "0"], "--sigma"),
@@ -237,17 +328,41 @@ def test_bad_usage_is_one_line_with_exit_2(capsys, tmp_path, data, args, message
 # ----------------------------------------------------------------------------- odd images
 def test_one_pixel_image_is_segmented(capsys, tmp_path, data):
     np.save(tmp_path / "px.npy", np.full((1, 1), 200, np.uint8))
-    assert run(capsys, "predict", data["model"], tmp_path / "px.npy", "--out", tmp_path / "px.tif", "--quiet")[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model"],
+            tmp_path / "px.npy",
+            "--out",
+            tmp_path / "px.tif",
+            "--quiet",
+        )[0]
+        == 0
+    )
     labels = tifffile.imread(tmp_path / "px.tif")
     assert labels.shape == (1, 1) and labels.dtype == np.uint32
 
 
-@pytest.mark.parametrize("shape, tile", [((20, 30), None), ((20, 30), "60"), ((1, 80), "44"), ((70, 3), None)])
+@pytest.mark.parametrize(
+    "shape, tile", [((20, 30), None), ((20, 30), "60"), ((1, 80), "44"), ((70, 3), None)]
+)
 def test_image_smaller_than_a_tile_is_segmented(capsys, tmp_path, data, shape, tile):
     np.save(tmp_path / "s.npy", np.random.default_rng(0).random(shape).astype(np.float32))
     extra = ["--tile", tile] if tile else []
-    assert run(capsys, "predict", data["model"], tmp_path / "s.npy", "--out", tmp_path / "s.npy.tif",
-               "--quiet", *extra)[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model"],
+            tmp_path / "s.npy",
+            "--out",
+            tmp_path / "s.npy.tif",
+            "--quiet",
+            *extra,
+        )[0]
+        == 0
+    )
     assert tifffile.imread(tmp_path / "s.npy.tif").shape == shape
 
 
@@ -255,8 +370,21 @@ def test_image_smaller_than_a_tile_is_segmented(capsys, tmp_path, data, shape, t
 def test_4d_and_5d_images_are_segmented_plane_by_plane(capsys, tmp_path, data, arrays, shape):
     image = np.resize(arrays[0][:, : shape[-2], : shape[-1]], shape)
     np.save(tmp_path / "nd.npy", image)
-    assert run(capsys, "predict", data["model"], tmp_path / "nd.npy", "--out", tmp_path / "nd.npy.npy",
-               "--instances", "--quiet", "--device", "cpu")[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model"],
+            tmp_path / "nd.npy",
+            "--out",
+            tmp_path / "nd.npy.npy",
+            "--instances",
+            "--quiet",
+            "--device",
+            "cpu",
+        )[0]
+        == 0
+    )
     labels = np.load(tmp_path / "nd.npy.npy")
     assert labels.shape == shape
     # each plane equals the same plane segmented alone (before the instance-id offset)
@@ -267,37 +395,119 @@ def test_4d_and_5d_images_are_segmented_plane_by_plane(capsys, tmp_path, data, a
 
 
 def test_rgb_image_with_a_one_channel_model_is_refused(capsys, tmp_path, data):
-    refused(capsys, tmp_path, "predict", data["model"], data["rgb"], "--out", tmp_path / "l.tif", "--quiet",
-            match=r"looks like RGB\(A\) but the model takes 1 channel", absent=[tmp_path / "l.tif"])
-    refused(capsys, tmp_path, "predict", data["model"], data["rgb"], "--out", tmp_path / "l.tif", "--quiet",
-            "--channel-axis", "-1", match="expects 1 channel.* has 3 on axis 3")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["rgb"],
+        "--out",
+        tmp_path / "l.tif",
+        "--quiet",
+        match=r"looks like RGB\(A\) but the model takes 1 channel",
+        absent=[tmp_path / "l.tif"],
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["rgb"],
+        "--out",
+        tmp_path / "l.tif",
+        "--quiet",
+        "--channel-axis",
+        "-1",
+        match="expects 1 channel.* has 3 on axis 3",
+    )
 
 
 def test_multichannel_images_with_a_matching_model(capsys, tmp_path, data, arrays):
     # RGB in the last axis is found by itself
-    assert run(capsys, "predict", data["model3"], data["rgb"], "--out", tmp_path / "a.npy", "--quiet")[0] == 0
+    assert (
+        run(capsys, "predict", data["model3"], data["rgb"], "--out", tmp_path / "a.npy", "--quiet")[
+            0
+        ]
+        == 0
+    )
     assert np.load(tmp_path / "a.npy").shape == (3, 64, 64)
     # channels in axis 1 of a (Z, C, Y, X) stack need --channel-axis
     image = np.moveaxis(np.load(data["rgb"]), -1, 1)
     np.save(tmp_path / "zcyx.npy", image)
-    assert run(capsys, "predict", data["model3"], tmp_path / "zcyx.npy", "--out", tmp_path / "b.npy",
-               "--channel-axis", "1", "--quiet")[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model3"],
+            tmp_path / "zcyx.npy",
+            "--out",
+            tmp_path / "b.npy",
+            "--channel-axis",
+            "1",
+            "--quiet",
+        )[0]
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"))
-    refused(capsys, tmp_path, "predict", data["model3"], data["image"], "--out", tmp_path / "c.tif",
-            "--channel-axis", "7", match="channel axis 7 does not exist")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model3"],
+        data["image"],
+        "--out",
+        tmp_path / "c.tif",
+        "--channel-axis",
+        "7",
+        match="channel axis 7 does not exist",
+    )
     np.save(tmp_path / "gray2d.npy", arrays[0][0])
-    refused(capsys, tmp_path, "predict", data["model3"], tmp_path / "gray2d.npy", "--out", tmp_path / "c.tif",
-            match="expects 3 channels")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model3"],
+        tmp_path / "gray2d.npy",
+        "--out",
+        tmp_path / "c.tif",
+        match="expects 3 channels",
+    )
 
 
 def test_model_for_other_channels_or_classes(capsys, tmp_path, data, arrays):
     out = tmp_path / "m.safetensors"
-    refused(capsys, tmp_path, "train", data["rgb"], data["labels"], "--init", data["model"], "--out", out,
-            *TRAIN, match="trained for 1 channel.* and 2 classes; these data have 3 and 2", absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["rgb"],
+        data["labels"],
+        "--init",
+        data["model"],
+        "--out",
+        out,
+        *TRAIN,
+        match="trained for 1 channel.* and 2 classes; these data have 3 and 2",
+        absent=[out],
+    )
     labels = arrays[1].astype(np.int32)
     np.save(tmp_path / "classes.npy", np.where(labels > 0, (labels % 3) + 1, 0))  # 4 classes
-    refused(capsys, tmp_path, "train", data["image"], tmp_path / "classes.npy", "--mode", "classes", "--init",
-            data["model"], "--out", out, *TRAIN, match="these data have 1 and 4", absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        tmp_path / "classes.npy",
+        "--mode",
+        "classes",
+        "--init",
+        data["model"],
+        "--out",
+        out,
+        *TRAIN,
+        match="these data have 1 and 4",
+        absent=[out],
+    )
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -345,7 +555,18 @@ def test_unreadable_images(capsys, tmp_path, data, kind, message):
     elif kind == "group.zarr":
         zarr.open_group(str(src), mode="w").create_array("x", shape=(4, 4), dtype="u1")
     out = tmp_path / "l.tif"
-    refused(capsys, tmp_path, "predict", data["model"], src, "--out", out, "--quiet", match=message, absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        src,
+        "--out",
+        out,
+        "--quiet",
+        match=message,
+        absent=[out],
+    )
 
 
 # ----------------------------------------------------------------------------- model files
@@ -383,13 +604,45 @@ def test_bad_model_files(capsys, tmp_path, data, kind, message):
 
         save_tensors(path, {"w": torch.zeros(2)}, {"step": 1})
     out = tmp_path / "l.tif"
-    refused(capsys, tmp_path, "predict", path, data["image"], "--out", out, "--quiet",
-            match=message, absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        path,
+        data["image"],
+        "--out",
+        out,
+        "--quiet",
+        match=message,
+        absent=[out],
+    )
     if kind in ("truncated", "foreign"):
-        refused(capsys, tmp_path, "export", path, "--format", "torchscript", "--out", tmp_path / "e.pt",
-                match=message, absent=[tmp_path / "e.pt"])
-        refused(capsys, tmp_path, "train", data["image"], data["labels"], "--init", path, "--out",
-                tmp_path / "m.st", *TRAIN, match=message, absent=[tmp_path / "m.st"])
+        refused(
+            capsys,
+            tmp_path,
+            "export",
+            path,
+            "--format",
+            "torchscript",
+            "--out",
+            tmp_path / "e.pt",
+            match=message,
+            absent=[tmp_path / "e.pt"],
+        )
+        refused(
+            capsys,
+            tmp_path,
+            "train",
+            data["image"],
+            data["labels"],
+            "--init",
+            path,
+            "--out",
+            tmp_path / "m.st",
+            *TRAIN,
+            match=message,
+            absent=[tmp_path / "m.st"],
+        )
 
 
 def test_pickled_model_is_never_executed_by_the_cli(capsys, tmp_path, data):
@@ -403,18 +656,40 @@ def test_pickled_model_is_never_executed_by_the_cli(capsys, tmp_path, data):
     with open(tmp_path / "evil.pt", "wb") as fh:
         pickle.dump({"state_dict": Payload()}, fh)
     torch.save({"state_dict": Payload()}, tmp_path / "evil_zip.pt")
-    done = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", "evil.pt", str(data["image"]),
-                           "--out", "l.tif"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_unet.cli",
+            "predict",
+            "evil.pt",
+            str(data["image"]),
+            "--out",
+            "l.tif",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert done.stderr == ("napari-unet: error: evil.pt is not a napari-unet model file: "
-                           "it is a Python pickle (napari-unet never unpickles files)\n")
-    for command in (["predict", "evil_zip.pt", data["image"], "--out", "l.tif"],
-                    ["train", data["image"], data["labels"], "--init", "evil.pt", "--out", "m.st", *TRAIN],
-                    ["export", "evil_zip.pt", "--format", "torchscript", "--out", "e.pt"]):
-        refused(capsys, tmp_path, *(tmp_path / c if str(c).startswith("evil") else c for c in command),
-                match="it is a Python pickle|it is a zip archive")
+    assert done.stderr == (
+        "napari-unet: error: evil.pt is not a napari-unet model file: "
+        "it is a Python pickle (napari-unet never unpickles files)\n"
+    )
+    for command in (
+        ["predict", "evil_zip.pt", data["image"], "--out", "l.tif"],
+        ["train", data["image"], data["labels"], "--init", "evil.pt", "--out", "m.st", *TRAIN],
+        ["export", "evil_zip.pt", "--format", "torchscript", "--out", "e.pt"],
+    ):
+        refused(
+            capsys,
+            tmp_path,
+            *(tmp_path / c if str(c).startswith("evil") else c for c in command),
+            match="it is a Python pickle|it is a zip archive",
+        )
     assert not (tmp_path / "e.pt").exists()
     assert not (tmp_path / "MARKER").exists()
     assert not (tmp_path / "l.tif").exists()
@@ -431,39 +706,131 @@ def test_pickled_model_is_never_executed_by_the_cli(capsys, tmp_path, data):
 ])  # fmt: skip
 def test_unwritable_prediction_outputs(capsys, tmp_path, data, target, message):
     (tmp_path / "a_file").write_text("not a folder")
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", tmp_path / target, "--quiet",
-            match=message, absent=[tmp_path / target])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        tmp_path / target,
+        "--quiet",
+        match=message,
+        absent=[tmp_path / target],
+    )
 
 
 def test_unwritable_outputs_of_other_commands(capsys, tmp_path, data):
     (tmp_path / "a_file").write_text("x")
     bad = tmp_path / "a_file" / "out"
-    refused(capsys, tmp_path, "train", data["image"], data["labels"], "--out", f"{bad}.safetensors", *TRAIN,
-            match="a_file is not a folder")
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", tmp_path / "l.tif",
-            "--probabilities", f"{bad}.tif", match="a_file is not a folder", absent=[tmp_path / "l.tif"])
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", tmp_path / "l.tif",
-            "--probabilities", tmp_path / "p.zarr", match="write probabilities as .tif, .tiff, .npy")
-    refused(capsys, tmp_path, "weightmap", data["labels"], "--out", f"{bad}.tif", match="a_file is not a folder")
-    refused(capsys, tmp_path, "weightmap", data["labels"], "--out", tmp_path / "w.png", match="write results as")
-    refused(capsys, tmp_path, "export", data["model"], "--format", "torchscript", "--out", f"{bad}.pt",
-            match="a_file is not a folder")
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        data["labels"],
+        "--out",
+        f"{bad}.safetensors",
+        *TRAIN,
+        match="a_file is not a folder",
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        tmp_path / "l.tif",
+        "--probabilities",
+        f"{bad}.tif",
+        match="a_file is not a folder",
+        absent=[tmp_path / "l.tif"],
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        tmp_path / "l.tif",
+        "--probabilities",
+        tmp_path / "p.zarr",
+        match="write probabilities as .tif, .tiff, .npy",
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "weightmap",
+        data["labels"],
+        "--out",
+        f"{bad}.tif",
+        match="a_file is not a folder",
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "weightmap",
+        data["labels"],
+        "--out",
+        tmp_path / "w.png",
+        match="write results as",
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "export",
+        data["model"],
+        "--format",
+        "torchscript",
+        "--out",
+        f"{bad}.pt",
+        match="a_file is not a folder",
+    )
     # overwriting an input is refused before any work
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", data["image"],
-            match="would overwrite an input")
-    refused(capsys, tmp_path, "export", data["model"], "--format", "torchscript", "--out", data["model"],
-            match="would overwrite the model file itself")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        data["image"],
+        match="would overwrite an input",
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "export",
+        data["model"],
+        "--format",
+        "torchscript",
+        "--out",
+        data["model"],
+        match="would overwrite the model file itself",
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions"
+)
 def test_read_only_folder(capsys, tmp_path, data):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", locked / "l.npy",
-                match="not writable|Permission denied")
+        refused(
+            capsys,
+            tmp_path,
+            "predict",
+            data["model"],
+            data["image"],
+            "--out",
+            locked / "l.npy",
+            match="not writable|Permission denied",
+        )
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
@@ -482,8 +849,18 @@ def test_disk_full_while_writing_npy_labels(capsys, tmp_path, data, monkeypatch)
 
     monkeypatch.setattr(np, "save", half_then_full)
     out = tmp_path / "l.npy"
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", out, "--quiet",
-            match=r"l.npy: cannot be written \(No space left on device\)", absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        out,
+        "--quiet",
+        match=r"l.npy: cannot be written \(No space left on device\)",
+        absent=[out],
+    )
     monkeypatch.setattr(np, "save", real_save)
 
 
@@ -497,24 +874,67 @@ def test_disk_full_while_streaming_a_tiff_stack(capsys, tmp_path, data, monkeypa
 
     monkeypatch.setattr(StackWriter, "write", full_on_second_plane)
     out = tmp_path / "l.tif"
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", out, "--quiet",
-            match="No space left on device", absent=[out], code=1)
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        out,
+        "--quiet",
+        match="No space left on device",
+        absent=[out],
+        code=1,
+    )
 
 
 def test_disk_full_on_a_zarr_output_then_resume(capsys, tmp_path, data, monkeypatch):
     import zarr
 
     real_write = StackWriter.write
-    monkeypatch.setattr(StackWriter, "write", lambda self, flat, *a: _enospc() if flat == 2 else real_write(self, flat, *a))
+    monkeypatch.setattr(
+        StackWriter,
+        "write",
+        lambda self, flat, *a: _enospc() if flat == 2 else real_write(self, flat, *a),
+    )
     out = tmp_path / "l.zarr"
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", out, "--instances", "--quiet",
-            "--device", "cpu", match="No space left on device")
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        out,
+        "--instances",
+        "--quiet",
+        "--device",
+        "cpu",
+        match="No space left on device",
+    )
     assert zarr.open(str(out), mode="r").attrs["napari_unet_done"] == [0, 1]  # kept for the rerun
     monkeypatch.setattr(StackWriter, "write", real_write)
-    assert run(capsys, "predict", data["model"], data["image"], "--out", out, "--instances", "--quiet",
-               "--device", "cpu")[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model"],
+            data["image"],
+            "--out",
+            out,
+            "--instances",
+            "--quiet",
+            "--device",
+            "cpu",
+        )[0]
+        == 0
+    )
     net, meta = load_model(data["model"])
-    np.testing.assert_array_equal(zarr.open(str(out), mode="r")[:], segment_stack(net, meta, tifffile.imread(data["image"]), CPU))
+    np.testing.assert_array_equal(
+        zarr.open(str(out), mode="r")[:],
+        segment_stack(net, meta, tifffile.imread(data["image"]), CPU),
+    )
 
 
 def test_disk_full_while_saving_the_model(capsys, tmp_path, data, monkeypatch):
@@ -526,14 +946,32 @@ def test_disk_full_while_saving_the_model(capsys, tmp_path, data, monkeypatch):
 
     monkeypatch.setattr(modelfile, "_st_save_file", partial)
     out = tmp_path / "m.safetensors"
-    refused(capsys, tmp_path, "train", data["image"], data["labels"], "--out", out, *TRAIN,
-            match="cannot write .*m.safetensors: No space left on device", absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        data["labels"],
+        "--out",
+        out,
+        *TRAIN,
+        match="cannot write .*m.safetensors: No space left on device",
+        absent=[out],
+    )
 
 
 def test_disk_full_while_writing_a_weight_map(capsys, tmp_path, data, monkeypatch):
     monkeypatch.setattr(tifffile, "imwrite", _enospc)
-    refused(capsys, tmp_path, "weightmap", data["labels"], "--out", tmp_path / "w.tif",
-            match="No space left on device", absent=[tmp_path / "w.tif"])
+    refused(
+        capsys,
+        tmp_path,
+        "weightmap",
+        data["labels"],
+        "--out",
+        tmp_path / "w.tif",
+        match="No space left on device",
+        absent=[tmp_path / "w.tif"],
+    )
 
 
 def test_zarr_output_of_another_run_is_not_reused(capsys, tmp_path, data):
@@ -542,10 +980,28 @@ def test_zarr_output_of_another_run_is_not_reused(capsys, tmp_path, data):
 
     other = make_model(tmp_path / "other.safetensors", seed=5, width=2)
     out = tmp_path / "l.zarr"
-    assert run(capsys, "predict", data["model"], data["image"], "--out", out, "--quiet", "--device", "cpu")[0] == 0
-    assert run(capsys, "predict", other, data["image"], "--out", out, "--quiet", "--device", "cpu")[0] == 0
+    assert (
+        run(
+            capsys,
+            "predict",
+            data["model"],
+            data["image"],
+            "--out",
+            out,
+            "--quiet",
+            "--device",
+            "cpu",
+        )[0]
+        == 0
+    )
+    assert (
+        run(capsys, "predict", other, data["image"], "--out", out, "--quiet", "--device", "cpu")[0]
+        == 0
+    )
     net, meta = load_model(other)
-    expected = segment_stack(net, meta, tifffile.imread(data["image"]), SegmentConfig(instances=False))
+    expected = segment_stack(
+        net, meta, tifffile.imread(data["image"]), SegmentConfig(instances=False)
+    )
     assert expected.any()
     np.testing.assert_array_equal(zarr.open(str(out), mode="r")[:], expected)
 
@@ -558,21 +1014,57 @@ def test_absent_accelerator_is_refused(capsys, tmp_path, data, device):
     if device.split(":")[0] in available_devices():
         pytest.skip(f"{device} is present here")
     message = "CUDA was requested but no CUDA GPU" if "cuda" in device else "MPS was requested"
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", tmp_path / "l.tif",
-            "--device", device, match=message, absent=[tmp_path / "l.tif"])
-    refused(capsys, tmp_path, "train", data["image"], data["labels"], "--out", tmp_path / "m.st", *TRAIN,
-            "--device", device, match=message, absent=[tmp_path / "m.st"])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        tmp_path / "l.tif",
+        "--device",
+        device,
+        match=message,
+        absent=[tmp_path / "l.tif"],
+    )
+    refused(
+        capsys,
+        tmp_path,
+        "train",
+        data["image"],
+        data["labels"],
+        "--out",
+        tmp_path / "m.st",
+        *TRAIN,
+        "--device",
+        device,
+        match=message,
+        absent=[tmp_path / "m.st"],
+    )
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:{port}", "no-port-here", "tcp://nonexistent.invalid:8786"])
+@pytest.mark.parametrize(
+    "address", ["tcp://127.0.0.1:{port}", "no-port-here", "tcp://nonexistent.invalid:8786"]
+)
 def test_unreachable_scheduler(capsys, tmp_path, data, address):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     address = address.format(port=port)
     out = tmp_path / "l.zarr"
-    refused(capsys, tmp_path, "predict", data["model"], data["image"], "--out", out, "--scheduler", address,
-            match=f"cannot reach the dask scheduler at {re.escape(address)}", absent=[out])
+    refused(
+        capsys,
+        tmp_path,
+        "predict",
+        data["model"],
+        data["image"],
+        "--out",
+        out,
+        "--scheduler",
+        address,
+        match=f"cannot reach the dask scheduler at {re.escape(address)}",
+        absent=[out],
+    )
 
 
 # ----------------------------------------------------------------------------- library
@@ -580,7 +1072,9 @@ def test_dask_arrays_with_odd_chunks(data, arrays):
     net, meta = load_model(data["model"])
     ref = segment_stack(net, meta, arrays[0], CPU)
     for chunks in ((1, 37, 53), (2, 64, 7), (3, 1, 64)):
-        np.testing.assert_array_equal(segment_stack(net, meta, da.from_array(arrays[0], chunks=chunks), CPU), ref)
+        np.testing.assert_array_equal(
+            segment_stack(net, meta, da.from_array(arrays[0], chunks=chunks), CPU), ref
+        )
 
 
 def test_read_only_arrays(data, arrays, tmp_path, capsys):
@@ -590,7 +1084,9 @@ def test_read_only_arrays(data, arrays, tmp_path, capsys):
     planes, classes = training_planes(image, labels)
     assert len(planes) == 2 and classes == 2
     net, meta = load_model(data["model"])
-    np.testing.assert_array_equal(segment_stack(net, meta, image, CPU), segment_stack(net, meta, arrays[0], CPU))
+    np.testing.assert_array_equal(
+        segment_stack(net, meta, image, CPU), segment_stack(net, meta, arrays[0], CPU)
+    )
     assert predict_plane(net, image[0][None].astype(np.float32)).shape == (2, 64, 64)
     # .npy files are memory-mapped read-only; evaluate used to crash on them (skimage relabelling)
     np.save(tmp_path / "gt.npy", arrays[1])
@@ -602,7 +1098,12 @@ def test_label_values_that_are_accepted():
     assert check_labels(np.array([[0.0, 2.0]], np.float32)).dtype == np.int64  # whole-valued floats
     assert check_labels(np.array([[True, False]])).tolist() == [[1, 0]]
     assert check_labels(np.array([[0, IGNORE_LABEL]], np.int32)).max() == IGNORE_LABEL
-    for bad in (np.array([[0.5]]), np.array([[np.nan]]), np.array([[-1]]), np.array([[IGNORE_LABEL + 1]])):
+    for bad in (
+        np.array([[0.5]]),
+        np.array([[np.nan]]),
+        np.array([[-1]]),
+        np.array([[IGNORE_LABEL + 1]]),
+    ):
         with pytest.raises(AnnotationError):
             check_labels(bad)
     image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
@@ -636,33 +1137,54 @@ def test_prediction_retries_with_smaller_tiles_after_oom(monkeypatch):
         return real(model, plane, tile, *args)
 
     monkeypatch.setattr(predict, "_predict_tiled", limited)
-    with pytest.warns(UserWarning, match=r"out of memory with tiles of \(124, 124\); retrying with \(80, 80\)"):
+    with pytest.warns(
+        UserWarning, match=r"out of memory with tiles of \(124, 124\); retrying with \(80, 80\)"
+    ):
         result = predict_plane(net, plane, PredictConfig(tile=124))
     assert tiles == [(124, 124), (80, 80)]
     np.testing.assert_allclose(result, expected, atol=1e-5)
     # RuntimeError("CUDA out of memory") (older torch) is recognised as well
     tiles.clear()
-    monkeypatch.setattr(predict, "_predict_tiled", lambda m, p, tile, *a: (
-        tiles.append(tile), (_ for _ in ()).throw(RuntimeError("CUDA out of memory")) if tile[0] > 60 else
-        real(m, p, tile, *a))[1])
+    monkeypatch.setattr(
+        predict,
+        "_predict_tiled",
+        lambda m, p, tile, *a: (
+            tiles.append(tile),
+            (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+            if tile[0] > 60
+            else real(m, p, tile, *a),
+        )[1],
+    )
     with pytest.warns(UserWarning, match="out of memory"):
-        np.testing.assert_allclose(predict_plane(net, plane, PredictConfig(tile=124)), expected, atol=1e-5)
+        np.testing.assert_allclose(
+            predict_plane(net, plane, PredictConfig(tile=124)), expected, atol=1e-5
+        )
     # other errors are not swallowed
-    monkeypatch.setattr(predict, "_predict_tiled", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(
+        predict, "_predict_tiled", lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     with pytest.raises(RuntimeError, match="boom"):
         predict_plane(net, plane, PredictConfig(tile=124))
 
 
-def test_cli_prediction_out_of_memory_even_at_the_smallest_tile(capsys, tmp_path, data, monkeypatch):
+def test_cli_prediction_out_of_memory_even_at_the_smallest_tile(
+    capsys, tmp_path, data, monkeypatch
+):
     import napari_unet.predict as predict
 
     monkeypatch.setattr(predict, "_predict_tiled", _oom)
     out = tmp_path / "l.tif"
-    rc, _, err = run(capsys, "predict", data["model"], data["image"], "--out", out, "--tile", "124", "--quiet")
+    rc, _, err = run(
+        capsys, "predict", data["model"], data["image"], "--out", out, "--tile", "124", "--quiet"
+    )
     assert rc == 1 and "Traceback" not in err and not out.exists() and hidden(tmp_path) == []
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("napari-unet: error: out of accelerator memory even with the smallest tiles")
-    assert all(line.startswith("napari-unet: warning: out of memory with tiles of") for line in lines[:-1])
+    assert lines[-1].startswith(
+        "napari-unet: error: out of accelerator memory even with the smallest tiles"
+    )
+    assert all(
+        line.startswith("napari-unet: warning: out of memory with tiles of") for line in lines[:-1]
+    )
 
 
 def test_training_halves_the_batch_after_oom(capsys, tmp_path, data, monkeypatch):
@@ -677,8 +1199,26 @@ def test_training_halves_the_batch_after_oom(capsys, tmp_path, data, monkeypatch
 
     monkeypatch.setattr(model.UNet, "forward", forward)
     out = tmp_path / "m.safetensors"
-    args = ["train", data["image"], data["labels"], "--out", out, "--steps", "2", "--width", "2", "--depth", "2",
-            "--tile", "44", "--batch-size", "4", "--quiet", "--device", "cpu"]
+    args = [
+        "train",
+        data["image"],
+        data["labels"],
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--width",
+        "2",
+        "--depth",
+        "2",
+        "--tile",
+        "44",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     rc, _, err = run(capsys, *args)
     assert rc == 0, err
     assert "warning: out of cpu memory at step 0 with 4 tiles per step; continuing with 2" in err
@@ -691,8 +1231,13 @@ def test_training_halves_the_batch_after_oom(capsys, tmp_path, data, monkeypatch
     out2 = tmp_path / "m2.safetensors"
     rc, _, err = run(capsys, *args[:4], out2, *args[5:])
     assert rc == 1 and "Traceback" not in err and not out2.exists()
-    assert err.strip().splitlines()[-1].startswith(
-        "napari-unet: error: out of cpu memory at step 0 even with one 44 px tile per step")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "napari-unet: error: out of cpu memory at step 0 even with one 44 px tile per step"
+        )
+    )
     assert (tmp_path / "m2.ckpt").exists() and hidden(tmp_path) == []
 
 
@@ -708,9 +1253,15 @@ def _tiny_net() -> UNet:
     return _NET["net"]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(height=st.integers(1, 80), width=st.integers(1, 80), tiles=st.lists(st.sampled_from(_VALID), min_size=2,
-       max_size=2), seed=st.integers(0, 2**16))
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    height=st.integers(1, 80),
+    width=st.integers(1, 80),
+    tiles=st.lists(st.sampled_from(_VALID), min_size=2, max_size=2),
+    seed=st.integers(0, 2**16),
+)
 def test_tiling_round_trip(height, width, tiles, seed):
     torch.set_num_threads(1)
     net = _tiny_net()
@@ -726,7 +1277,7 @@ def test_warnings_reach_the_cli_as_single_lines(capsys, tmp_path, data, monkeypa
     import napari_unet._cli_commands as commands
 
     def noisy(args):
-        warnings.warn("first line\nsecond line")
+        warnings.warn("first line\nsecond line", stacklevel=2)
         return 0
 
     monkeypatch.setattr(commands, "run_evaluate", noisy)

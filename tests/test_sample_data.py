@@ -112,8 +112,9 @@ def test_stack_deterministic(stack):
 
 
 def test_custom_config():
-    config = CellSampleConfig(shape=(64, 96), n_cells=5, cell_radius=8.0, blur=0.0, noise=0.0,
-                              texture=0.0)
+    config = CellSampleConfig(
+        shape=(64, 96), n_cells=5, cell_radius=8.0, blur=0.0, noise=0.0, texture=0.0
+    )
     image, instances = make_cells(config, seed=3)
     assert image.shape == instances.shape == (64, 96)
     assert instances.max() == 5
@@ -123,8 +124,16 @@ def test_custom_config():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"shape": (8, 256)}, {"shape": (256,)}, {"n_cells": 0}, {"cell_radius": 0.5},
-     {"touching": 1.5}, {"blur": -1.0}, {"noise": 2.0}, {"texture": -0.1}],
+    [
+        {"shape": (8, 256)},
+        {"shape": (256,)},
+        {"n_cells": 0},
+        {"cell_radius": 0.5},
+        {"touching": 1.5},
+        {"blur": -1.0},
+        {"noise": 2.0},
+        {"texture": -0.1},
+    ],
 )
 def test_invalid_config(kwargs):
     with pytest.raises(InputError, match="cell sample"):

@@ -17,7 +17,9 @@ TINY = UNetConfig(width=4, depth=2, norm="batch", dropout=0.2)
 
 @pytest.fixture(scope="module")
 def data():
-    image, truth = make_cell_stack(3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10), seed=2)
+    image, truth = make_cell_stack(
+        3, CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10), seed=2
+    )
     labels = np.zeros_like(truth)
     labels[0], labels[2] = truth[0], truth[2]
     planes, k = training_planes(image, labels)
@@ -27,8 +29,17 @@ def data():
 
 def _trainer(planes, steps, ckpt=None, val=None, **kw):
     torch.manual_seed(0)
-    cfg = TrainConfig(steps=steps, batch_size=2, tile=60, device="cpu", seed=7, val_every=3,
-                      checkpoint_every=0, augment=AugmentConfig(), **kw)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=2,
+        tile=60,
+        device="cpu",
+        seed=7,
+        val_every=3,
+        checkpoint_every=0,
+        augment=AugmentConfig(),
+        **kw,
+    )
     return Trainer(UNet(TINY), planes, cfg, val_planes=val, checkpoint_path=ckpt)
 
 
@@ -72,7 +83,9 @@ def test_cancel_then_resume_equals_uninterrupted_run(data, tmp_path):
             pass
     finally:
         torch.use_deterministic_algorithms(False)
-    for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+    for (name, a), b in zip(
+        full.model.state_dict().items(), second.model.state_dict().values(), strict=False
+    ):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
@@ -86,7 +99,9 @@ def test_save_model_and_fine_tune(data, tmp_path):
     model, meta = load_model(path)
     assert meta.provenance["steps"] == 3
     assert meta.normalization["method"] == "percentile"
-    tuned = Trainer(model, planes, TrainConfig(steps=2, tile=60, device="cpu"), parent_model="m.safetensors")
+    tuned = Trainer(
+        model, planes, TrainConfig(steps=2, tile=60, device="cpu"), parent_model="m.safetensors"
+    )
     assert tuned.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
     for _ in tuned.run():
         pass
@@ -149,7 +164,9 @@ def test_out_of_memory_halves_the_batch_then_stops_cleanly(data, tmp_path, monke
     warnings = [e.message for e in events if e.kind == "warning"]
     assert warnings == ["out of cpu memory at step 0 with 2 tiles per step; continuing with 1"]
     assert events[-1].kind == "done" and trainer.step == 3 and trainer.config.batch_size == 1
-    monkeypatch.setattr(UNet, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(
+        UNet, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+    )
     stuck = _trainer(planes, 3, ckpt=tmp_path / "oom.ckpt")
     with pytest.raises(OutOfMemory, match="even with one 60 px tile"):
         list(stuck.run())

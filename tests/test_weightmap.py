@@ -250,8 +250,15 @@ def test_bad_masks_and_options():
         weight_map(lab, classes=np.zeros(lab.shape, np.float64))
     with pytest.raises(InputError, match="cutoff"):
         border_distances(lab, cutoff=-1)
-    for kwargs in ({"variant": "unet"}, {"sigma": 0}, {"sigma_bal": -1}, {"w0": -1.0},
-                   {"lam": float("nan")}, {"v_bal": 1.5}, {"sigma_sep": "6"}):
+    for kwargs in (
+        {"variant": "unet"},
+        {"sigma": 0},
+        {"sigma_bal": -1},
+        {"w0": -1.0},
+        {"lam": float("nan")},
+        {"v_bal": 1.5},
+        {"sigma_sep": "6"},
+    ):
         with pytest.raises(InputError):
             WeightMapConfig(**kwargs)
     with pytest.raises(AttributeError):

@@ -30,7 +30,12 @@ class ProgressLine:
         self._last = now
         bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
         text = f"{self.label} [{bar}] {done}/{self.total} {extra}"
-        print(("\r" + text) if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        print(
+            ("\r" + text) if self.tty else text,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.tty and not self.quiet:
@@ -48,7 +53,9 @@ def _planes_of(labels: np.ndarray, text: str | None):
             raise InputError("a 2D image has only plane 0")
         return [()]
     if labels.ndim > 3:
-        raise InputError("--slices selects planes of 3D stacks; for 4D data select planes in napari")
+        raise InputError(
+            "--slices selects planes of 3D stacks; for 4D data select planes in napari"
+        )
     bad = [i for i in indices if i >= labels.shape[0]]
     if bad:
         raise InputError(f"plane {bad[0]} does not exist: the stack has {labels.shape[0]} planes")
@@ -69,26 +76,44 @@ def run_train(args) -> int:
         raise InputError(f"{out}: the folder {out.parent} {state}")
     image = read_array(args.image)
     labels = np.asarray(read_array(args.labels))
-    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth),
-                                   ("padding", args.padding)) if v}
+    overrides = {
+        k: v
+        for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding))
+        if v
+    }
     config = TrainConfig(
-        steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, tile=args.tile,
-        optimizer=args.optimizer, lr=args.lr, augment=AugmentConfig(strength=max(args.augment, 0.0)),
-        seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
+        steps=args.steps,
+        minutes=args.minutes,
+        batch_size=args.batch_size,
+        tile=args.tile,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        augment=AugmentConfig(strength=max(args.augment, 0.0)),
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
     )
     recipe = TrainingRecipe(
-        annotation=AnnotationConfig(mode=args.mode, partial=args.partial), training=config,
-        architecture=PRESETS[args.preset].with_(**overrides), init=args.init, resume=args.resume,
+        annotation=AnnotationConfig(mode=args.mode, partial=args.partial),
+        training=config,
+        architecture=PRESETS[args.preset].with_(**overrides),
+        init=args.init,
+        resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),
-        planes=_planes_of(labels, args.slices), val_planes=tuple(_planes_of(labels, args.val_slices) or ()),
+        planes=_planes_of(labels, args.slices),
+        val_planes=tuple(_planes_of(labels, args.val_slices) or ()),
         channel_axis=args.channel_axis,
     )
     trainer = prepare_run(image, labels, recipe)
     model, train_set = trainer.model, trainer.planes
     budget = f", at most {config.minutes:g} min" if config.minutes else ""
-    print(f"training {model.config.width}-wide, depth-{model.config.depth} U-Net on {len(train_set)} "
-          f"plane(s), tile {trainer.tile}, device {trainer.device}, steps {trainer.step}->{config.steps}"
-          f"{budget}", file=sys.stderr)
+    print(
+        f"training {model.config.width}-wide, depth-{model.config.depth} U-Net on {len(train_set)} "
+        f"plane(s), tile {trainer.tile}, device {trainer.device}, "
+        f"steps {trainer.step}->{config.steps}"
+        f"{budget}",
+        file=sys.stderr,
+    )
     bar = ProgressLine("train", config.steps, args.quiet)
     last_metrics: dict = {}
     start = time.perf_counter()
@@ -105,14 +130,20 @@ def run_train(args) -> int:
     except KeyboardInterrupt:
         bar.close()
         path = trainer.save_checkpoint()
-        print(f"napari-unet: interrupted at step {trainer.step}; resume with --resume {path}", file=sys.stderr)
+        print(
+            f"napari-unet: interrupted at step {trainer.step}; resume with --resume {path}",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
     trainer.save_model(out)
     trainer.save_checkpoint()
     summary = " ".join(f"{k} {v:.4f}" for k, v in last_metrics.items())
-    print(f"done: {trainer.step} steps in {time.perf_counter() - start:.0f}s, final loss "
-          f"{trainer.history[-1]['loss']:.4f} {summary}; model written to {out}", file=sys.stderr)
+    print(
+        f"done: {trainer.step} steps in {time.perf_counter() - start:.0f}s, final loss "
+        f"{trainer.history[-1]['loss']:.4f} {summary}; model written to {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -128,15 +159,21 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
 
 def run_predict(args) -> int:
     from .batch import SegmentConfig, segment_stack, segment_stack_distributed
-    from .files import read_array, write_array
     from .derived import postprocess_config
+    from .files import read_array, write_array
     from .predict import PredictConfig, load_predictor
 
     model, metadata, device = load_predictor(args.model, args.device)
-    post = None if args.min_size is None else postprocess_config(metadata.postprocess, min_size=args.min_size)
+    post = (
+        None
+        if args.min_size is None
+        else postprocess_config(metadata.postprocess, min_size=args.min_size)
+    )
     config = SegmentConfig(
         predict=PredictConfig(tile=args.tile, tta=args.tta, device=args.device),
-        postprocess=post, instances=args.instances, channel_axis=args.channel_axis,
+        postprocess=post,
+        instances=args.instances,
+        channel_axis=args.channel_axis,
     )
     out = Path(args.out)
     _check_destination(out, (".tif", ".tiff", ".npy", ".zarr"), "labels")
@@ -160,17 +197,26 @@ def run_predict(args) -> int:
     start = time.perf_counter()
     stream_to = None if out.suffix.lower() == ".npy" else out
     if args.scheduler:
-        result = segment_stack_distributed(args.model, args.image, args.scheduler, config, stream_to, progress)
+        result = segment_stack_distributed(
+            args.model, args.image, args.scheduler, config, stream_to, progress
+        )
     elif args.probabilities:
-        result = _predict_with_probabilities(model, metadata, image, config, args.probabilities, progress)
+        result = _predict_with_probabilities(
+            model, metadata, image, config, args.probabilities, progress
+        )
     else:
-        result = segment_stack(model, metadata, image, config, stream_to, progress, source=_source_key(args.image))
+        result = segment_stack(
+            model, metadata, image, config, stream_to, progress, source=_source_key(args.image)
+        )
     if isinstance(result, np.ndarray) and out.suffix.lower() == ".zarr":
         _write_zarr(out, result)
     elif isinstance(result, np.ndarray):
         write_array(out, result)
     bar.close()
-    print(f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}", file=sys.stderr)
+    print(
+        f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -231,7 +277,12 @@ def run_weightmap(args) -> int:
     labels = check_labels(np.asarray(read_array(args.labels)))
     config = WeightMapConfig(variant=args.variant, w0=args.w0, sigma=args.sigma)
     flat = labels.reshape((-1,) + labels.shape[-2:])
-    out = np.stack([weight_map(np.where(p == IGNORE_LABEL, 0, p), config, ignore=p == IGNORE_LABEL) for p in flat])
+    out = np.stack(
+        [
+            weight_map(np.where(p == IGNORE_LABEL, 0, p), config, ignore=p == IGNORE_LABEL)
+            for p in flat
+        ]
+    )
     write_array(args.out, out.reshape(labels.shape).astype(np.float32))
     print(f"weight map ({out.min():.2f}..{out.max():.2f}) written to {args.out}", file=sys.stderr)
     return 0
@@ -246,7 +297,10 @@ def run_export(args) -> int:
 
 
 def run_demo(args) -> int:
-    from .demo import DemoConfig, run_demo as demo
+    from .demo import DemoConfig
+    from .demo import run_demo as demo
 
-    result = demo(DemoConfig(out=Path(args.out), device=args.device, steps=args.steps, seed=args.seed))
+    result = demo(
+        DemoConfig(out=Path(args.out), device=args.device, steps=args.steps, seed=args.seed)
+    )
     return 0 if result["passed"] else 1

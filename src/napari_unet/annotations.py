@@ -69,7 +69,9 @@ class AnnotationConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise InputError(f"unknown annotation mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise InputError(
+                f"unknown annotation mode {self.mode!r}; use one of {', '.join(MODES)}"
+            )
 
 
 @dataclass
@@ -150,8 +152,10 @@ def check_labels(labels: np.ndarray) -> np.ndarray:
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(
-            labels == np.round(labels)
+        if (
+            np.issubdtype(labels.dtype, np.floating)
+            and np.all(np.isfinite(labels))
+            and np.all(labels == np.round(labels))
         ):
             labels = labels.astype(np.int64)
         else:
@@ -280,7 +284,9 @@ def training_planes(
         try:
             target, weight, k = plane_targets(labels[index], config)
         except IndexError:
-            raise InputError(f"plane {index} is outside the labels of shape {labels.shape}") from None
+            raise InputError(
+                f"plane {index} is outside the labels of shape {labels.shape}"
+            ) from None
         num_classes = max(num_classes, k)
         result.append(
             TrainingPlane(
@@ -301,5 +307,9 @@ def _check_classes_present(planes: list[TrainingPlane], mode: str) -> None:
         what = "no object is painted" if mode != "scribbles" else "no object stroke (label 2)"
         raise AnnotationError(f"the annotations hold no foreground: {what}")
     if not has_bg:
-        what = "label 1 strokes" if mode == "scribbles" else "unpainted (0) pixels in an annotated plane"
+        what = (
+            "label 1 strokes"
+            if mode == "scribbles"
+            else "unpainted (0) pixels in an annotated plane"
+        )
         raise AnnotationError(f"the annotations hold no background: paint some ({what})")

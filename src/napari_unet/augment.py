@@ -35,8 +35,14 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["AugmentConfig", "augment_batch", "augment_preview", "elastic_displacement",
-           "sampling_grid", "warp"]
+__all__ = [
+    "AugmentConfig",
+    "augment_batch",
+    "augment_preview",
+    "elastic_displacement",
+    "sampling_grid",
+    "warp",
+]
 
 ALIGN_CORNERS = True  # pixel centres of the first/last row/column map to -1/+1
 MAX_STRENGTH = 5.0
@@ -90,21 +96,27 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> AugmentConfig:
         """The identity: no deformation, rotation, flip, shift or gray-value change."""
-        return cls(elastic_sigma=0.0, rotate=False, flip=False, shift=0.0, intensity=0.0,
-                   strength=0.0)
+        return cls(
+            elastic_sigma=0.0, rotate=False, flip=False, shift=0.0, intensity=0.0, strength=0.0
+        )
 
     @property
     def is_identity(self) -> bool:
         """True when :func:`augment_batch` returns its inputs unchanged."""
         s = float(self.strength)
         return s == 0.0 or (
-            self.elastic_sigma == 0 and self.shift == 0 and self.intensity == 0
-            and not self.rotate and not self.flip
+            self.elastic_sigma == 0
+            and self.shift == 0
+            and self.intensity == 0
+            and not self.rotate
+            and not self.flip
         )
 
 
 def elastic_displacement(
-    shape: tuple[int, int], config: AugmentConfig, generator: torch.Generator,
+    shape: tuple[int, int],
+    config: AugmentConfig,
+    generator: torch.Generator,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Smooth random displacement field of one sample, in pixels.
@@ -127,7 +139,10 @@ def elastic_displacement(
 
 
 def _elastic_fields(
-    n: int, shape: tuple[int, int], config: AugmentConfig, generator: torch.Generator,
+    n: int,
+    shape: tuple[int, int],
+    config: AugmentConfig,
+    generator: torch.Generator,
     device: torch.device,
 ) -> Tensor:
     h, w = int(shape[0]), int(shape[1])
@@ -192,7 +207,10 @@ def sampling_grid(
 
 
 def warp(
-    image: Tensor, target: Tensor, weight: Tensor, grid: Tensor,
+    image: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    grid: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resample image (bilinear) and target + weight (nearest, one call) on ``grid``.
 
@@ -209,14 +227,24 @@ def warp(
         Warped image, target and weight with the input shapes and dtypes, mirrored at the edges.
     """
     img_dtype = image.dtype if image.dtype in (torch.float32, torch.float64) else torch.float32
-    out_img = F.grid_sample(image.to(img_dtype), grid.to(img_dtype), mode="bilinear",
-                            padding_mode="reflection", align_corners=ALIGN_CORNERS)
+    out_img = F.grid_sample(
+        image.to(img_dtype),
+        grid.to(img_dtype),
+        mode="bilinear",
+        padding_mode="reflection",
+        align_corners=ALIGN_CORNERS,
+    )
     # target and weight share one nearest lookup; float32 holds class indices < 2**24 exactly
     exact64 = weight.dtype == torch.float64 and image.device.type != "mps"
     lab_dtype = torch.float64 if exact64 else torch.float32
     pair = torch.stack((target.to(lab_dtype), weight.to(lab_dtype)), dim=1)
-    out_pair = F.grid_sample(pair, grid.to(lab_dtype), mode="nearest",
-                             padding_mode="reflection", align_corners=ALIGN_CORNERS)
+    out_pair = F.grid_sample(
+        pair,
+        grid.to(lab_dtype),
+        mode="nearest",
+        padding_mode="reflection",
+        align_corners=ALIGN_CORNERS,
+    )
     out_target = out_pair[:, 0].round().to(target.dtype)
     out_weight = out_pair[:, 1].to(weight.dtype)
     return out_img.to(image.dtype), out_target, out_weight
@@ -242,7 +270,10 @@ def _gray_curve(x: Tensor, slope: Tensor) -> Tensor:
 
 
 def augment_batch(
-    image: Tensor, target: Tensor, weight: Tensor, config: AugmentConfig,
+    image: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    config: AugmentConfig,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Augment a batch of training tiles, each sample with its own random transform.
@@ -263,12 +294,14 @@ def augment_batch(
     """
     if image.ndim != 4 or target.ndim != 3 or weight.ndim != 3:
         raise InputError(
-            "augmentation needs an image (N, C, H, W), a target (N, H, W) and a weight (N, H, W)")
+            "augmentation needs an image (N, C, H, W), a target (N, H, W) and a weight (N, H, W)"
+        )
     n, _, h, w = image.shape
     if tuple(target.shape) != (n, h, w) or tuple(weight.shape) != (n, h, w):
         raise InputError(
             f"target {tuple(target.shape)} and weight {tuple(weight.shape)} must match the image "
-            f"{(n, h, w)}")
+            f"{(n, h, w)}"
+        )
     if config.is_identity or n == 0:
         return image.clone(), target.clone(), weight.clone()
     dev = image.device
@@ -277,20 +310,29 @@ def augment_batch(
     displacement = None
     if config.elastic_sigma * s > 0:
         displacement = _elastic_fields(n, (h, w), config, generator, dev)
-    angle = (torch.rand(n, generator=generator, dtype=torch.float64) * (2 * math.pi)
-             if config.rotate else torch.zeros(n, dtype=torch.float64))
+    angle = (
+        torch.rand(n, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        if config.rotate
+        else torch.zeros(n, dtype=torch.float64)
+    )
     if config.flip:
         flips = torch.randint(0, 2, (n, 2), generator=generator).to(torch.float64) * -2 + 1
     else:
         flips = torch.ones((n, 2), dtype=torch.float64)
     cos, sin = torch.cos(angle), torch.sin(angle)
     # sample position = R(angle) @ diag(flip_x, flip_y) @ output position (about the centre)
-    matrix = torch.stack((torch.stack((cos * flips[:, 0], -sin * flips[:, 1]), -1),
-                          torch.stack((sin * flips[:, 0], cos * flips[:, 1]), -1)), 1)
+    matrix = torch.stack(
+        (
+            torch.stack((cos * flips[:, 0], -sin * flips[:, 1]), -1),
+            torch.stack((sin * flips[:, 0], cos * flips[:, 1]), -1),
+        ),
+        1,
+    )
     shift = None
     if config.shift * s > 0:
-        shift = torch.stack((_uniform(n, config.shift * s, generator),
-                             _uniform(n, config.shift * s, generator)), -1).to(torch.float32)
+        shift = torch.stack(
+            (_uniform(n, config.shift * s, generator), _uniform(n, config.shift * s, generator)), -1
+        ).to(torch.float32)
     grid = sampling_grid((h, w), displacement, matrix.to(torch.float32), shift, device=dev)
     out_img, out_target, out_weight = warp(image, target, weight, grid)
 
@@ -309,8 +351,12 @@ def augment_batch(
 
 
 def augment_preview(
-    image: np.ndarray, target: np.ndarray, weight: np.ndarray, config: AugmentConfig,
-    n: int = 4, seed: int = 0,
+    image: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    config: AugmentConfig,
+    n: int = 4,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented versions of one tile, for the GUI's Preview button.
 
@@ -340,7 +386,8 @@ def augment_preview(
     img = image[None] if image.ndim == 2 else image
     if target.shape != img.shape[1:] or weight.shape != img.shape[1:]:
         raise InputError(
-            f"target {target.shape} and weight {weight.shape} must match the image {img.shape[1:]}")
+            f"target {target.shape} and weight {weight.shape} must match the image {img.shape[1:]}"
+        )
     img = _normalise(img)
     t_img = torch.from_numpy(np.repeat(img[None], n, axis=0))
     t_tgt = torch.from_numpy(np.repeat(target[None].astype(np.int64), n, axis=0))

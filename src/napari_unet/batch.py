@@ -21,10 +21,10 @@ import numpy as np
 
 from .annotations import Normalization, normalize_plane, split_channels
 from .derived import postprocess_config
-from .planes import offset_instances
 from .errors import Cancelled, InputError
 from .model import UNet
 from .modelfile import ModelMetadata
+from .planes import offset_instances
 from .postprocess import PostprocessConfig, instance_labels, semantic_labels
 from .predict import PredictConfig, predict_plane
 
@@ -45,14 +45,22 @@ class SegmentConfig:
     channel_axis: int | None = None
 
 
-def plane_layout(shape: tuple[int, ...], model: UNet, channel_axis: int | None) -> tuple[tuple[int, ...], tuple[int, int]]:
+def plane_layout(
+    shape: tuple[int, ...], model: UNet, channel_axis: int | None
+) -> tuple[tuple[int, ...], tuple[int, int]]:
     """Leading (plane) shape and (Y, X) of an image for a model; refuses mismatched channels."""
     channels = model.config.in_channels
     if len(shape) < 2:
         raise InputError(f"an image needs at least two axes (Y, X), got shape {shape}")
     if channel_axis is not None and not -len(shape) <= channel_axis < len(shape):
         raise InputError(f"channel axis {channel_axis} does not exist: the image has shape {shape}")
-    if channel_axis is None and channels == 1 and len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4:
+    if (
+        channel_axis is None
+        and channels == 1
+        and len(shape) >= 3
+        and shape[-1] in (3, 4)
+        and shape[-2] > 4
+    ):
         raise InputError(
             f"the image of shape {shape} looks like RGB(A) but the model takes 1 channel; "
             "convert it to grayscale or use a model trained on colour images"
@@ -63,12 +71,15 @@ def plane_layout(shape: tuple[int, ...], model: UNet, channel_axis: int | None) 
         elif len(shape) >= 3 and shape[0] == channels:
             channel_axis = 0
         else:
-            raise InputError(f"the model expects {channels} channels but the image has shape {shape}")
+            raise InputError(
+                f"the model expects {channels} channels but the image has shape {shape}"
+            )
     if channel_axis is not None:
         axis = channel_axis % len(shape)
         if shape[axis] != channels:
             raise InputError(
-                f"the model expects {channels} channel(s) but the image has {shape[axis]} on axis {axis}"
+                f"the model expects {channels} channel(s) but the image has {shape[axis]} "
+                f"on axis {axis}"
             )
         rest = tuple(s for i, s in enumerate(shape) if i != axis)
     else:
@@ -82,7 +93,9 @@ def _resolved_channel_axis(shape, model: UNet, channel_axis: int | None) -> int 
     return len(shape) - 1 if shape[-1] == model.config.in_channels else 0
 
 
-def iter_planes(image, model: UNet, channel_axis: int | None = None) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+def iter_planes(
+    image, model: UNet, channel_axis: int | None = None
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Yield (index, raw (C, Y, X) plane) one at a time; dask/zarr planes are read lazily."""
     lead, _ = plane_layout(tuple(image.shape), model, channel_axis)
     axis = _resolved_channel_axis(tuple(image.shape), model, channel_axis)
@@ -94,8 +107,13 @@ def iter_planes(image, model: UNet, channel_axis: int | None = None) -> Iterator
         yield index, plane
 
 
-def segment_plane(model: UNet, metadata: ModelMetadata, plane: np.ndarray, config: SegmentConfig,
-                  cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def segment_plane(
+    model: UNet,
+    metadata: ModelMetadata,
+    plane: np.ndarray,
+    config: SegmentConfig,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels (Y, X) and probabilities (K, Y, X) for one raw (C, Y, X) plane."""
     norm = Normalization.from_dict(metadata.normalization)
     probs = predict_plane(model, normalize_plane(plane, norm), config.predict, cancelled=cancelled)
@@ -109,8 +127,9 @@ def postprocess_for(metadata: ModelMetadata, config: SegmentConfig) -> Postproce
     return postprocess_config(metadata.postprocess)
 
 
-def labels_from_probabilities(probs: np.ndarray, metadata: ModelMetadata,
-                              config: SegmentConfig) -> np.ndarray:
+def labels_from_probabilities(
+    probs: np.ndarray, metadata: ModelMetadata, config: SegmentConfig
+) -> np.ndarray:
     """Instance (or semantic, with ``instances=False``) labels (Y, X) uint32 of one plane."""
     semantic = semantic_labels(probs)
     if config.instances:
@@ -122,8 +141,13 @@ def labels_from_probabilities(probs: np.ndarray, metadata: ModelMetadata,
 class StackWriter:
     """Collects labelled planes into memory, a zarr array (resumable) or a TIFF file."""
 
-    def __init__(self, out: str | Path | None, shape: tuple[int, ...], dtype=np.uint32,
-                 run: str | None = None) -> None:
+    def __init__(
+        self,
+        out: str | Path | None,
+        shape: tuple[int, ...],
+        dtype=np.uint32,
+        run: str | None = None,
+    ) -> None:
         self.out = Path(out) if out is not None else None
         self.run = run  # a zarr output is resumed only by a run with the same fingerprint
         self.shape, self.dtype = shape, np.dtype(dtype)
@@ -150,12 +174,19 @@ class StackWriter:
                 existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
             except (OSError, ValueError, TypeError, KeyError):  # damaged by a kill: start anew
                 existing = None
-            if (existing is not None and hasattr(existing, "shape") and tuple(existing.shape) == self.shape
-                    and existing.dtype == self.dtype and existing.attrs.get("napari_unet_run") == self.run):
+            if (
+                existing is not None
+                and hasattr(existing, "shape")
+                and tuple(existing.shape) == self.shape
+                and existing.dtype == self.dtype
+                and existing.attrs.get("napari_unet_run") == self.run
+            ):
                 self._array = existing
                 self.done = set(int(i) for i in existing.attrs.get("napari_unet_done", []))
                 return
-            self._array = zarr.open(str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype)
+            self._array = zarr.open(
+                str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype
+            )
             if self.run is not None:
                 self._array.attrs["napari_unet_run"] = self.run
         except OSError as exc:
@@ -186,7 +217,9 @@ class StackWriter:
             self._array = None
             self._tmp.unlink(missing_ok=True)
 
-    def write(self, flat_index: int, index: tuple[int, ...], plane: np.ndarray, attrs: dict | None = None) -> None:
+    def write(
+        self, flat_index: int, index: tuple[int, ...], plane: np.ndarray, attrs: dict | None = None
+    ) -> None:
         self._array[index] = plane
         self.done.add(flat_index)
         if self.kind == "zarr":
@@ -205,7 +238,9 @@ class StackWriter:
         return self.out
 
 
-def run_fingerprint(model: UNet, metadata: ModelMetadata, image, config: SegmentConfig, source: str = "") -> str:
+def run_fingerprint(
+    model: UNet, metadata: ModelMetadata, image, config: SegmentConfig, source: str = ""
+) -> str:
     """What a resumed zarr output must share with the run that started it: the model's weights
     and metadata, the settings, the image's shape and dtype, and ``source`` (e.g. the image
     file's path, size and modification time)."""
@@ -215,14 +250,27 @@ def run_fingerprint(model: UNet, metadata: ModelMetadata, image, config: Segment
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for part in (metadata.to_json(), repr(config), repr(tuple(image.shape)), str(image.dtype), source):
+    for part in (
+        metadata.to_json(),
+        repr(config),
+        repr(tuple(image.shape)),
+        str(image.dtype),
+        source,
+    ):
         digest.update(part.encode())
     return digest.hexdigest()
 
 
-def segment_stack(model: UNet, metadata: ModelMetadata, image, config: SegmentConfig | None = None,
-                  out: str | Path | None = None, progress: Progress | None = None,
-                  cancelled: Callable[[], bool] | None = None, source: str = ""):
+def segment_stack(
+    model: UNet,
+    metadata: ModelMetadata,
+    image,
+    config: SegmentConfig | None = None,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    source: str = "",
+):
     """Segment every plane of ``image`` (numpy, dask or zarr; (..., [C,] Y, X)).
 
     Returns the labels array (``out=None``) or the output path. ``progress(done, total)`` is
@@ -239,14 +287,18 @@ def segment_stack(model: UNet, metadata: ModelMetadata, image, config: SegmentCo
     total = int(np.prod(lead)) if lead else 1
     offset = int(writer._array.attrs.get("napari_unet_offset", 0)) if writer.kind == "zarr" else 0
     try:
-        offset = _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled)
+        offset = _segment_planes(
+            model, metadata, image, config, writer, offset, total, progress, cancelled
+        )
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
 
 
-def _segment_planes(model, metadata, image, config, writer, offset, total, progress, cancelled) -> int:
+def _segment_planes(
+    model, metadata, image, config, writer, offset, total, progress, cancelled
+) -> int:
     for flat, (index, plane) in enumerate(iter_planes(image, model, config.channel_axis)):
         if flat in writer.done:
             continue
@@ -270,10 +322,12 @@ def _worker_model(model_path: str):
     return load_model(model_path, device="cpu")
 
 
-def _segment_task(model_path: str, image_path: str, index: tuple[int, ...], config: SegmentConfig) -> np.ndarray:
-    from .files import read_array
-
+def _segment_task(
+    model_path: str, image_path: str, index: tuple[int, ...], config: SegmentConfig
+) -> np.ndarray:
     import dask
+
+    from .files import read_array
 
     model, metadata = _worker_model(model_path)
     image = read_array(image_path, lazy=True)
@@ -283,9 +337,15 @@ def _segment_task(model_path: str, image_path: str, index: tuple[int, ...], conf
     return segment_plane(model, metadata, plane, config)[0]
 
 
-def segment_stack_distributed(model_path: str | Path, image_path: str | Path, scheduler: str,
-                              config: SegmentConfig | None = None, out: str | Path | None = None,
-                              progress: Progress | None = None, max_in_flight: int = 8):
+def segment_stack_distributed(
+    model_path: str | Path,
+    image_path: str | Path,
+    scheduler: str,
+    config: SegmentConfig | None = None,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+    max_in_flight: int = 8,
+):
     """Like :func:`segment_stack` but each plane runs as a task on a dask.distributed cluster.
 
     Workers read their plane from ``image_path`` and the model from ``model_path`` themselves (a
@@ -311,8 +371,16 @@ def segment_stack_distributed(model_path: str | Path, image_path: str | Path, sc
     writer = StackWriter(out, lead + yx)  # only once connected: nothing is written in vain
     try:
         with client:
-            _run_distributed(client, str(model_path), str(image_path), indices, config, writer,
-                             progress, max_in_flight)
+            _run_distributed(
+                client,
+                str(model_path),
+                str(image_path),
+                indices,
+                config,
+                writer,
+                progress,
+                max_in_flight,
+            )
     except BaseException:
         writer.abort()
         raise
@@ -333,16 +401,26 @@ def _check_reachable(scheduler: str) -> None:
         raise InputError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
 
 
-def _run_distributed(client, model_path, image_path, indices, config, writer, progress, max_in_flight):
+def _run_distributed(
+    client, model_path, image_path, indices, config, writer, progress, max_in_flight
+):
     """Keep at most ``max_in_flight`` plane tasks running; write results in plane order."""
     from distributed import as_completed
 
     def submit(flat: int):
-        return client.submit(_segment_task, model_path, image_path, indices[flat], config,
-                             key=f"napari-unet-plane-{flat}-{id(writer)}")
+        return client.submit(
+            _segment_task,
+            model_path,
+            image_path,
+            indices[flat],
+            config,
+            key=f"napari-unet-plane-{flat}-{id(writer)}",
+        )
 
     flats = iter(range(len(indices)))
-    futures = as_completed([submit(f) for f in itertools.islice(flats, max_in_flight)], with_results=True)
+    futures = as_completed(
+        [submit(f) for f in itertools.islice(flats, max_in_flight)], with_results=True
+    )
     results: dict[int, np.ndarray] = {}
     offset, next_flat = 0, 0
     for future, labels in futures:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
+from .defaults import DEFAULT_STEPS
 from .errors import NapariUnetError, OutOfMemory
 
 
@@ -22,8 +23,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"napari-unet: error: {message} (see 'napari-unet {self.prog.split()[-1]} --help')\n"
-                  if " " in self.prog else f"napari-unet: error: {message} (see 'napari-unet --help')\n")
+        self.exit(
+            2,
+            f"napari-unet: error: {message} (see 'napari-unet {self.prog.split()[-1]} --help')\n"
+            if " " in self.prog
+            else f"napari-unet: error: {message} (see 'napari-unet --help')\n",
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -53,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train on 2 planes of a synthetic stack and segment it all")
-    demo.add_argument("--out", default="napari-unet-demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--out", default="napari-unet-demo", help="output folder (default: %(default)s)"
+    )
     demo.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps")
     demo.add_argument("--seed", type=int, default=0)
@@ -64,27 +71,48 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="model file to write (.safetensors)")
     train.add_argument("--slices", help="planes to train on, e.g. 0,3,5-7 (default: annotated)")
     train.add_argument("--val-slices", help="held-out annotated planes for validation")
-    train.add_argument("--steps", type=_positive_int, default=1000,
-                       help="optimiser steps (default: %(default)s)")
-    train.add_argument("--minutes", type=_positive_float,
-                       help="training time budget in minutes; training stops at --steps or when "
-                            "the budget is spent, whichever comes first")
+    train.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
+        help="optimiser steps (default: %(default)s)",
+    )
+    train.add_argument(
+        "--minutes",
+        type=_positive_float,
+        help="training time budget in minutes; training stops at --steps or when "
+        "the budget is spent, whichever comes first",
+    )
     train.add_argument("--init", help="fine-tune this model file instead of starting anew")
-    train.add_argument("--preset", choices=["paper", "small"], default="small",
-                       help="architecture preset (default: small; paper = the 2015 network)")
+    train.add_argument(
+        "--preset",
+        choices=["paper", "small"],
+        default="small",
+        help="architecture preset (default: small; paper = the 2015 network)",
+    )
     train.add_argument("--width", type=_positive_int)
     train.add_argument("--depth", type=_positive_int)
     train.add_argument("--padding", choices=["valid", "same"])
-    train.add_argument("--mode", choices=["instances", "scribbles", "classes"], default="instances",
-                       help="annotation schema (docs/annotations.md)")
-    train.add_argument("--partial", action="store_true",
-                       help="the planes are partially annotated (only some objects painted): "
-                            "unpainted pixels far from painted objects are not background")
+    train.add_argument(
+        "--mode",
+        choices=["instances", "scribbles", "classes"],
+        default="instances",
+        help="annotation schema (docs/annotations.md)",
+    )
+    train.add_argument(
+        "--partial",
+        action="store_true",
+        help="the planes are partially annotated (only some objects painted): "
+        "unpainted pixels far from painted objects are not background",
+    )
     train.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     train.add_argument("--resume", help="checkpoint to continue from")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUT with .ckpt suffix)")
-    train.add_argument("--checkpoint-every", type=_positive_int,
-                       help="steps between checkpoints (default: max(100, steps / 10))")
+    train.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        help="steps between checkpoints (default: max(100, steps / 10))",
+    )
     train.add_argument("--tile", type=_positive_int, help="input tile edge in pixels")
     train.add_argument("--batch-size", type=_positive_int, default=4)
     train.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
@@ -104,17 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips and 90° rotations")
     pred.add_argument("--device", default="auto")
     pred.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-    pred.add_argument("--min-size", type=int, default=None,
-                      help="drop objects smaller than this (px); default: the model's "
-                           "recommendation, a quarter of the smallest training object")
+    pred.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="drop objects smaller than this (px); default: the model's "
+        "recommendation, a quarter of the smallest training object",
+    )
     pred.add_argument("--channel-axis", type=int)
     pred.add_argument("--quiet", action="store_true")
 
     ev = sub.add_parser("evaluate", help="compare labels with ground truth (prints JSON)")
     ev.add_argument("pred")
     ev.add_argument("gt")
-    ev.add_argument("--metric", action="append", choices=["iou", "seg", "ap50", "rand", "pixel"],
-                    help="repeat for several (default: all)")
+    ev.add_argument(
+        "--metric",
+        action="append",
+        choices=["iou", "seg", "ap50", "rand", "pixel"],
+        help="repeat for several (default: all)",
+    )
 
     wm = sub.add_parser("weightmap", help="compute U-Net border weight maps of instance labels")
     wm.add_argument("labels")
@@ -153,15 +189,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("napari-unet: error: out of memory; use a smaller --tile", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"napari-unet: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(
+            f"napari-unet: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 1
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError & co.; anything else is a bug
         from .devices import is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
-        print("napari-unet: error: out of accelerator memory even with the smallest tiles; "
-              "use --device cpu or a smaller --tile / --batch-size", file=sys.stderr)
+        print(
+            "napari-unet: error: out of accelerator memory even with the smallest tiles; "
+            "use --device cpu or a smaller --tile / --batch-size",
+            file=sys.stderr,
+        )
         return 1
     finally:
         warnings.showwarning = show

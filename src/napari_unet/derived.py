@@ -63,7 +63,9 @@ def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -
 def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
     """The post-processing a model file recommends, with explicit options taking precedence."""
     derived = derived or {}
-    settings = {"min_size": int(derived.get("min_size", 0) or 0),
-                "fill_holes": bool(derived.get("fill_holes", False))}
+    settings = {
+        "min_size": int(derived.get("min_size", 0) or 0),
+        "fill_holes": bool(derived.get("fill_holes", False)),
+    }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)

@@ -43,7 +43,9 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     except RuntimeError:
         raise DeviceError(f"cannot use device {name!r}") from None
     if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceError(f"{name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+        raise DeviceError(
+            f"{name} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
     return device
 
 

@@ -122,8 +122,7 @@ def _require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise ModelFileError(
-            f"ONNX export needs the {' and '.join(missing)} package(s): "
-            "pip install onnx onnxscript"
+            f"ONNX export needs the {' and '.join(missing)} package(s): pip install onnx onnxscript"
         )
 
 
@@ -248,30 +247,40 @@ def _rdf(metadata: ModelMetadata, steps: list, files: dict[str, bytes], name: st
         "documentation": "README.md",
         "tags": ["unet", "segmentation", "2d", "napari-unet", "pytorch"],
         "timestamp": _text(prov, "created", datetime.now(timezone.utc).isoformat()),
-        "inputs": [{
-            "id": "raw",
-            "description": "image, C x Y x X per sample",
-            "axes": [{"type": "batch"},
-                     {"type": "channel", "channel_names": channels},
-                     *space],  # fmt: skip
-            "data": {"type": "float32"},
-            "test_tensor": _file("test_input.npy", files),
-            "preprocessing": steps,
-        }],  # fmt: skip
-        "outputs": [{
-            "id": "logits",
-            "description": "class scores (logits); the border lost by valid convolutions is "
-            "expressed by the size offset",
-            "axes": [{"type": "batch"},
-                     {"type": "channel", "channel_names": _identifiers(metadata.class_names)},
-                     *out_space],  # fmt: skip
-            "data": {"type": "float32"},
-            "test_tensor": _file("test_output.npy", files),
-        }],  # fmt: skip
-        "weights": {"torchscript": {
-            **_file("weights.torchscript.pt", files),
-            "pytorch_version": torch.__version__.split("+")[0],
-        }},  # fmt: skip
+        "inputs": [
+            {
+                "id": "raw",
+                "description": "image, C x Y x X per sample",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": channels},
+                    *space,
+                ],  # fmt: skip
+                "data": {"type": "float32"},
+                "test_tensor": _file("test_input.npy", files),
+                "preprocessing": steps,
+            }
+        ],  # fmt: skip
+        "outputs": [
+            {
+                "id": "logits",
+                "description": "class scores (logits); the border lost by valid convolutions is "
+                "expressed by the size offset",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": _identifiers(metadata.class_names)},
+                    *out_space,
+                ],  # fmt: skip
+                "data": {"type": "float32"},
+                "test_tensor": _file("test_output.npy", files),
+            }
+        ],  # fmt: skip
+        "weights": {
+            "torchscript": {
+                **_file("weights.torchscript.pt", files),
+                "pytorch_version": torch.__version__.split("+")[0],
+            }
+        },  # fmt: skip
         "config": {"napari_unet": json.loads(metadata.to_json())},
     }
 

@@ -18,7 +18,9 @@ import numpy as np
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
-LAZY_BYTES = 512 * 1024**2  # TIFFs larger than this are opened lazily (dask over tifffile's zarr store)
+LAZY_BYTES = (
+    512 * 1024**2
+)  # TIFFs larger than this are opened lazily (dask over tifffile's zarr store)
 
 
 def read_array(path: str | os.PathLike, lazy: bool | None = None):
@@ -38,7 +40,9 @@ def read_array(path: str | os.PathLike, lazy: bool | None = None):
 
 def _read_any(p: Path, lazy: bool | None):
     try:
-        if p.is_dir() and (p.suffix == ".zarr" or (p / ".zarray").exists() or (p / "zarr.json").exists()):
+        if p.is_dir() and (
+            p.suffix == ".zarr" or (p / ".zarray").exists() or (p / "zarr.json").exists()
+        ):
             return _read_zarr(p)
         if p.is_dir():
             return _read_folder(p)

@@ -66,9 +66,11 @@ def _overlap(pred: np.ndarray, gt: np.ndarray) -> _Overlap:
     g = relabel_sequential(gt)[0].ravel().astype(np.int64)
     p = relabel_sequential(pred)[0].ravel().astype(np.int64)
     n_gt, n_pred = int(g.max()), int(p.max())
-    table = sparse.coo_matrix(
-        (np.ones(g.size, dtype=np.int64), (g, p)), shape=(n_gt + 1, n_pred + 1)
-    ).tocsr().tocoo()  # csr conversion sums the duplicate entries
+    table = (
+        sparse.coo_matrix((np.ones(g.size, dtype=np.int64), (g, p)), shape=(n_gt + 1, n_pred + 1))
+        .tocsr()
+        .tocoo()
+    )  # csr conversion sums the duplicate entries
     keep = (table.row > 0) & (table.col > 0)
     i, j, c = table.row[keep], table.col[keep], table.data[keep].astype(np.float64)
     gt_sizes = np.bincount(g, minlength=n_gt + 1)

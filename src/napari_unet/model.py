@@ -270,7 +270,9 @@ class UNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 fan_in = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
                 if isinstance(module, nn.ConvTranspose2d):
-                    fan_in = module.weight.shape[0] * module.weight.shape[2] * module.weight.shape[3]
+                    fan_in = (
+                        module.weight.shape[0] * module.weight.shape[2] * module.weight.shape[3]
+                    )
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -284,7 +286,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.dropout(self.bottom(x))
-        for block, skip in zip(self.up, reversed(skips)):
+        for block, skip in zip(self.up, reversed(skips), strict=False):
             x = block(x, skip)
         return self.head(x)
 

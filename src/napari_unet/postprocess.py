@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.segmentation import expand_labels, relabel_sequential, watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 from .errors import InputError
 
@@ -50,7 +50,8 @@ class PostprocessConfig:
     close_gaps : int
         Give back the separation gaps the network learned from the weight maps (training turns a
         contact between two objects into a 2 px background gap): a background pixel with two
-        different objects at most this many pixels apart joins the nearer one. 0 = keep the gaps. Not
+        different objects at most this many pixels apart joins the nearer one. 0 = keep the gaps.
+        Not
         used with ``watershed`` (the watershed splits objects inside the foreground instead).
     """
 
@@ -170,8 +171,9 @@ def _instances(fg: np.ndarray, fg_prob: np.ndarray | None, cfg: PostprocessConfi
         labels = watershed(-surface, markers, mask=fg, connectivity=cfg.connectivity)
     else:
         if n and fg_prob is not None and cfg.seed_threshold is not None:
-            labels = split_at_cores(labels, fg_prob, cfg.seed_threshold, cfg.connectivity,
-                                    min_core=cfg.min_size // 2)
+            labels = split_at_cores(
+                labels, fg_prob, cfg.seed_threshold, cfg.connectivity, min_core=cfg.min_size // 2
+            )
         labels = close_gaps(labels, cfg.close_gaps)
     if cfg.min_size > 1:
         small = np.bincount(labels.ravel()) < cfg.min_size
@@ -180,8 +182,13 @@ def _instances(fg: np.ndarray, fg_prob: np.ndarray | None, cfg: PostprocessConfi
     return relabel_sequential(labels)[0]
 
 
-def split_at_cores(components: np.ndarray, fg_prob: np.ndarray, threshold: float,
-                   connectivity: int = 1, min_core: int = 0) -> np.ndarray:
+def split_at_cores(
+    components: np.ndarray,
+    fg_prob: np.ndarray,
+    threshold: float,
+    connectivity: int = 1,
+    min_core: int = 0,
+) -> np.ndarray:
     """Split connected components at their confident cores (see ``seed_threshold``).
 
     Cores smaller than ``min_core`` pixels do not count (a fleck of confidence is no object).
@@ -206,7 +213,9 @@ def split_at_cores(components: np.ndarray, fg_prob: np.ndarray, threshold: float
     return watershed(-smooth, markers, mask=fg, connectivity=connectivity)
 
 
-def _first_object(labels: np.ndarray, step: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray]:
+def _first_object(
+    labels: np.ndarray, step: tuple[int, ...], width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel, the first object id met walking up to ``width`` steps along ``step``, and the
     number of steps taken (``width + 1`` where none is met)."""
     found = np.zeros_like(labels)
@@ -214,7 +223,8 @@ def _first_object(labels: np.ndarray, step: tuple[int, ...], width: int) -> tupl
     padded = np.pad(labels, width)
     inner = tuple(slice(width, width + n) for n in labels.shape)
     for k in range(width, 0, -1):  # nearer objects overwrite farther ones
-        view = padded[tuple(slice(s.start + k * d, s.stop + k * d) for s, d in zip(inner, step))]
+        window = zip(inner, step, strict=True)
+        view = padded[tuple(slice(s.start + k * d, s.stop + k * d) for s, d in window)]
         hit = view > 0
         found[hit] = view[hit]
         dist[hit] = k
@@ -303,7 +313,8 @@ def instance_labels(
             for k in range(fg.shape[0])
         ]
         offsets = np.cumsum([0] + [int(pl.max()) for pl in planes[:-1]])
-        out = np.stack([np.where(pl > 0, pl + off, 0) for pl, off in zip(planes, offsets)])
+        pairs = zip(planes, offsets, strict=True)
+        out = np.stack([np.where(pl > 0, pl + off, 0) for pl, off in pairs])
     if out.max() > np.iinfo(np.int32).max:
         raise InputError("Too many objects for int32 labels.")
     return out.astype(np.int32)

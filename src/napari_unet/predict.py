@@ -250,7 +250,10 @@ def predict_plane(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             smaller = tuple(_align_down(cfg, t // 2 + context_margin(cfg)) for t in tile)
-            warnings.warn(f"out of memory with tiles of {tile}; retrying with {smaller}, one at a time")
+            warnings.warn(
+                f"out of memory with tiles of {tile}; retrying with {smaller}, one at a time",
+                stacklevel=2,
+            )
             tile = smaller
             pconfig = replace(pconfig, batch_size=1)
 
@@ -286,7 +289,7 @@ def _predict_tiled(model, plane, tile, pconfig, device, cancelled) -> np.ndarray
                 if cfg.padding == "same" and margin:
                     probs = probs[..., margin:-margin, margin:-margin]
                 probs = probs.cpu().numpy()
-                for (y, x), p in zip(chunk, probs):
+                for (y, x), p in zip(chunk, probs, strict=False):
                     result[:, y : y + out_h, x : x + out_w] = p
     finally:
         model.train(was_training)

@@ -28,7 +28,11 @@ import numpy as np
 import torch
 
 from .annotations import (
-    AnnotationConfig, Normalization, TrainingPlane, annotated_planes, training_planes,
+    AnnotationConfig,
+    Normalization,
+    TrainingPlane,
+    annotated_planes,
+    training_planes,
 )
 from .derived import derive_settings
 from .errors import AnnotationError, InputError
@@ -82,14 +86,23 @@ def _parent(recipe: TrainingRecipe) -> _Parent:
     if recipe.resume is not None:
         meta = read_checkpoint_metadata(recipe.resume)
         parent = meta.provenance.get("parent_model") or None
-        return _Parent(meta.architecture, Normalization.from_dict(meta.normalization),
-                       list(meta.class_names), parent)
+        return _Parent(
+            meta.architecture,
+            Normalization.from_dict(meta.normalization),
+            list(meta.class_names),
+            parent,
+        )
     if recipe.init is not None:
         from .modelfile import load_model
 
         model, meta = load_model(recipe.init, device="cpu")
-        return _Parent(model.config, Normalization.from_dict(meta.normalization),
-                       list(meta.class_names), Path(recipe.init).name, model)
+        return _Parent(
+            model.config,
+            Normalization.from_dict(meta.normalization),
+            list(meta.class_names),
+            Path(recipe.init).name,
+            model,
+        )
     return _Parent()
 
 
@@ -102,15 +115,21 @@ def _check_indices(labels, planes: list[PlaneIndex], what: str) -> list[PlaneInd
     clean = []
     for index in planes:
         index = tuple(int(i) for i in np.atleast_1d(index)) if lead else ()
-        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
-            raise InputError(f"{what} {index} does not exist: the annotations have shape "
-                             f"{tuple(np.shape(labels))}")
+        inside = len(index) == len(lead) and all(
+            0 <= i < n for i, n in zip(index, lead, strict=True)
+        )
+        if not inside:
+            raise InputError(
+                f"{what} {index} does not exist: the annotations have shape "
+                f"{tuple(np.shape(labels))}"
+            )
         clean.append(index)
     return clean
 
 
-def gather_planes(image, labels, planes: list[PlaneIndex], annotation: AnnotationConfig,
-                  channel_axis: int | None) -> tuple[list[TrainingPlane], int]:
+def gather_planes(
+    image, labels, planes: list[PlaneIndex], annotation: AnnotationConfig, channel_axis: int | None
+) -> tuple[list[TrainingPlane], int]:
     """Training planes for ``planes``, reading only those planes of the image and labels."""
     if not planes:
         return [], 2
@@ -120,9 +139,10 @@ def gather_planes(image, labels, planes: list[PlaneIndex], annotation: Annotatio
         channel_axis = guess_channel_axis(tuple(np.shape(image)), tuple(np.shape(labels)))
     images = np.stack([read_plane(image, p, channel_axis) for p in planes])
     stacked = np.stack([np.asarray(labels[p]) for p in planes])
-    result, classes = training_planes(images, stacked, annotation,
-                                      planes=[(i,) for i in range(len(planes))], channel_axis=1)
-    for plane, index in zip(result, planes):
+    result, classes = training_planes(
+        images, stacked, annotation, planes=[(i,) for i in range(len(planes))], channel_axis=1
+    )
+    for plane, index in zip(result, planes, strict=False):
         plane.index = index
     return result, classes
 
@@ -136,10 +156,13 @@ def _choose_planes(labels, recipe: TrainingRecipe) -> tuple[list[PlaneIndex], li
         train = [p for p in annotated_planes(np.asarray(labels)) if p not in held]
     if not train:
         if val:
-            raise AnnotationError("every annotated plane is held out for validation: keep at "
-                                  "least one annotated plane for training")
-        raise AnnotationError("no annotated plane: paint at least one object and some "
-                              "background first")
+            raise AnnotationError(
+                "every annotated plane is held out for validation: keep at "
+                "least one annotated plane for training"
+            )
+        raise AnnotationError(
+            "no annotated plane: paint at least one object and some background first"
+        )
     empty = [p for p in val if not np.any(np.asarray(labels[p]))]
     if empty:
         raise AnnotationError(f"hold-out plane {empty[0]} has no annotations")
@@ -168,15 +191,20 @@ def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
                 f"classes; these data have {channels} and {classes}"
             )
     else:
-        arch = recipe.architecture.with_(in_channels=channels,
-                                         num_classes=max(classes, 2))
+        arch = recipe.architecture.with_(in_channels=channels, num_classes=max(classes, 2))
     torch.manual_seed(recipe.training.seed)  # the same seed gives the same initial weights
     model = parent.model if parent.model is not None else UNet(arch)
 
     trainer = Trainer(
-        model, train_set, recipe.training, val_set, annotation,
-        checkpoint_path=recipe.checkpoint, parent_model=parent.name,
-        class_names=parent.class_names, derived=derive_settings(train_set, annotation),
+        model,
+        train_set,
+        recipe.training,
+        val_set,
+        annotation,
+        checkpoint_path=recipe.checkpoint,
+        parent_model=parent.name,
+        class_names=parent.class_names,
+        derived=derive_settings(train_set, annotation),
     )
     if recipe.resume is not None:
         trainer.load_checkpoint(recipe.resume)

@@ -26,8 +26,13 @@ from skimage.measure import label
 
 from .errors import InputError
 
-__all__ = ["CellSampleConfig", "make_cells", "make_cell_stack", "sample_cells_2d",
-           "sample_cells_stack"]
+__all__ = [
+    "CellSampleConfig",
+    "make_cells",
+    "make_cell_stack",
+    "sample_cells_2d",
+    "sample_cells_stack",
+]
 
 GROWN_LIMIT = 1.6  # normalised reach of a "touching" cell (free cells: 1.0)
 FREE_GAP = 0.8  # a free cell stops where its distance exceeds 0.8x that of the next cell
@@ -61,8 +66,9 @@ class CellSampleConfig:
     def __post_init__(self) -> None:
         problems = []
         shape = tuple(self.shape)
-        if len(shape) != 2 or not all(isinstance(s, (int, np.integer)) and 16 <= s <= 8192
-                                      for s in shape):
+        if len(shape) != 2 or not all(
+            isinstance(s, (int, np.integer)) and 16 <= s <= 8192 for s in shape
+        ):
             problems.append(f"shape must be two integers 16..8192, got {self.shape}")
         if not 1 <= int(self.n_cells) <= 10000:
             problems.append(f"n_cells must be 1..10000, got {self.n_cells}")
@@ -132,15 +138,21 @@ def _place_cells(cfg: CellSampleConfig, rng: np.random.Generator) -> _Cells:
             continue
         centres.append(cand)
     k = np.arange(2, N_HARMONICS + 2)
-    nucleus = np.column_stack([
-        rng.normal(0, 0.12, (n, 2)), rng.uniform(0.4, 0.55, n), rng.uniform(0.3, 0.42, n),
-        rng.uniform(0, np.pi, n), rng.uniform(0.3, 0.5, n)])
+    nucleus = np.column_stack(
+        [
+            rng.normal(0, 0.12, (n, 2)),
+            rng.uniform(0.4, 0.55, n),
+            rng.uniform(0.3, 0.42, n),
+            rng.uniform(0, np.pi, n),
+            rng.uniform(0.3, 0.5, n),
+        ]
+    )
     nucleus[rng.random(n) < 0.25, 2] = 0.0  # about a quarter without a visible nucleus
     return _Cells(
         centre=np.asarray(centres, dtype=np.float64),
         radius=r * rng.uniform(0.75, 1.25, n),
-        amp=rng.normal(0, 1, (n, N_HARMONICS)) * (0.16 / k) + np.where(k == 2, 0.08, 0.0)
-        * rng.choice([-1, 1], (n, N_HARMONICS)),
+        amp=rng.normal(0, 1, (n, N_HARMONICS)) * (0.16 / k)
+        + np.where(k == 2, 0.08, 0.0) * rng.choice([-1, 1], (n, N_HARMONICS)),
         phase=rng.uniform(0, 2 * np.pi, (n, N_HARMONICS)),
         limit=np.where(rng.random(n) < cfg.touching, GROWN_LIMIT, 1.0),
         bright=rng.uniform(0.5, 0.9, n),
@@ -166,8 +178,9 @@ def _partition(cells: _Cells, shape: tuple[int, int], rough: np.ndarray):
         dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
         dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
         theta = np.arctan2(dy, dx)
-        outline = 1 + np.tensordot(cells.amp[i], np.cos(k[:, None, None] * theta - cells.phase[i][
-            :, None, None]), axes=1)
+        outline = 1 + np.tensordot(
+            cells.amp[i], np.cos(k[:, None, None] * theta - cells.phase[i][:, None, None]), axes=1
+        )
         d = np.hypot(dy, dx) / (cells.radius[i] * np.maximum(outline, 0.4))
         box_d, box_2, box_o = dist[y0:y1, x0:x1], second[y0:y1, x0:x1], owner[y0:y1, x0:x1]
         box_2[:] = np.minimum(box_2, np.maximum(box_d, d))
@@ -211,8 +224,14 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _render(cells: _Cells, labels: np.ndarray, dist: np.ndarray, fields: dict[str, np.ndarray],
-            cfg: CellSampleConfig, rng: np.random.Generator) -> np.ndarray:
+def _render(
+    cells: _Cells,
+    labels: np.ndarray,
+    dist: np.ndarray,
+    fields: dict[str, np.ndarray],
+    cfg: CellSampleConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """uint8 image of one plane."""
     fg = labels > 0
     idx = labels[fg] - 1
@@ -228,8 +247,9 @@ def _render(cells: _Cells, labels: np.ndarray, dist: np.ndarray, fields: dict[st
     v = xs - (cells.centre[idx, 1] + nuc[:, 1] * r)
     cos, sin = np.cos(nuc[:, 4]), np.sin(nuc[:, 4])
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = (((cos * u + sin * v) / (nuc[:, 2] * r)) ** 2
-             + ((cos * v - sin * u) / (nuc[:, 3] * r)) ** 2)
+        e = ((cos * u + sin * v) / (nuc[:, 2] * r)) ** 2 + (
+            (cos * v - sin * u) / (nuc[:, 3] * r)
+        ) ** 2
     inner = np.clip((1.25 - np.nan_to_num(e, nan=9.0, posinf=9.0)) / 0.4, 0.0, 1.0)
     value *= 1 - nuc[:, 5] * inner * (nuc[:, 2] > 0)
     cyto[fg] = value
@@ -273,8 +293,9 @@ def _generate(n_planes: int, cfg: CellSampleConfig, seed: int) -> tuple[np.ndarr
     ramp = ((yy - h / 2) * np.sin(ang) + (xx - w / 2) * np.cos(ang)) / (max(h, w) / 2)
     fields = {
         "illumination": (1 + 0.15 * ramp + 0.08 * _smooth_noise(rng, shape, max(h, w) / 5)),
-        "background": (0.1 + 0.025 * _smooth_noise(rng, shape, 20)
-                       + 0.01 * _smooth_noise(rng, shape, 2)),
+        "background": (
+            0.1 + 0.025 * _smooth_noise(rng, shape, 20) + 0.01 * _smooth_noise(rng, shape, 2)
+        ),
         "texture": _texture(rng, shape),
     }
     rough = _smooth_noise(rng, shape, 3)
@@ -303,7 +324,8 @@ def _sequential(labels: np.ndarray) -> np.ndarray:
 
 
 def make_cells(
-    config: CellSampleConfig | None = None, seed: int = 0,
+    config: CellSampleConfig | None = None,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image of touching cells and its ground truth.
 
@@ -322,8 +344,9 @@ def make_cells(
     return images[0], instances[0]
 
 
-def make_cell_stack(n_planes: int = 8, config: CellSampleConfig | None = None,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_cell_stack(
+    n_planes: int = 8, config: CellSampleConfig | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A stack of planes in which the cells drift, grow and change shape slowly.
 
     Neighbouring planes look alike but not identical, like a time series or a z-stack; the
@@ -348,12 +371,16 @@ def make_cell_stack(n_planes: int = 8, config: CellSampleConfig | None = None,
 def sample_cells_2d() -> list[tuple]:
     """napari sample-data hook: one 256 x 256 image and its ground-truth instances."""
     image, instances = make_cells()
-    return [(image, {"name": "cells 2D"}, "image"),
-            (instances, {"name": "cells 2D ground truth"}, "labels")]
+    return [
+        (image, {"name": "cells 2D"}, "image"),
+        (instances, {"name": "cells 2D ground truth"}, "labels"),
+    ]
 
 
 def sample_cells_stack() -> list[tuple]:
     """napari sample-data hook: a stack of 8 planes of 256 x 256 and its ground truth."""
     images, instances = make_cell_stack(8)
-    return [(images, {"name": "cells stack"}, "image"),
-            (instances, {"name": "cells stack ground truth"}, "labels")]
+    return [
+        (images, {"name": "cells stack"}, "image"),
+        (instances, {"name": "cells stack ground truth"}, "labels"),
+    ]

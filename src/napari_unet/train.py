@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from . import __version__
 from .annotations import AnnotationConfig, TrainingPlane
 from .augment import AugmentConfig, augment_batch
+from .defaults import DEFAULT_STEPS
 from .devices import is_out_of_memory, release_memory, resolve_device
 from .errors import InputError, ModelFileError, OutOfMemory
 from .model import UNet, border, check_input_size, input_size_for_output
@@ -63,7 +64,7 @@ class TrainConfig:
         fully reproducible runs).
     """
 
-    steps: int = 1000
+    steps: int = DEFAULT_STEPS
     batch_size: int = 4
     tile: int | None = None
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -91,11 +92,15 @@ class TrainConfig:
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"learning rate must be positive, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise InputError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+            raise InputError(
+                f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
         if not 0 <= self.background_sampling <= 1:
             raise InputError("background sampling must be between 0 and 1")
         if self.minutes is not None and not self.minutes > 0:
-            raise InputError(f"the time budget must be a positive number of minutes, got {self.minutes}")
+            raise InputError(
+                f"the time budget must be a positive number of minutes, got {self.minutes}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,9 +173,13 @@ class Trainer:
         self.val_planes = val_planes or []
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.parent_model = parent_model
-        self.class_names = class_names or (
-            ["background", "object"] + [f"class {i}" for i in range(2, model.config.num_classes)]
-        )[: model.config.num_classes]
+        self.class_names = (
+            class_names
+            or (
+                ["background", "object"]
+                + [f"class {i}" for i in range(2, model.config.num_classes)]
+            )[: model.config.num_classes]
+        )
         self.tile = self.config.tile or default_tile(model)
         check_input_size(model.config, self.tile)
         self.step = 0
@@ -190,8 +199,9 @@ class Trainer:
         cfg = self.config
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
+            return torch.optim.SGD(
+                params, lr=cfg.lr or 1e-3, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
         lr = cfg.lr or (1e-4 if self.parent_model else 1e-3)
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
@@ -227,7 +237,9 @@ class Trainer:
             images.append(torch.from_numpy(np.ascontiguousarray(img)).to(self.device))
             targets.append(torch.from_numpy(np.pad(p.target, pad)).to(self.device))
             weights.append(torch.from_numpy(np.pad(p.weight, pad)).to(self.device))
-            sample = np.where(p.weight > 0, np.where(p.target > 0, 1.0, self.config.background_sampling), 0.0)
+            sample = np.where(
+                p.weight > 0, np.where(p.target > 0, 1.0, self.config.background_sampling), 0.0
+            )
             probs.append(sample.ravel())
         self._images, self._targets, self._weights = images, targets, weights
         self._plane_sizes = np.array([len(p) for p in probs])
@@ -239,7 +251,9 @@ class Trainer:
     # ---------------------------------------------------------------- sampling & loss
     def _sample_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
-        picks = np.searchsorted(self._cumulative, self.rng.random(cfg.batch_size) * self._cumulative[-1], side="right")
+        picks = np.searchsorted(
+            self._cumulative, self.rng.random(cfg.batch_size) * self._cumulative[-1], side="right"
+        )
         starts = np.concatenate([[0], np.cumsum(self._plane_sizes)])
         xs, ts, ws = [], [], []
         half = self.tile // 2
@@ -255,7 +269,9 @@ class Trainer:
         image, target, weight = torch.stack(xs), torch.stack(ts), torch.stack(ws)
         return augment_batch(image, target, weight, cfg.augment, self.aug_generator)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         b = border(self.model.config)
         if b:
             target = target[:, b:-b, b:-b]
@@ -280,7 +296,9 @@ class Trainer:
             while not self._finished():
                 if self._cancel:
                     path = self.save_checkpoint() if self.checkpoint_path else None
-                    yield TrainEvent("cancelled", self.step, cfg.steps, path=str(path) if path else None)
+                    yield TrainEvent(
+                        "cancelled", self.step, cfg.steps, path=str(path) if path else None
+                    )
                     return
                 t_step = time.perf_counter()
                 try:
@@ -295,20 +313,35 @@ class Trainer:
                 elapsed = time.perf_counter() - t_start
                 rate = (self.step - step_start) / max(elapsed, 1e-9)
                 self.history.append({"step": self.step, "loss": value})
-                yield TrainEvent("step", self.step, cfg.steps, loss=value,
-                                 tiles_per_s=rate * self.config.batch_size, eta_s=self._eta(rate))
+                yield TrainEvent(
+                    "step",
+                    self.step,
+                    cfg.steps,
+                    loss=value,
+                    tiles_per_s=rate * self.config.batch_size,
+                    eta_s=self._eta(rate),
+                )
                 last = self._finished()
                 if self.val_planes and cfg.val_every and (self.step % cfg.val_every == 0 or last):
                     metrics = self.validate()
                     self.history[-1].update(metrics)
                     self._remember_if_best(metrics)
                     yield TrainEvent("validation", self.step, cfg.steps, metrics=metrics)
-                if self.checkpoint_path and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                if (
+                    self.checkpoint_path
+                    and cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                ):
                     path = self.save_checkpoint()
                     yield TrainEvent("checkpoint", self.step, cfg.steps, path=str(path))
             message = self._restore_best()
-            yield TrainEvent("done", self.step, cfg.steps,
-                             loss=self.history[-1]["loss"] if self.history else None, message=message)
+            yield TrainEvent(
+                "done",
+                self.step,
+                cfg.steps,
+                loss=self.history[-1]["loss"] if self.history else None,
+                message=message,
+            )
         finally:
             self.model.eval()
             release_memory(self.device)
@@ -330,7 +363,7 @@ class Trainer:
             self.best = (score, self.step, state)
 
     def _restore_best(self) -> str | None:
-        """Load the best validated weights at the end of a run; returns what was done, if anything."""
+        """Load the best validated weights at the end of a run; returns what was done, if any."""
         if self.best is None or self.best[1] == self.step:
             return None
         score, step, state = self.best
@@ -371,8 +404,10 @@ class Trainer:
                 f"step; use a smaller tile or another device{where}"
             )
         self.config = replace(self.config, batch_size=size // 2)
-        message = (f"out of {kind} memory at step {self.step} with {size} tiles per step; "
-                   f"continuing with {size // 2}")
+        message = (
+            f"out of {kind} memory at step {self.step} with {size} tiles per step; "
+            f"continuing with {size // 2}"
+        )
         return TrainEvent("warning", self.step, self.config.steps, message=message)
 
     def validate(self) -> dict[str, float]:

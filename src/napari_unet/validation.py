@@ -19,8 +19,9 @@ from .postprocess import instance_labels, semantic_labels
 from .predict import PredictConfig, predict_plane
 
 
-def validate(model: UNet, planes: list[TrainingPlane], derived: dict | None,
-             device: torch.device) -> dict[str, float]:
+def validate(
+    model: UNet, planes: list[TrainingPlane], derived: dict | None, device: torch.device
+) -> dict[str, float]:
     """``{"val_iou", "val_f1"}`` averaged over ``planes`` (the model is left in eval mode)."""
     post = postprocess_config(derived)
     ious, f1s = [], []

@@ -50,7 +50,11 @@ from scipy import ndimage as ndi
 from napari_unet.errors import InputError
 
 __all__ = [
-    "WeightMapConfig", "separate_touching", "border_distances", "weight_map", "weight_map_reference"
+    "WeightMapConfig",
+    "separate_touching",
+    "border_distances",
+    "weight_map",
+    "weight_map_reference",
 ]
 
 #: Relative size below which an exponential term is treated as zero by the local computation.

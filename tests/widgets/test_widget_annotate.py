@@ -38,13 +38,15 @@ def test_new_layer_matches_grayscale_stack(viewer, cells):
 
 def test_rgb_and_multichannel_images(viewer):
     widget = AnnotateWidget(viewer)
-    rgb = viewer.add_image(np.zeros((3, 40, 50, 3), np.uint8), rgb=True, name="rgb",
-                           scale=(2, 1, 1))
+    rgb = viewer.add_image(
+        np.zeros((3, 40, 50, 3), np.uint8), rgb=True, name="rgb", scale=(2, 1, 1)
+    )
     layer = widget.new_annotation_layer(rgb)
     assert layer.data.shape == (3, 40, 50)
     np.testing.assert_allclose(layer.scale, (2, 1, 1))
-    multi = viewer.add_image(np.zeros((3, 2, 40, 50), np.uint16), name="two channels",
-                             scale=(4, 1, 0.5, 0.5))
+    multi = viewer.add_image(
+        np.zeros((3, 2, 40, 50), np.uint16), name="two channels", scale=(4, 1, 0.5, 0.5)
+    )
     widget.image_combo.set_layer(multi)
     widget.channel_combo.setCurrentIndex(2)  # "axis 1 (2)"
     layer = widget.new_annotation_layer()

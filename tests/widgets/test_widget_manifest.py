@@ -11,8 +11,12 @@ from napari_unet._widgets.weightmap import WeightMapWidget
 
 pytestmark = pytest.mark.viewer
 
-WIDGETS = {"1 Annotate": AnnotateWidget, "2 Weight map": WeightMapWidget,
-           "3 Train": TrainWidget, "4 Segment": SegmentWidget}
+WIDGETS = {
+    "1 Annotate": AnnotateWidget,
+    "2 Weight map": WeightMapWidget,
+    "3 Train": TrainWidget,
+    "4 Segment": SegmentWidget,
+}
 
 
 def test_manifest_widgets_and_sample(viewer):

@@ -57,8 +57,14 @@ def _cpu_seconds(procs: list[psutil.Process]) -> tuple[float, float]:
         except psutil.Error:
             pass
     total = psutil.cpu_times()
-    busy = total.user + total.system + getattr(total, "nice", 0.0) + getattr(total, "irq", 0.0) \
-        + getattr(total, "softirq", 0.0) + getattr(total, "steal", 0.0)
+    busy = (
+        total.user
+        + total.system
+        + getattr(total, "nice", 0.0)
+        + getattr(total, "irq", 0.0)
+        + getattr(total, "softirq", 0.0)
+        + getattr(total, "steal", 0.0)
+    )
     return ours, busy
 
 

@@ -204,5 +204,7 @@ def test_fine_tune_a_model_file(viewer, cells, qtbot, tmp_path):
     wait_idle(qtbot, train)
     assert train.events[-1].kind == "done"
     model, metadata = train.result
-    assert metadata.provenance["parent_model"] == parent.name  # one rule for CLI and GUI: the file name
+    assert (
+        metadata.provenance["parent_model"] == parent.name
+    )  # one rule for CLI and GUI: the file name
     assert metadata.architecture == read_metadata(parent).architecture

@@ -36,8 +36,9 @@ def test_weight_map_layer(viewer, cells, qtbot):
     assert 0.5 <= layer.opacity <= 0.7
     config = WeightMapConfig(w0=8.0, sigma=4.0)
     plane = labels.data[2].astype(np.int64)
-    expected = weight_map(np.where(plane == IGNORE_LABEL, 0, plane), config,
-                          ignore=plane == IGNORE_LABEL)
+    expected = weight_map(
+        np.where(plane == IGNORE_LABEL, 0, plane), config, ignore=plane == IGNORE_LABEL
+    )
     np.testing.assert_allclose(layer.data[2], expected, rtol=1e-5)
     assert not layer.data[1].any()  # not annotated: no weights
     assert labels.metadata["napari_unet_weightmap"]["w0"] == 8.0  # training will use it

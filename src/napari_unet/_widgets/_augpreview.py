@@ -7,8 +7,8 @@ from napari.layers import Image, Labels
 
 from ..annotations import AnnotationConfig, normalize_plane, plane_targets
 from ..augment import AugmentConfig, augment_preview
-from ._common import channel_axis, layer_data
 from ..planes import read_plane
+from ._common import channel_axis, layer_data
 
 PREVIEW_EDGE = 256  # samples are cut around the annotated pixels to at most this size
 GAP = 8  # pixels between samples
@@ -51,28 +51,44 @@ def _put(viewer, name: str, kind: str, data: np.ndarray, **kwargs):
     return add(data, name=name, **kwargs)
 
 
-def show_augmentation_preview(viewer, image: Image, labels: Labels, plane: tuple[int, ...],
-                              annotation: AnnotationConfig, augment: AugmentConfig, n: int = 4,
-                              seed: int | None = None) -> tuple[Image, Labels]:
+def show_augmentation_preview(
+    viewer,
+    image: Image,
+    labels: Labels,
+    plane: tuple[int, ...],
+    annotation: AnnotationConfig,
+    augment: AugmentConfig,
+    n: int = 4,
+    seed: int | None = None,
+) -> tuple[Image, Labels]:
     """Augment ``plane`` ``n`` times; show images and targets in a row right of the image."""
     raw = read_plane(layer_data(image), plane, channel_axis(image))
     target, weight, _ = plane_targets(np.asarray(labels.data[plane]), annotation)
     rows, cols = _crop(weight, PREVIEW_EDGE)
     norm = normalize_plane(raw[:, rows, cols], annotation.normalization)
     seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
-    images, targets, weights = augment_preview(norm[0] if norm.shape[0] == 1 else norm,
-                                               target[rows, cols], weight[rows, cols],
-                                               augment, n=n, seed=seed)
+    images, targets, weights = augment_preview(
+        norm[0] if norm.shape[0] == 1 else norm,
+        target[rows, cols],
+        weight[rows, cols],
+        augment,
+        n=n,
+        seed=seed,
+    )
     if images.ndim == 4:  # several channels: show the first
         images = images[:, 0]
     targets = np.where(weights > 0, targets, 0).astype(np.uint8)
     scale = tuple(labels.scale[-2:])
     width = labels.data.shape[-1]
-    translate = (float(labels.translate[-2]),
-                 float(labels.translate[-1]) + (width + 2 * GAP) * scale[-1])
+    translate = (
+        float(labels.translate[-2]),
+        float(labels.translate[-1]) + (width + 2 * GAP) * scale[-1],
+    )
     kwargs = {"scale": scale, "translate": translate}
-    image_layer = _put(viewer, "augmentation preview", "image", _montage(images, 0.0),
-                       colormap="gray", **kwargs)
-    label_layer = _put(viewer, "augmentation preview labels", "labels", _montage(targets, 0),
-                       opacity=0.4, **kwargs)
+    image_layer = _put(
+        viewer, "augmentation preview", "image", _montage(images, 0.0), colormap="gray", **kwargs
+    )
+    label_layer = _put(
+        viewer, "augmentation preview labels", "labels", _montage(targets, 0), opacity=0.4, **kwargs
+    )
     return image_layer, label_layer

@@ -61,9 +61,14 @@ def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
 class LayerCombo(QComboBox):
     """A combo box listing the viewer's layers of one type, kept up to date by name."""
 
-    def __init__(self, viewer, kind: type[Layer], parent: QWidget | None = None,
-                 accept: Callable[[Layer], bool] | None = None,
-                 prefer: Callable[[Layer], bool] | None = None) -> None:
+    def __init__(
+        self,
+        viewer,
+        kind: type[Layer],
+        parent: QWidget | None = None,
+        accept: Callable[[Layer], bool] | None = None,
+        prefer: Callable[[Layer], bool] | None = None,
+    ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._kind = kind
@@ -93,7 +98,8 @@ class LayerCombo(QComboBox):
     def candidates(self) -> list[Layer]:
         """The layers that may be chosen (preferred ones first, else in layer-list order)."""
         layers = [
-            layer for layer in self._viewer.layers
+            layer
+            for layer in self._viewer.layers
             if isinstance(layer, self._kind) and (self._accept is None or self._accept(layer))
         ]
         if self._prefer is not None:
@@ -111,8 +117,11 @@ class LayerCombo(QComboBox):
         self.addItems(names)
         if current in names:
             self.setCurrentText(current)
-        preferred = [layer.name for layer in self.candidates()
-                     if self._prefer is not None and self._prefer(layer)]
+        preferred = [
+            layer.name
+            for layer in self.candidates()
+            if self._prefer is not None and self._prefer(layer)
+        ]
         if preferred and self.currentText() not in preferred:
             self.setCurrentText(preferred[0])  # e.g. a new annotation layer
         self.blockSignals(False)
@@ -168,7 +177,7 @@ def spatial_shape(image: Image, axis: int | None = None) -> tuple[int, ...]:
     """Shape of the matching annotation array: the image shape without its channel axis."""
     shape = tuple(layer_data(image).shape)
     axis = channel_axis(image) if axis is None else axis
-    return shape if axis is None else shape[:axis] + shape[axis + 1:]
+    return shape if axis is None else shape[:axis] + shape[axis + 1 :]
 
 
 def spatial_transform(image: Image, axis: int | None = None) -> dict[str, tuple[float, ...]]:
@@ -177,8 +186,8 @@ def spatial_transform(image: Image, axis: int | None = None) -> dict[str, tuple[
     axis = channel_axis(image) if axis is None else axis
     rgb = getattr(image, "rgb", False)
     if axis is not None and not rgb and len(scale) == layer_data(image).ndim:
-        scale = scale[:axis] + scale[axis + 1:]
-        translate = translate[:axis] + translate[axis + 1:]
+        scale = scale[:axis] + scale[axis + 1 :]
+        translate = translate[:axis] + translate[axis + 1 :]
     return {"scale": scale, "translate": translate}
 
 
@@ -188,9 +197,7 @@ def current_plane(viewer, layer: Layer, n_lead: int) -> tuple[int, ...]:
         return ()
     position = layer.world_to_data(viewer.dims.point)
     shape = layer_data(layer).shape
-    return tuple(
-        int(np.clip(np.round(position[i]), 0, shape[i] - 1)) for i in range(n_lead)
-    )
+    return tuple(int(np.clip(np.round(position[i]), 0, shape[i] - 1)) for i in range(n_lead))
 
 
 def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:

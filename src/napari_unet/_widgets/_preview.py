@@ -25,7 +25,7 @@ class LivePreview:
         try:
             point = list(self.viewer.dims.point)
             centre = self.viewer.camera.center[-2:]
-            for axis, value in zip(self.viewer.dims.displayed[-2:], centre):
+            for axis, value in zip(self.viewer.dims.displayed[-2:], centre, strict=False):
                 point[axis] = value
             cy, cx = labels.world_to_data(point)[-2:]
         except Exception:  # noqa: BLE001 - any odd camera state: use the plane centre
@@ -46,14 +46,25 @@ class LivePreview:
         if layer is not None:
             self.viewer.layers.remove(layer)
         active = self.viewer.layers.selection.active
-        layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, opacity=0.45,
-                                       scale=labels.scale, translate=labels.translate)
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint8),
+            name=name,
+            opacity=0.45,
+            scale=labels.scale,
+            translate=labels.translate,
+        )
         if active is not None:
             self.viewer.layers.selection.active = active
         return layer
 
-    def show(self, image: Image | None, labels: Labels | None, index: tuple[int, ...],
-             box: tuple[int, int, int, int], prediction: np.ndarray) -> Labels | None:
+    def show(
+        self,
+        image: Image | None,
+        labels: Labels | None,
+        index: tuple[int, ...],
+        box: tuple[int, int, int, int],
+        prediction: np.ndarray,
+    ) -> Labels | None:
         """Write ``prediction`` into the preview layer (created on first use)."""
         if labels is None:
             return None

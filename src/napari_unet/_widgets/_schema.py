@@ -15,8 +15,14 @@ IGNORE_GREY = (0.55, 0.55, 0.55, 1.0)
 BACKGROUND_BLUE = (0.15, 0.45, 1.0, 1.0)
 OVERFLOW = (1.0, 1.0, 0.7, 1.0)  # ids beyond the table
 CLASS_COLOURS = [  # class 1, 2, ... (scribbles: label 2, 3, ...)
-    (1.0, 0.6, 0.0, 1.0), (0.1, 0.8, 0.3, 1.0), (0.9, 0.2, 0.8, 1.0), (1.0, 0.95, 0.1, 1.0),
-    (0.0, 0.85, 0.85, 1.0), (0.85, 0.1, 0.1, 1.0), (0.6, 0.4, 1.0, 1.0), (0.6, 0.35, 0.1, 1.0),
+    (1.0, 0.6, 0.0, 1.0),
+    (0.1, 0.8, 0.3, 1.0),
+    (0.9, 0.2, 0.8, 1.0),
+    (1.0, 0.95, 0.1, 1.0),
+    (0.0, 0.85, 0.85, 1.0),
+    (0.85, 0.1, 0.1, 1.0),
+    (0.6, 0.4, 1.0, 1.0),
+    (0.6, 0.35, 0.1, 1.0),
 ]
 
 _SWATCH = '<span style="background-color:{};">&nbsp;&nbsp;&nbsp;&nbsp;</span>'
@@ -56,8 +62,12 @@ def schema_html(mode: str) -> str:
     if mode == "instances":
         rows = [
             _row(None, "0", "background (unpainted pixels of an annotated plane)"),
-            _row(_cyclic_colours()[0], "1, 2, 3, ...", "one id per object; touching objects "
-                 "need different ids (press <i>Object</i> for a new id)"),
+            _row(
+                _cyclic_colours()[0],
+                "1, 2, 3, ...",
+                "one id per object; touching objects "
+                "need different ids (press <i>Object</i> for a new id)",
+            ),
         ]
         note = "A plane is annotated when it holds a label or is marked below."
     elif mode == "scribbles":

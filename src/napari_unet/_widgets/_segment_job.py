@@ -15,9 +15,9 @@ import numpy as np
 from ..annotations import Normalization, normalize_plane
 from ..batch import SegmentConfig, labels_from_probabilities, segment_plane, segment_stack
 from ..errors import Cancelled, InputError
+from ..planes import read_plane
 from ..predict import load_predictor, predict_plane_with_uncertainty
 from ._threads import limited_threads
-from ..planes import read_plane
 
 
 @dataclass
@@ -56,29 +56,49 @@ def _foreground(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
     return probs[classes].sum(axis=0).astype(np.float32)
 
 
-def segment_current(source: ModelSource, device: str, image, index: tuple[int, ...],
-                    channel_axis: int | None, config: SegmentConfig, probability: bool,
-                    uncertainty: bool, cancelled: Callable[[], bool], threads: int | None = None):
+def segment_current(
+    source: ModelSource,
+    device: str,
+    image,
+    index: tuple[int, ...],
+    channel_axis: int | None,
+    config: SegmentConfig,
+    probability: bool,
+    uncertainty: bool,
+    cancelled: Callable[[], bool],
+    threads: int | None = None,
+):
     """Segment one plane; optionally its foreground probability and TTA disagreement."""
     try:
         with limited_threads(threads):
-            return _segment_current(source, device, image, index, channel_axis, config,
-                                    probability, uncertainty, cancelled)
+            return _segment_current(
+                source,
+                device,
+                image,
+                index,
+                channel_axis,
+                config,
+                probability,
+                uncertainty,
+                cancelled,
+            )
     except Cancelled:
         return ("cancelled",)
     except Exception as exc:  # noqa: BLE001 - shown on the main thread
         return ("error", exc)
 
 
-def _segment_current(source, device, image, index, channel_axis, config, probability,
-                     uncertainty, cancelled) -> tuple:
+def _segment_current(
+    source, device, image, index, channel_axis, config, probability, uncertainty, cancelled
+) -> tuple:
     model, metadata = source.load(device)
     raw = read_plane(image, index, channel_axis)
     unc = None
     if uncertainty:
         norm = Normalization.from_dict(metadata.normalization)
-        probs, unc = predict_plane_with_uncertainty(model, normalize_plane(raw, norm),
-                                                    config.predict)
+        probs, unc = predict_plane_with_uncertainty(
+            model, normalize_plane(raw, norm), config.predict
+        )
         labels = labels_from_probabilities(probs, metadata, config)
     else:
         labels, probs = segment_plane(model, metadata, raw, config, cancelled)
@@ -86,15 +106,25 @@ def _segment_current(source, device, image, index, channel_axis, config, probabi
     return ("plane", index, labels, prob, unc)
 
 
-def segment_whole(source: ModelSource, device: str, image, config: SegmentConfig,
-                  progress: Callable[[int, int], None], cancelled: Callable[[], bool],
-                  threads: int | None = None):
+def segment_whole(
+    source: ModelSource,
+    device: str,
+    image,
+    config: SegmentConfig,
+    progress: Callable[[int, int], None],
+    cancelled: Callable[[], bool],
+    threads: int | None = None,
+):
     """Segment every plane with :func:`segment_stack` (a dask image is read plane by plane)."""
     try:
         with limited_threads(threads):
             model, metadata = source.load(device)
-            return ("stack", segment_stack(model, metadata, image, config, progress=progress,
-                                           cancelled=cancelled))
+            return (
+                "stack",
+                segment_stack(
+                    model, metadata, image, config, progress=progress, cancelled=cancelled
+                ),
+            )
     except Cancelled:
         return ("cancelled",)
     except Exception as exc:  # noqa: BLE001 - shown on the main thread

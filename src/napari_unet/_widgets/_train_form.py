@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 from superqt import QCollapsible, QLabeledDoubleSlider
 
@@ -18,8 +28,12 @@ from ._plot import LivePlot
 from ._threads import gui_cpu_threads
 from .annotate import layer_mode
 
-MODEL_CHOICES = ("new: small preset", "new: paper U-Net", "new: custom (Advanced)",
-                 "fine-tune model file...")
+MODEL_CHOICES = (
+    "new: small preset",
+    "new: paper U-Net",
+    "new: custom (Advanced)",
+    "fine-tune model file...",
+)
 
 
 def _spin(value: int, low: int, high: int) -> QSpinBox:
@@ -47,17 +61,23 @@ class TrainForm(QWidget):
         self.device = QComboBox(self)
         self.device.addItems(available_devices())
         self.steps = _spin(TrainConfig().steps, 1, 1_000_000)
-        self.steps.setToolTip("optimiser steps, each on a batch of augmented tiles; training "
-                              "ends here or when the time budget is spent")
-        self.minutes = QDoubleSpinBox(self, decimals=1, minimum=0.0, maximum=10_000.0,
-                                      singleStep=1.0, suffix=" min")
+        self.steps.setToolTip(
+            "optimiser steps, each on a batch of augmented tiles; training "
+            "ends here or when the time budget is spent"
+        )
+        self.minutes = QDoubleSpinBox(
+            self, decimals=1, minimum=0.0, maximum=10_000.0, singleStep=1.0, suffix=" min"
+        )
         self.minutes.setSpecialValueText("none")
-        self.minutes.setToolTip("training time budget in minutes (none: train for all steps); "
-                                "the learning rate anneals over the budget")
+        self.minutes.setToolTip(
+            "training time budget in minutes (none: train for all steps); "
+            "the learning rate anneals over the budget"
+        )
         self.partial = QCheckBox("only some objects are painted per plane", self)
         self.partial.setToolTip(
             "partial annotations: unpainted pixels count as background only within one object "
-            "diameter of a painted object, so unpainted cells are not taught as background")
+            "diameter of a painted object, so unpainted cells are not taught as background"
+        )
         self.lr = QDoubleSpinBox(self, decimals=5, singleStep=1e-4, maximum=1.0)
         self.lr.setSpecialValueText("default")
         self.optimizer = QComboBox(self)
@@ -97,26 +117,46 @@ class TrainForm(QWidget):
         path_row.addWidget(self.model_path)
         path_row.addWidget(self.browse_button)
         self._path_row = path_row
-        rows = self.rows = form(self, [
-            ("image", self.image_combo), ("annotations", self.labels_combo),
-            ("schema", self.schema), ("model", self.model_combo)])
+        rows = self.rows = form(
+            self,
+            [
+                ("image", self.image_combo),
+                ("annotations", self.labels_combo),
+                ("schema", self.schema),
+                ("model", self.model_combo),
+            ],
+        )
         rows.addRow("model file", path_row)
-        for label, field in (("device", self.device), ("steps", self.steps),
-                             ("time budget", self.minutes), ("partial", self.partial),
-                             ("learning rate", self.lr), ("optimizer", self.optimizer),
-                             ("batch size", self.batch_size), ("augmentation", self.augment),
-                             ("hold out planes", self.hold_out)):
+        for label, field in (
+            ("device", self.device),
+            ("steps", self.steps),
+            ("time budget", self.minutes),
+            ("partial", self.partial),
+            ("learning rate", self.lr),
+            ("optimizer", self.optimizer),
+            ("batch size", self.batch_size),
+            ("augmentation", self.augment),
+            ("hold out planes", self.hold_out),
+        ):
             rows.addRow(label, field)
         advanced = QCollapsible("Advanced", self)
         inner = QWidget(advanced)
-        inner.setLayout(form(inner, [
-            ("custom width", self.width_spin), ("custom depth", self.depth_spin),
-            ("custom padding", self.padding), ("tile (px)", self.tile),
-            ("live preview every", self.preview_every), ("CPU threads", self.threads)]))
+        inner.setLayout(
+            form(
+                inner,
+                [
+                    ("custom width", self.width_spin),
+                    ("custom depth", self.depth_spin),
+                    ("custom padding", self.padding),
+                    ("tile (px)", self.tile),
+                    ("live preview every", self.preview_every),
+                    ("CPU threads", self.threads),
+                ],
+            )
+        )
         advanced.addWidget(inner)
         buttons = QHBoxLayout()
-        for button in (self.train_button, self.cancel_button, self.resume_button,
-                       self.save_button):
+        for button in (self.train_button, self.cancel_button, self.resume_button, self.save_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(rows)
@@ -126,9 +166,13 @@ class TrainForm(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
-        layout.addWidget(hint("Training runs in the background. The live prediction layer "
-                              "shows the plane on screen every few seconds; the plot shows the "
-                              "loss and, with hold-out planes, the validation IoU."))
+        layout.addWidget(
+            hint(
+                "Training runs in the background. The live prediction layer "
+                "shows the plane on screen every few seconds; the plot shows the "
+                "loss and, with hold-out planes, the validation IoU."
+            )
+        )
         layout.addStretch(1)
 
     def _on_labels_changed(self, *_args) -> None:
@@ -146,8 +190,9 @@ class TrainForm(QWidget):
             widget.setVisible(fine_tune)
 
     def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model to fine-tune", "",
-                                              "napari-unet models (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model to fine-tune", "", "napari-unet models (*.safetensors)"
+        )
         if path:
             self.model_path.setText(path)
 
@@ -168,17 +213,24 @@ class TrainForm(QWidget):
             return PRESETS["small"]
         if choice == MODEL_CHOICES[1]:
             return PRESETS["paper"]
-        return self._custom.with_(width=self.width_spin.value(), depth=self.depth_spin.value(),
-                                  padding=self.padding.currentText())
+        return self._custom.with_(
+            width=self.width_spin.value(),
+            depth=self.depth_spin.value(),
+            padding=self.padding.currentText(),
+        )
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""
         steps = self.steps.value()
         return TrainConfig(
-            steps=steps, minutes=self.minutes.value() or None,
-            batch_size=self.batch_size.value(), tile=self.tile.value() or None,
-            optimizer=self.optimizer.currentText(), lr=self.lr.value() or None,
-            augment=AugmentConfig(strength=self.augment.value()), device=self.device.currentText(),
+            steps=steps,
+            minutes=self.minutes.value() or None,
+            batch_size=self.batch_size.value(),
+            tile=self.tile.value() or None,
+            optimizer=self.optimizer.currentText(),
+            lr=self.lr.value() or None,
+            augment=AugmentConfig(strength=self.augment.value()),
+            device=self.device.currentText(),
         )
 
     def cpu_threads(self) -> int | None:

@@ -17,14 +17,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..annotations import normalize_plane
 # Imported here, i.e. on the GUI thread when the widget module loads: the trainer's validation
 # imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
 # the GIL (and so freeze the viewer) for a few hundred milliseconds.
 from .. import metrics as _metrics  # noqa: F401
+from ..annotations import normalize_plane
 from ..devices import release_memory
 from ..planes import read_plane
 from ..postprocess import semantic_labels
@@ -48,6 +47,8 @@ def warm_up() -> None:
     if not _WARM:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         _WARM = True
+
+
 PreviewRequest = tuple[tuple[int, ...], Box]
 
 

@@ -7,15 +7,35 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-    QPushButton, QVBoxLayout, QWidget,
+    QComboBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..annotations import IGNORE_LABEL, MODES, annotated_planes
 from ..errors import AnnotationError, InputError
 from ._common import (
-    META_CHANNEL_AXIS, META_IMAGE, META_MODE, META_PLANES, LayerCombo, current_plane, form,
-    go_to_plane, guarded, hint, is_annotation_layer, layer_data, parse_planes, spatial_shape,
+    META_CHANNEL_AXIS,
+    META_IMAGE,
+    META_MODE,
+    META_PLANES,
+    LayerCombo,
+    current_plane,
+    form,
+    go_to_plane,
+    guarded,
+    hint,
+    is_annotation_layer,
+    layer_data,
+    parse_planes,
+    spatial_shape,
     spatial_transform,
 )
 from ._schema import background_value, object_value, schema_colormap, schema_html
@@ -63,8 +83,9 @@ class AnnotateWidget(QWidget):
         self.plane_list.setMaximumHeight(120)
         self.mark_button = QPushButton("Mark current plane as annotated (empty)", self)
         self.unmark_button = QPushButton("Unmark", self)
-        self.source_combo = LayerCombo(viewer, Labels, self,
-                                       prefer=lambda layer: not is_annotation_layer(layer))
+        self.source_combo = LayerCombo(
+            viewer, Labels, self, prefer=lambda layer: not is_annotation_layer(layer)
+        )
         self.import_planes = QLineEdit(self)
         self.import_planes.setPlaceholderText("all planes with labels, or e.g. 0, 2")
         self.import_button = QPushButton("Import labels layer as annotations", self)
@@ -87,8 +108,14 @@ class AnnotateWidget(QWidget):
     def _layout(self) -> None:
         layout = QVBoxLayout(self)
         create = QGroupBox("Annotation layer", self)
-        box = form(create, [("image", self.image_combo), ("channel axis", self.channel_combo),
-                            ("schema", self.mode_combo)])
+        box = form(
+            create,
+            [
+                ("image", self.image_combo),
+                ("channel axis", self.channel_combo),
+                ("schema", self.mode_combo),
+            ],
+        )
         box.addRow(self.schema_label)
         box.addRow(self.new_button)
         box.addRow("annotations", self.labels_combo)
@@ -107,8 +134,12 @@ class AnnotateWidget(QWidget):
         imports = QGroupBox("Import (e.g. ground truth)", self)
         imp = form(imports, [("labels", self.source_combo), ("planes", self.import_planes)])
         imp.addRow(self.import_button)
-        imp.addRow(hint("Copies the labels of those planes into the annotation layer "
-                        "(scribbles: background becomes 1, objects 2)."))
+        imp.addRow(
+            hint(
+                "Copies the labels of those planes into the annotation layer "
+                "(scribbles: background becomes 1, objects 2)."
+            )
+        )
         imports.setLayout(imp)
         for group in (create, planes, imports):
             layout.addWidget(group)
@@ -145,7 +176,8 @@ class AnnotateWidget(QWidget):
             image.metadata[META_CHANNEL_AXIS] = axis
         shape = spatial_shape(image, axis)
         layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint16), name=f"{image.name} annotations",
+            np.zeros(shape, np.uint16),
+            name=f"{image.name} annotations",
             metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
             **spatial_transform(image, axis),
         )
@@ -253,8 +285,9 @@ class AnnotateWidget(QWidget):
         n_lead = (layer.ndim if layer is not None else source.ndim) - 2
         self.import_labels(source, parse_planes(self.import_planes.text(), n_lead) or None)
 
-    def import_labels(self, source: Labels, planes: list | None = None,
-                      target: Labels | None = None) -> list[tuple[int, ...]]:
+    def import_labels(
+        self, source: Labels, planes: list | None = None, target: Labels | None = None
+    ) -> list[tuple[int, ...]]:
         """Copy planes of ``source`` (default: all planes holding labels) into the annotations.
 
         Creates the annotation layer for the chosen image when there is none yet. Returns the
@@ -265,13 +298,18 @@ class AnnotateWidget(QWidget):
             raise InputError("choose labels to import other than the annotation layer itself")
         data = np.asarray(layer_data(source))
         if data.shape != target.data.shape:
-            raise InputError(f"the labels to import have shape {data.shape} but the annotations "
-                             f"have shape {target.data.shape}")
+            raise InputError(
+                f"the labels to import have shape {data.shape} but the annotations "
+                f"have shape {target.data.shape}"
+            )
         if data.size and (data.min() < 0 or data.max() > IGNORE_LABEL):
             raise AnnotationError(f"labels to import must be 0..{IGNORE_LABEL}")
         n_lead = data.ndim - 2
-        chosen = annotated_planes(data) if planes is None else [
-            tuple(int(i) for i in np.atleast_1d(p))[:n_lead] for p in planes]
+        chosen = (
+            annotated_planes(data)
+            if planes is None
+            else [tuple(int(i) for i in np.atleast_1d(p))[:n_lead] for p in planes]
+        )
         mode = layer_mode(target)
         for index in chosen:
             try:

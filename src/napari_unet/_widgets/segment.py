@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import threading
 import time
+from dataclasses import replace
 
 import napari
 import numpy as np
@@ -13,18 +12,33 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
-    QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..batch import SegmentConfig, plane_layout
+from ..derived import postprocess_config
 from ..devices import available_devices
 from ..errors import InputError
-from ..derived import postprocess_config
 from ..predict import PredictConfig
 from . import _session
 from ._common import (
-    LayerCombo, channel_axis, form, hint, layer_data, report_error, spatial_transform,
+    LayerCombo,
+    channel_axis,
+    form,
+    hint,
+    layer_data,
+    report_error,
+    spatial_transform,
 )
 from ._segment_job import ModelSource, segment_current, segment_whole
 from ._threads import gui_cpu_threads
@@ -70,13 +84,15 @@ class SegmentWidget(QWidget):
         self.instances.setChecked(True)
         self.watershed = QCheckBox("split touching objects (watershed)", self)
         self.seed_distance = QSpinBox(self, minimum=1, maximum=1000, value=5, suffix=" px")
-        self.seed_distance.setToolTip("smallest distance between two watershed seeds: about "
-                                      "the radius of the smallest object")
+        self.seed_distance.setToolTip(
+            "smallest distance between two watershed seeds: about the radius of the smallest object"
+        )
         self.min_size = QSpinBox(self, minimum=-1, maximum=1_000_000, value=-1, suffix=" px")
         self.min_size.setSpecialValueText("auto (from the annotations)")
         self.min_size.setToolTip(
             "objects smaller than this many pixels are removed; auto: a quarter of the smallest "
-            "object annotated for training (recorded in the model file); 0 keeps every object")
+            "object annotated for training (recorded in the model file); 0 keeps every object"
+        )
         self.probability = QCheckBox("foreground probability layer", self)
         self.uncertainty = QCheckBox("uncertainty layer (8 passes)", self)
         self.run_button = QPushButton("Segment", self)
@@ -89,12 +105,19 @@ class SegmentWidget(QWidget):
         path_row.addWidget(browse)
         rows = form(self, [("model", self.source)])
         rows.addRow("model file", path_row)
-        for label, field in (("", self.model_info), ("image", self.image_combo),
-                             ("planes", self.scope), ("device", self.device), ("TTA", self.tta),
-                             ("instances", self.instances), ("", self.watershed),
-                             ("seed distance", self.seed_distance),
-                             ("min size (px)", self.min_size), ("extra", self.probability),
-                             ("", self.uncertainty)):
+        for label, field in (
+            ("", self.model_info),
+            ("image", self.image_combo),
+            ("planes", self.scope),
+            ("device", self.device),
+            ("TTA", self.tta),
+            ("instances", self.instances),
+            ("", self.watershed),
+            ("seed distance", self.seed_distance),
+            ("min size (px)", self.min_size),
+            ("extra", self.probability),
+            ("", self.uncertainty),
+        ):
             rows.addRow(label, field)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -104,8 +127,12 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(hint("Probability and uncertainty maps are computed for the current "
-                              "plane. A whole stack is read one plane at a time."))
+        layout.addWidget(
+            hint(
+                "Probability and uncertainty maps are computed for the current "
+                "plane. A whole stack is read one plane at a time."
+            )
+        )
         layout.addStretch(1)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
@@ -119,8 +146,9 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ choices
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model file", "",
-                                              "napari-unet models (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model file", "", "napari-unet models (*.safetensors)"
+        )
         if path:
             self.model_path.setText(path)
             self.source.setCurrentText(SOURCES[1])
@@ -134,8 +162,11 @@ class SegmentWidget(QWidget):
             return
         if self.source.currentText() == SOURCES[0]:
             entry = _session.trained()
-            self.model_info.setText(entry.description if entry else "no model trained yet "
-                                    "in this session (use 3 Train, or choose a model file)")
+            self.model_info.setText(
+                entry.description
+                if entry
+                else "no model trained yet in this session (use 3 Train, or choose a model file)"
+            )
         else:
             self.model_info.setText(self.model_path.text() or "choose a model file")
 
@@ -149,8 +180,10 @@ class SegmentWidget(QWidget):
         if self.source.currentText() == SOURCES[0]:
             entry = _session.trained()
             if entry is None:
-                raise InputError("no model trained yet in this session: train one in 3 Train "
-                                 "or choose a model file")
+                raise InputError(
+                    "no model trained yet in this session: train one in 3 Train "
+                    "or choose a model file"
+                )
             return ModelSource(model=entry.model, metadata=entry.metadata)
         path = self.model_path.text().strip()
         if not path:
@@ -167,9 +200,12 @@ class SegmentWidget(QWidget):
         post = None
         if min_size >= 0 or self.watershed.isChecked():
             recommended = postprocess_config(getattr(metadata, "postprocess", None) or {})
-            post = replace(recommended, watershed=self.watershed.isChecked(),
-                           watershed_min_distance=self.seed_distance.value(),
-                           **({"min_size": min_size} if min_size >= 0 else {}))
+            post = replace(
+                recommended,
+                watershed=self.watershed.isChecked(),
+                watershed_min_distance=self.seed_distance.value(),
+                **({"min_size": min_size} if min_size >= 0 else {}),
+            )
         return SegmentConfig(
             predict=PredictConfig(tta=self.tta.isChecked(), device=self.device.currentText()),
             postprocess=post,
@@ -207,14 +243,32 @@ class SegmentWidget(QWidget):
         if scope == SCOPES[0]:
             index = self._plane_index(image, source, axis)
             self.worker = create_worker(
-                segment_current, source, device, data, index, axis, config,
-                self.probability.isChecked(), self.uncertainty.isChecked(), self._cancel.is_set,
-                threads, _start_thread=False)
+                segment_current,
+                source,
+                device,
+                data,
+                index,
+                axis,
+                config,
+                self.probability.isChecked(),
+                self.uncertainty.isChecked(),
+                self._cancel.is_set,
+                threads,
+                _start_thread=False,
+            )
             self.progress.setRange(0, 0)
         else:
             self.worker = create_worker(
-                segment_whole, source, device, data, config, self._progress.changed.emit,
-                self._cancel.is_set, threads, _start_thread=False)
+                segment_whole,
+                source,
+                device,
+                data,
+                config,
+                self._progress.changed.emit,
+                self._cancel.is_set,
+                threads,
+                _start_thread=False,
+            )
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
         self.worker.returned.connect(lambda result: self._on_result(image, result))
@@ -261,8 +315,9 @@ class SegmentWidget(QWidget):
             self.status.setText("cancelled; no layer was changed")
         elif kind == "stack":
             self._put(image, "segmentation", result[1], "labels")
-            self.status.setText(f"done: {int(np.asarray(result[1]).shape[0])} planes "
-                                f"in {took:.1f} s")
+            self.status.setText(
+                f"done: {int(np.asarray(result[1]).shape[0])} planes in {took:.1f} s"
+            )
         else:
             _, index, labels, prob, unc = result
             self._put_plane(image, "segmentation", index, labels, "labels", np.uint32)
@@ -288,9 +343,15 @@ class SegmentWidget(QWidget):
         if kind == "labels":
             return self.viewer.add_labels(data, name=f"{image.name} {what}", **transform)
         cmap = "viridis" if what == "probability" else "inferno"
-        return self.viewer.add_image(data, name=f"{image.name} {what}", colormap=cmap,
-                                     blending="additive", opacity=0.7, contrast_limits=(0, 1),
-                                     **transform)
+        return self.viewer.add_image(
+            data,
+            name=f"{image.name} {what}",
+            colormap=cmap,
+            blending="additive",
+            opacity=0.7,
+            contrast_limits=(0, 1),
+            **transform,
+        )
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype) -> None:
         axis = channel_axis(image)

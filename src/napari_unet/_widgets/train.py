@@ -22,7 +22,13 @@ from ..weightmap import WeightMapConfig
 from . import _session
 from ._augpreview import show_augmentation_preview
 from ._common import (
-    META_WEIGHTMAP, channel_axis, current_plane, guarded, layer_data, parse_planes, report_error,
+    META_WEIGHTMAP,
+    channel_axis,
+    current_plane,
+    guarded,
+    layer_data,
+    parse_planes,
+    report_error,
     spatial_shape,
 )
 from ._preview import LivePreview
@@ -67,15 +73,18 @@ class TrainWidget(TrainForm):
         if image is None or labels is None:
             raise InputError("choose an image and its annotation layer (see 1 Annotate)")
         if spatial_shape(image) != tuple(labels.data.shape):
-            raise InputError(f"the annotations {tuple(labels.data.shape)} do not match the image "
-                             f"{tuple(layer_data(image).shape)}; create them in 1 Annotate")
+            raise InputError(
+                f"the annotations {tuple(labels.data.shape)} do not match the image "
+                f"{tuple(layer_data(image).shape)}; create them in 1 Annotate"
+            )
         return image, labels
 
     def annotation_config(self, labels: Labels) -> AnnotationConfig:
         """Schema and weight-map settings recorded on the annotation layer."""
         weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
-        return AnnotationConfig(mode=layer_mode(labels), weight_map=weights,
-                                partial=self.partial.isChecked())
+        return AnnotationConfig(
+            mode=layer_mode(labels), weight_map=weights, partial=self.partial.isChecked()
+        )
 
     # ------------------------------------------------------------------ actions
     @property
@@ -123,8 +132,10 @@ class TrainWidget(TrainForm):
         held = parse_planes(self.hold_out.text(), n_lead)
         planes = [p for p in training_plane_list(labels) if p not in held]
         if not planes:
-            raise AnnotationError("no annotated plane: paint at least one object and some "
-                                  "background first (or import labels in 1 Annotate)")
+            raise AnnotationError(
+                "no annotated plane: paint at least one object and some "
+                "background first (or import labels in 1 Annotate)"
+            )
         model_path = None
         if self.architecture() is None:
             model_path = self.model_path.text().strip()
@@ -134,13 +145,22 @@ class TrainWidget(TrainForm):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() else "_" for c in image.name)[:40]
         recipe = TrainingRecipe(
-            annotation=self.annotation_config(labels), training=self.train_config(),
-            architecture=self.architecture() or PRESETS["small"], init=model_path,
+            annotation=self.annotation_config(labels),
+            training=self.train_config(),
+            architecture=self.architecture() or PRESETS["small"],
+            init=model_path,
             checkpoint=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
-            planes=tuple(planes), val_planes=tuple(held), channel_axis=channel_axis(image),
+            planes=tuple(planes),
+            val_planes=tuple(held),
+            channel_axis=channel_axis(image),
         )
-        return TrainJob(image=layer_data(image), labels=labels.data, recipe=recipe,
-                        preview_every_s=self.preview_every.value(), cpu_threads=self.cpu_threads())
+        return TrainJob(
+            image=layer_data(image),
+            labels=labels.data,
+            recipe=recipe,
+            preview_every_s=self.preview_every.value(),
+            cpu_threads=self.cpu_threads(),
+        )
 
     def cancel(self) -> None:
         """Stop the run after the current step; a checkpoint is written for Resume."""
@@ -156,8 +176,9 @@ class TrainWidget(TrainForm):
         return save_model(path, model, metadata)
 
     def _save_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save model", "unet.safetensors",
-                                              "napari-unet models (*.safetensors)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save model", "unet.safetensors", "napari-unet models (*.safetensors)"
+        )
         if path:
             saved = self.save_model(path)
             self.status.setText(f"saved {saved}")
@@ -171,8 +192,14 @@ class TrainWidget(TrainForm):
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
         return show_augmentation_preview(
-            self.viewer, image, labels, plane, self.annotation_config(labels),
-            AugmentConfig(strength=self.augment.value()), n)
+            self.viewer,
+            image,
+            labels,
+            plane,
+            self.annotation_config(labels),
+            AugmentConfig(strength=self.augment.value()),
+            n,
+        )
 
     # ------------------------------------------------------------------ worker messages
     def _update_preview_request(self) -> None:
@@ -232,8 +259,10 @@ class TrainWidget(TrainForm):
             name = self.image_combo.currentText()
             _session.set_trained(model, metadata, f"trained on {name!r}, {step} steps")
             took = time.perf_counter() - self._started
-            self.status.setText(f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
-                                "tiles/s); use 4 Segment or Save model")
+            self.status.setText(
+                f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
+                "tiles/s); use 4 Segment or Save model"
+            )
         self.plot.redraw_if_needed()
 
     def _on_worker_error(self, exc: Exception) -> None:

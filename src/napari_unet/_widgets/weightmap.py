@@ -9,14 +9,26 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QPushButton, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..annotations import AnnotationConfig, plane_targets
 from ..errors import AnnotationError
 from ..weightmap import WeightMapConfig
 from ._common import (
-    META_WEIGHTMAP, LayerCombo, current_plane, form, guarded, hint, is_annotation_layer,
+    META_WEIGHTMAP,
+    LayerCombo,
+    current_plane,
+    form,
+    guarded,
+    hint,
+    is_annotation_layer,
     report_error,
 )
 from .annotate import layer_mode, training_plane_list
@@ -65,20 +77,32 @@ class WeightMapWidget(QWidget):
         self.compute_button = QPushButton("Compute weight map", self)
         self.status = QLabel("", self)
         layout = QVBoxLayout(self)
-        rows = form(self, [
-            ("annotations", self.labels_combo), ("variant", self.variant),
-            ("w0", self.w0), ("sigma (px)", self.sigma), ("class balance", self.class_balance),
-            ("v_bal", self.v_bal), ("sigma_bal (px)", self.sigma_bal),
-            ("lambda", self.lam), ("sigma_sep (px)", self.sigma_sep), ("planes", self.scope),
-        ])
+        rows = form(
+            self,
+            [
+                ("annotations", self.labels_combo),
+                ("variant", self.variant),
+                ("w0", self.w0),
+                ("sigma (px)", self.sigma),
+                ("class balance", self.class_balance),
+                ("v_bal", self.v_bal),
+                ("sigma_bal (px)", self.sigma_bal),
+                ("lambda", self.lam),
+                ("sigma_sep (px)", self.sigma_sep),
+                ("planes", self.scope),
+            ],
+        )
         self._rows = rows
         layout.addLayout(rows)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.status)
-        layout.addWidget(hint(
-            "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, w_c from class "
-            "frequencies; falk: Falk et al. 2019. Bright = high weight: the gaps between touching "
-            "objects. Training uses these settings for this annotation layer."))
+        layout.addWidget(
+            hint(
+                "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, w_c from class "
+                "frequencies; falk: Falk et al. 2019. Bright = high weight: the gaps between "
+                "touching objects. Training uses these settings for this annotation layer."
+            )
+        )
         layout.addStretch(1)
         self.variant.currentTextChanged.connect(self._show_variant_rows)
         self.compute_button.clicked.connect(guarded(lambda: self.compute()))
@@ -86,18 +110,28 @@ class WeightMapWidget(QWidget):
 
     def _show_variant_rows(self, variant: str) -> None:
         paper = variant == "paper"
-        for field, visible in ((self.w0, paper), (self.sigma, paper), (self.class_balance, paper),
-                               (self.v_bal, not paper), (self.sigma_bal, not paper),
-                               (self.lam, not paper), (self.sigma_sep, not paper)):
+        for field, visible in (
+            (self.w0, paper),
+            (self.sigma, paper),
+            (self.class_balance, paper),
+            (self.v_bal, not paper),
+            (self.sigma_bal, not paper),
+            (self.lam, not paper),
+            (self.sigma_sep, not paper),
+        ):
             field.setVisible(visible)
             self._rows.labelForField(field).setVisible(visible)
 
     def config(self) -> WeightMapConfig:
         """The weight-map settings shown in the widget."""
         return WeightMapConfig(
-            variant=self.variant.currentText(), w0=self.w0.value(), sigma=self.sigma.value(),
-            class_balance=self.class_balance.isChecked(), v_bal=self.v_bal.value(),
-            sigma_bal=self.sigma_bal.value(), lam=self.lam.value(),
+            variant=self.variant.currentText(),
+            w0=self.w0.value(),
+            sigma=self.sigma.value(),
+            class_balance=self.class_balance.isChecked(),
+            v_bal=self.v_bal.value(),
+            sigma_bal=self.sigma_bal.value(),
+            lam=self.lam.value(),
             sigma_sep=self.sigma_sep.value(),
         )
 
@@ -129,8 +163,9 @@ class WeightMapWidget(QWidget):
                 raise AnnotationError("no annotated plane yet: paint or import annotations first")
         output = self._output_layer(layer)
         annotation = AnnotationConfig(mode=layer_mode(layer), weight_map=config)
-        self.worker = create_worker(_weights_job, layer.data, planes, annotation,
-                                    _start_thread=False)
+        self.worker = create_worker(
+            _weights_job, layer.data, planes, annotation, _start_thread=False
+        )
         self.worker.yielded.connect(lambda message: self._on_message(output, message))
         self.worker.finished.connect(self._on_finished)
         self.compute_button.setEnabled(False)
@@ -147,8 +182,14 @@ class WeightMapWidget(QWidget):
         if existing is not None:
             self.viewer.layers.remove(existing)
         return self.viewer.add_image(
-            np.zeros(shape, np.float32), name=name, colormap="magma", blending="additive",
-            opacity=0.6, scale=labels.scale, translate=labels.translate, contrast_limits=(0, 1),
+            np.zeros(shape, np.float32),
+            name=name,
+            colormap="magma",
+            blending="additive",
+            opacity=0.6,
+            scale=labels.scale,
+            translate=labels.translate,
+            contrast_limits=(0, 1),
         )
 
     def _on_message(self, output: Image, message: tuple) -> None:
@@ -165,4 +206,3 @@ class WeightMapWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.compute_button.setEnabled(True)
-
