@@ -89,7 +89,7 @@ def test_same_seed_gives_identical_cli_models(stack):
 
 
 def test_cli_gui_job_and_library_give_the_same_model(stack, tmp_path):
-    from napari_unet._widgets._train_job import TrainJob, run_job
+    from napari_unet.train_job import TrainJob, run_job
 
     image, labels, folder = stack
     cli = _cli_train(folder, "cli.safetensors")

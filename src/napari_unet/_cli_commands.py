@@ -43,7 +43,7 @@ class ProgressLine:
 
 
 def _planes_of(labels: np.ndarray, text: str | None):
-    from .files import parse_index_list
+    from .planes import parse_index_list
 
     indices = parse_index_list(text)
     if indices is None:

@@ -363,7 +363,8 @@ def augment_preview(
     Parameters
     ----------
     image : ``(H, W)`` or ``(C, H, W)``. Float data within about [0, 1] are used as they are;
-        anything else is first rescaled per channel so that its 0.5 / 99.5 percentiles map to 0 / 1.
+        anything else is first normalised as for training
+        (:func:`napari_unet.annotations.normalize_plane`).
     target : ``(H, W)`` integer class or label image.
     weight : ``(H, W)`` loss weights (0 = ignored).
     config : the augmentation settings.
@@ -401,12 +402,11 @@ def augment_preview(
 
 
 def _normalise(img: np.ndarray) -> np.ndarray:
-    """float32 copy; percentile-rescaled per channel unless already float within about [0, 1]."""
+    """float32 copy; normalised as for training unless already float within about [0, 1]."""
+    from .annotations import normalize_plane
+
     out = img.astype(np.float32, copy=True)
     in_range = out.size and out.min() >= -0.1 and out.max() <= 1.1
     if np.issubdtype(img.dtype, np.floating) and in_range:
         return out
-    for c in range(out.shape[0]):
-        lo, hi = np.percentile(out[c], (0.5, 99.5))
-        out[c] = (out[c] - lo) / (hi - lo) if hi > lo else out[c] - lo
-    return out
+    return normalize_plane(out)

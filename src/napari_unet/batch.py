@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import Normalization, normalize_plane, split_channels
+from .annotations import Normalization, normalize_plane
 from .derived import postprocess_config
 from .errors import Cancelled, InputError
 from .model import UNet
 from .modelfile import ModelMetadata
-from .planes import offset_instances
+from .planes import offset_instances, read_plane
 from .postprocess import PostprocessConfig, instance_labels, semantic_labels
 from .predict import PredictConfig, predict_plane
 
@@ -100,10 +100,7 @@ def iter_planes(
     lead, _ = plane_layout(tuple(image.shape), model, channel_axis)
     axis = _resolved_channel_axis(tuple(image.shape), model, channel_axis)
     for index in np.ndindex(*lead) if lead else [()]:
-        if axis is None:
-            plane = np.asarray(image[index])[None]
-        else:
-            plane = np.asarray(split_channels(image, axis)[index])
+        plane = read_plane(image, index, axis)
         yield index, plane
 
 

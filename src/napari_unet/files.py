@@ -102,26 +102,6 @@ def _read_folder(path: Path) -> np.ndarray:
     return np.stack(planes)
 
 
-def parse_index_list(text: str | None) -> list[int] | None:
-    """Parse ``"0,3,5-7"`` into ``[0, 3, 5, 6, 7]``; None stays None."""
-    if text is None or text == "":
-        return None
-    out: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"cannot read the plane list {text!r}; write e.g. 0,3,5-7") from None
-    if any(i < 0 for i in out):
-        raise InputError(f"plane indices must not be negative: {text!r}")
-    return out
-
-
 @contextmanager
 def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; it replaces the destination on success.

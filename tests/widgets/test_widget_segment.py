@@ -8,10 +8,10 @@ import pytest
 from widget_helpers import TINY, TINY_TILE, add_cells, wait_idle
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._threads import gui_cpu_threads, limited_threads
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet.annotations import training_planes
 from napari_unet.model import UNet
+from napari_unet.threads import gui_cpu_threads, limited_threads
 from napari_unet.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.viewer

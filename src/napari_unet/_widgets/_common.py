@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,7 +12,8 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
-from ..errors import InputError, NapariUnetError
+from ..errors import NapariUnetError
+from ..planes import parse_plane_list
 
 log = logging.getLogger("napari_unet")
 
@@ -213,25 +213,8 @@ def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
 
 
 def parse_planes(text: str, n_lead: int) -> list[tuple[int, ...]]:
-    """Parse ``"3, 5"`` (one leading axis) or ``"(0, 3); (1, 2)"`` into plane indices."""
-    text = text.strip()
-    if not text:
-        return []
-    if re.search(r"[^\d\s,;()]", text):
-        raise InputError(f"cannot read the plane list {text!r}: use numbers like 3, 5")
-    if n_lead <= 1:
-        items = [int(v) for v in re.findall(r"-?\d+", text)]
-        if any(v < 0 for v in items):
-            raise InputError("plane numbers must not be negative")
-        return [(v,) if n_lead else () for v in items]
-    groups = re.findall(r"\(([^)]*)\)", text) or [text]
-    result = []
-    for group in groups:
-        values = tuple(int(v) for v in re.findall(r"\d+", group))
-        if len(values) != n_lead:
-            raise InputError(f"give {n_lead} numbers per plane, e.g. (0, 3)")
-        result.append(values)
-    return result
+    """Plane indices typed into a widget (:func:`napari_unet.planes.parse_plane_list`)."""
+    return parse_plane_list(text, n_lead)
 
 
 def is_annotation_layer(layer: Layer) -> bool:

@@ -22,10 +22,10 @@ from superqt import QCollapsible, QLabeledDoubleSlider
 from ..augment import AugmentConfig
 from ..devices import available_devices
 from ..model import PRESETS, UNetConfig
+from ..threads import gui_cpu_threads
 from ..train import TrainConfig
 from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer
 from ._plot import LivePlot
-from ._threads import gui_cpu_threads
 from .annotate import layer_mode
 
 MODEL_CHOICES = (

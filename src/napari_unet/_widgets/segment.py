@@ -30,6 +30,8 @@ from ..derived import postprocess_config
 from ..devices import available_devices
 from ..errors import InputError
 from ..predict import PredictConfig
+from ..segment_job import ModelSource, segment_current, segment_whole
+from ..threads import gui_cpu_threads
 from . import _session
 from ._common import (
     LayerCombo,
@@ -40,8 +42,6 @@ from ._common import (
     report_error,
     spatial_transform,
 )
-from ._segment_job import ModelSource, segment_current, segment_whole
-from ._threads import gui_cpu_threads
 
 SOURCES = ("model just trained", "model file...")
 SCOPES = ("current plane", "whole stack")

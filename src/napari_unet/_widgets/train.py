@@ -18,6 +18,7 @@ from ..model import PRESETS
 from ..modelfile import save_model
 from ..recipe import TrainingRecipe
 from ..train import TrainEvent
+from ..train_job import TrainJob, run_job, warm_up
 from ..weightmap import WeightMapConfig
 from . import _session
 from ._augpreview import show_augmentation_preview
@@ -33,7 +34,6 @@ from ._common import (
 )
 from ._preview import LivePreview
 from ._train_form import TrainForm
-from ._train_job import TrainJob, run_job, warm_up
 from .annotate import layer_mode, training_plane_list
 
 

@@ -1,4 +1,5 @@
-"""The training job that the Train widget runs in a worker thread (no Qt in here).
+"""The training job that the Train widget runs in a worker thread (Qt-free, so it is tested
+without a viewer).
 
 :func:`run_job` is a generator over :meth:`Trainer.run`; it yields plain tuples that the widget
 handles on the main thread:
@@ -22,15 +23,15 @@ import torch
 # Imported here, i.e. on the GUI thread when the widget module loads: the trainer's validation
 # imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
 # the GIL (and so freeze the viewer) for a few hundred milliseconds.
-from .. import metrics as _metrics  # noqa: F401
-from ..annotations import normalize_plane
-from ..devices import release_memory
-from ..planes import read_plane
-from ..postprocess import semantic_labels
-from ..predict import PredictConfig, predict_plane
-from ..recipe import TrainingRecipe, prepare_run
-from ..train import TrainConfig, Trainer
-from ._threads import limited_threads
+from . import metrics as _metrics  # noqa: F401
+from .annotations import normalize_plane
+from .devices import release_memory
+from .planes import read_plane
+from .postprocess import semantic_labels
+from .predict import PredictConfig, predict_plane
+from .recipe import TrainingRecipe, prepare_run
+from .threads import limited_threads
+from .train import TrainConfig, Trainer
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 _WARM = False

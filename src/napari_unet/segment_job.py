@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..annotations import Normalization, normalize_plane
-from ..batch import SegmentConfig, labels_from_probabilities, segment_plane, segment_stack
-from ..errors import Cancelled, InputError
-from ..planes import read_plane
-from ..predict import load_predictor, predict_plane_with_uncertainty
-from ._threads import limited_threads
+from .annotations import Normalization, normalize_plane
+from .batch import SegmentConfig, labels_from_probabilities, segment_plane, segment_stack
+from .errors import Cancelled, InputError
+from .planes import read_plane
+from .predict import load_predictor, predict_plane_with_uncertainty
+from .threads import limited_threads
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ModelSource:
         if self.path is not None:
             if not Path(self.path).is_file():
                 raise InputError(f"model file {self.path} does not exist")
-            from ..modelfile import read_metadata
+            from .modelfile import read_metadata
 
             return read_metadata(self.path)
         return self.metadata
@@ -45,7 +45,7 @@ class ModelSource:
                 raise InputError(f"model file {self.path} does not exist")
             model, metadata, _ = load_predictor(self.path, device)
             return model, metadata
-        from ..devices import resolve_device
+        from .devices import resolve_device
 
         return self.model.to(resolve_device(device)).eval(), self.metadata
 
