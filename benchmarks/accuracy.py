@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from datetime import date
@@ -59,6 +60,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 CURVES = ROOT / "docs" / "images" / "accuracy-curves.png"
 FAILURES = ROOT / "docs" / "images" / "accuracy-failures.png"
 DOC = ROOT / "docs" / "benchmarks.md"
+SCRATCH = Path(tempfile.gettempdir()) / "napari-unet-accuracy"  # predictions for the pictures
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 REFERENCE = {  # paper (2015) and best published (Cell Tracking Challenge leaderboard)
     "isbi_rand": 0.0382, "isbi_pixel": 0.0611, "phc_seg_paper": 0.9203, "phc_seg_best": 0.931,
@@ -134,7 +136,8 @@ def isbi(root: Path, args, seed: int) -> list[dict]:
         print(json.dumps(row), flush=True)
         rows.append(row)
         if n == 3 and seed == args.seeds[0]:
-            np.save(RESULTS.parent / "isbi3-pred.npy", pred[:1])
+            SCRATCH.mkdir(parents=True, exist_ok=True)
+            np.save(SCRATCH / "isbi3-pred.npy", pred[:1])
     return rows
 
 
@@ -154,7 +157,8 @@ def phc(root: Path, args, seed: int) -> list[dict]:
     for n in args.phc_shots:
         count = len(train_images)
         pick = np.linspace(0, count - 1, n).round().astype(int) if n < count else np.arange(count)
-        for partial in (False, True) if args.partial_rows else (False,):
+        partial_rows = args.partial_rows and n in args.partial_shots
+        for partial in (False, True) if partial_rows else (False,):
             trainer, seconds, snaps = train(train_images[pick], train_gt[pick], args, seed,
                                             partial=partial)  # fmt: skip
             pred = _segment(trainer, test_images)
@@ -172,7 +176,8 @@ def phc(root: Path, args, seed: int) -> list[dict]:
             print(json.dumps(row), flush=True)
             rows.append(row)
             if n == 3 and not partial and seed == args.seeds[0]:
-                np.save(RESULTS.parent / "phc3-pred.npy", pred)
+                SCRATCH.mkdir(parents=True, exist_ok=True)
+                np.save(SCRATCH / "phc3-pred.npy", pred)
     return rows
 
 
@@ -227,7 +232,7 @@ def plot_failures(root: Path) -> None:
     from skimage.io import imsave
     from skimage.segmentation import find_boundaries
 
-    path = RESULTS.parent / "phc3-pred.npy"
+    path = SCRATCH / "phc3-pred.npy"
     if not path.exists():
         return
     pred = np.load(path)
@@ -321,10 +326,19 @@ def main() -> int:
     parser.add_argument("--no-partial-rows", dest="partial_rows", action="store_false")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these rows to those already in benchmarks/results/accuracy.json",
+    )
+    parser.add_argument(
+        "--partial-shots", default="3", help="PhC frame counts that also get a --partial row"
+    )
     args = parser.parse_args()
     args.isbi_shots = [int(s) for s in args.isbi_shots.split(",") if s]
     args.phc_shots = [int(s) for s in args.phc_shots.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.partial_shots = [int(s) for s in args.partial_shots.split(",") if s]
     root = data_root()
     from napari_unet.devices import resolve_device
 
@@ -355,6 +369,12 @@ def main() -> int:
         "command": " ".join(["python benchmarks/accuracy.py", *sys.argv[1:]]),
         "torch": torch.__version__,
     }
+    if args.merge and RESULTS.exists():
+        earlier = json.loads(RESULTS.read_text())
+        rows = earlier["rows"] + rows
+        meta["command"] = earlier["meta"]["command"] + "` then `" + meta["command"]
+        seeds = sorted({r["seed"] for r in rows})
+        meta["seeds"] = ", ".join(str(s) for s in seeds)
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     plot_curves(rows)
     if root is not None:

@@ -256,8 +256,14 @@ def _predict_with_probabilities(model, metadata, image, config, prob_path, progr
     return labels
 
 
+def print_json(data: dict) -> None:
+    """Print a result dictionary as JSON on stdout."""
+    import json
+
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
 def run_evaluate(args) -> int:
-    from .cli import print_json
     from .files import read_array
     from .metrics import evaluate
 

@@ -7,7 +7,6 @@ code (2 for bad usage or input, 1 for other failures, 130 when interrupted).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -227,11 +226,6 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-def print_json(data: dict) -> None:
-    """Print a result dictionary as JSON on stdout."""
-    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

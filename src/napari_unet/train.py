@@ -31,11 +31,9 @@ from .annotations import AnnotationConfig, TrainingPlane
 from .augment import AugmentConfig, augment_batch
 from .defaults import DEFAULT_STEPS
 from .devices import is_out_of_memory, release_memory, resolve_device
-from .errors import InputError, ModelFileError, OutOfMemory
+from .errors import InputError, OutOfMemory
 from .model import UNet, border, check_input_size, input_size_for_output
-from .modelfile import ModelMetadata, load_tensors, save_model, save_tensors
-
-CHECKPOINT_FORMAT = "napari-unet-checkpoint/1"
+from .modelfile import ModelMetadata, save_model
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,19 @@ class TrainEvent:
     metrics: dict[str, float] | None = None
     path: str | None = None
     message: str | None = None
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, border_px: int = 0
+) -> torch.Tensor:
+    """The paper's loss: pixel-wise softmax cross-entropy times the weight map, summed and
+    divided by the number of annotated (weight > 0) pixels. ``border_px`` crops the input-sized
+    targets and weights to a valid network's smaller output."""
+    if border_px:
+        target = target[:, border_px:-border_px, border_px:-border_px]
+        weight = weight[:, border_px:-border_px, border_px:-border_px]
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return (ce * weight).sum() / (weight > 0).sum().clamp(min=1)
 
 
 def validation_interval(steps: int) -> int:
@@ -269,16 +280,6 @@ class Trainer:
         image, target, weight = torch.stack(xs), torch.stack(ts), torch.stack(ws)
         return augment_batch(image, target, weight, cfg.augment, self.aug_generator)
 
-    def _loss(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
-    ) -> torch.Tensor:
-        b = border(self.model.config)
-        if b:
-            target = target[:, b:-b, b:-b]
-            weight = weight[:, b:-b, b:-b]
-        ce = F.cross_entropy(logits.float(), target, reduction="none")
-        return (ce * weight).sum() / (weight > 0).sum().clamp(min=1)
-
     # ---------------------------------------------------------------- main loop
     def cancel(self) -> None:
         """Ask the running loop to stop after the current step (a checkpoint is written)."""
@@ -379,7 +380,7 @@ class Trainer:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
             logits = self.model(image)
-        loss = self._loss(logits, target, weight)
+        loss = weighted_cross_entropy(logits, target, weight, border(self.model.config))
         if not torch.isfinite(loss):
             raise InputError("training diverged (the loss is not finite); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
@@ -447,75 +448,20 @@ class Trainer:
         return save_model(path, self.model, self.metadata())
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write weights, optimiser, step and RNG states atomically."""
-        path = Path(path or self.checkpoint_path)
-        tensors: dict[str, torch.Tensor] = {}
-        for name, value in self.model.state_dict().items():
-            tensors[f"model.{name}"] = value.detach().cpu()
-        opt_state = self.optimizer.state_dict()
-        scalars: dict[str, dict] = {}
-        for pid, state in opt_state["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"opt.{pid}.{key}"] = value.detach().cpu()
-                else:
-                    scalars.setdefault(str(pid), {})[key] = value
-        if self.best is not None:
-            for name, value in self.best[2].items():
-                tensors[f"best.{name}"] = value
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.augment"] = self.aug_generator.get_state()
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "best": [self.best[0], self.best[1]] if self.best is not None else None,
-            "tile": self.tile,
-            "param_groups": opt_state["param_groups"],
-            "opt_scalars": scalars,
-            "rng_numpy": self.rng.bit_generator.state,
-            "history": self.history,
-            "model_metadata": json.loads(self.metadata().to_json()),
-        }
-        return save_tensors(path, tensors, meta)
+        """Write weights, optimiser, step and RNG states atomically (:mod:`.checkpoint`)."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self, Path(path or self.checkpoint_path))
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
-        tensors, meta = load_tensors(path, device="cpu")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ModelFileError(f"{path} is not a napari-unet training checkpoint")
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(model_state)
-        except RuntimeError:
-            raise ModelFileError(f"{path} was written for a different architecture") from None
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, pid, name = key.split(".", 2)
-                state.setdefault(int(pid), {})[name] = value.to(self.device)
-        for pid, scalars in meta.get("opt_scalars", {}).items():
-            state.setdefault(int(pid), {}).update(scalars)
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        self.aug_generator.set_state(tensors["rng.augment"])
-        self.rng.bit_generator.state = meta["rng_numpy"]
-        self.step = int(meta["step"])
-        self.train_seconds = float(meta.get("train_seconds", 0.0))
-        if meta.get("best"):
-            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-            self.best = (float(meta["best"][0]), int(meta["best"][1]), best)
-        self.history = list(meta.get("history", []))
-        tile = int(meta.get("tile", self.tile))
-        if tile != self.tile and self.config.tile is None:
-            check_input_size(self.model.config, tile)
-            self.tile = tile  # the run continues with the tile it started with
-            self._prepare_data()
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(self, path)
 
 
 def read_checkpoint_metadata(path: str | Path) -> ModelMetadata:
     """The model metadata stored in a checkpoint (to rebuild the architecture before resuming)."""
-    _, meta = load_tensors(path, device="meta")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path} is not a napari-unet training checkpoint")
-    return ModelMetadata.from_json(json.dumps(meta["model_metadata"]))
+    from .checkpoint import read_checkpoint_metadata as read
+
+    return read(path)
