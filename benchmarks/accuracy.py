@@ -50,6 +50,7 @@ from napari_unet.metrics import (
     pixel_error,
     seg_score_planes,
 )
+from napari_unet.model import PRESETS
 from napari_unet.predict import PredictConfig
 from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cell_stack
@@ -74,6 +75,19 @@ def data_root() -> Path | None:
     return None
 
 
+_ROWS_SO_FAR: list[dict] = []
+
+
+def record(row: dict) -> dict:
+    """Print a result row and keep every row so far on disk (a long run that is stopped early
+    still leaves its finished rows in benchmarks/results/accuracy.partial.json)."""
+    print(json.dumps(row), flush=True)
+    _ROWS_SO_FAR.append(row)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".partial.json").write_text(json.dumps(_ROWS_SO_FAR, indent=1))
+    return row
+
+
 def train(image, labels, args, seed: int, planes=None, partial=False):
     """Train with the defaults; returns the trainer, seconds and snapshots for the curve."""
     training = replace(TrainConfig(), seed=seed, device=args.device)
@@ -83,6 +97,7 @@ def train(image, labels, args, seed: int, planes=None, partial=False):
         training = replace(training, minutes=args.minutes)
     recipe = TrainingRecipe(
         annotation=AnnotationConfig(partial=partial), training=training,
+        architecture=PRESETS[args.preset],
         planes=tuple(planes) if planes is not None else None,
     )  # fmt: skip
     trainer = prepare_run(image, labels, recipe)
@@ -133,8 +148,7 @@ def isbi(root: Path, args, seed: int) -> list[dict]:
                "train_s": round(seconds, 1), **result, "curve": curve,
                "objects": float(np.mean([p.max() for p in pred])),
                "ref_objects": float(np.mean([t.max() for t in truth]))}  # fmt: skip
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows.append(record(row))
         if n == 3 and seed == args.seeds[0]:
             SCRATCH.mkdir(parents=True, exist_ok=True)
             np.save(SCRATCH / "isbi3-pred.npy", pred[:1])
@@ -173,8 +187,7 @@ def phc(root: Path, args, seed: int) -> list[dict]:
                    "seg": seg_score_planes(pred, test_gt), "curve": curve,
                    "objects": float(np.mean([len(np.unique(p)) - 1 for p in pred])),
                    "ref_objects": ref_objects}  # fmt: skip
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            rows.append(record(row))
             if n == 3 and not partial and seed == args.seeds[0]:
                 SCRATCH.mkdir(parents=True, exist_ok=True)
                 np.save(SCRATCH / "phc3-pred.npy", pred)
@@ -200,8 +213,7 @@ def synthetic(args, seed: int) -> list[dict]:
            "train_s": round(seconds, 1), "seg": seg_score_planes(pred, truth[held]),
            "curve": curve, "objects": float(np.mean([p.max() for p in pred])),
            "ref_objects": float(np.mean([truth[z].max() for z in held]))}  # fmt: skip
-    print(json.dumps(row), flush=True)
-    return [row]
+    return [record(row)]
 
 
 def plot_curves(rows: list[dict]) -> None:
@@ -325,6 +337,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, help="training time budget per run")
     parser.add_argument("--no-partial-rows", dest="partial_rows", action="store_false")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--preset",
+        choices=["small", "paper"],
+        default="small",
+        help="network (small: the default; paper: the 2015 network, for GPUs)",
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument(
         "--merge",
@@ -362,7 +380,7 @@ def main() -> int:
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else str(device),
-        "defaults": f"small preset, {steps} steps"
+        "defaults": f"{args.preset} preset, {steps} steps"
         + (f", at most {args.minutes} min" if args.minutes else "")
         + f", batch {defaults.batch_size}",
         "seeds": ", ".join(str(s) for s in args.seeds),

@@ -102,7 +102,7 @@ def test_save_model_and_fine_tune(data, tmp_path):
     tuned = Trainer(
         model, planes, TrainConfig(steps=2, tile=60, device="cpu"), parent_model="m.safetensors"
     )
-    assert tuned.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert tuned.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
     for _ in tuned.run():
         pass
     assert tuned.metadata().provenance["parent_model"] == "m.safetensors"

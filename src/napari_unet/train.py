@@ -44,7 +44,8 @@ class TrainConfig:
     batch_size : tiles per step.
     tile : input tile edge (None: the smallest valid edge with an output of >= 96 px).
     optimizer : ``adam`` (the released fine-tuning tool) or ``sgd`` (the paper: momentum 0.99).
-    lr : learning rate (None: 1e-3 for Adam from scratch, 1e-4 for Adam fine-tuning, 1e-3 SGD).
+    lr : learning rate (None: 3e-3 for Adam from scratch, 3e-4 for Adam fine-tuning, 1e-3 SGD;
+        3e-3 learned faster than 1e-3 per CPU-minute on PhC-U373, docs/benchmarks.md).
     lr_schedule : ``cosine`` decays the learning rate to 5 % of its start over ``steps`` (steadier
         final models from few, noisy tiles); ``constant`` keeps it.
     background_sampling : how often a tile centred on background is drawn relative to
@@ -213,7 +214,7 @@ class Trainer:
             return torch.optim.SGD(
                 params, lr=cfg.lr or 1e-3, momentum=cfg.momentum, weight_decay=cfg.weight_decay
             )
-        lr = cfg.lr or (1e-4 if self.parent_model else 1e-3)
+        lr = cfg.lr or (3e-4 if self.parent_model else 3e-3)
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
     def _set_learning_rate(self) -> None:
