@@ -149,3 +149,24 @@ def test_close_gaps_gives_back_the_learned_separation_gap():
     assert np.array_equal(labels > 0, truth > 0)
     kept = instance_labels((gapped > 0).astype(np.uint8), PostprocessConfig(close_gaps=0))
     assert np.array_equal(kept > 0, gapped > 0)
+
+
+def test_cores_split_cells_joined_by_a_faint_border():
+    """The default post-processing splits two cells that share an uncertain border (p ~ 0.6)
+    and keeps a cell whole, including one with no confident core."""
+    from napari_unet.postprocess import PostprocessConfig, instance_labels
+
+    p = np.zeros((60, 100), np.float32)
+    p[10:50, 10:45] = 0.999  # cell A
+    p[10:50, 47:80] = 0.999  # cell B
+    p[10:50, 45:47] = 0.6  # faint border: still foreground, so one connected component
+    p[52:58, 85:95] = 0.7  # a weak object without a confident core
+    probs = np.stack([1 - p, p])
+    semantic = (p > 0.5).astype(np.uint8)
+    split = instance_labels(semantic, PostprocessConfig(), probabilities=probs)
+    assert split[30, 20] != split[30, 60] and split[30, 20] > 0 and split[30, 60] > 0
+    assert split[55, 90] > 0 and split.max() == 3
+    plain = instance_labels(semantic, PostprocessConfig(seed_threshold=None), probabilities=probs)
+    assert plain[30, 20] == plain[30, 60]  # plain connected components merge them
+    # without probabilities (a semantic image only) nothing is split
+    assert instance_labels(semantic)[30, 20] == instance_labels(semantic)[30, 60]
