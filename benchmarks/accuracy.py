@@ -111,6 +111,11 @@ def train(image, labels, args, seed: int, planes=None, partial=False):
     return trainer, time.perf_counter() - start, snapshots
 
 
+def _objects_per_plane(labels) -> float:
+    """Mean number of objects per plane (ids are unique over a stack, so count, not max)."""
+    return float(np.mean([len(np.unique(plane)) - int((plane == 0).any()) for plane in labels]))
+
+
 def _segment(trainer, images, instances=True):
     config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)), instances=instances)
     return segment_stack(trainer.model, trainer.metadata(), images, config)
@@ -146,7 +151,7 @@ def isbi(root: Path, args, seed: int) -> list[dict]:
         curve = _curve(trainer, snaps, seconds, lambda t=trainer: scores(t)[0]["rand_error"])
         row = {"set": "isbi2012", "shots": n, "seed": seed, "steps": trainer.step,
                "train_s": round(seconds, 1), **result, "curve": curve,
-               "objects": float(np.mean([p.max() for p in pred])),
+               "objects": _objects_per_plane(pred),
                "ref_objects": float(np.mean([t.max() for t in truth]))}  # fmt: skip
         rows.append(record(row))
         if n == 3 and seed == args.seeds[0]:
@@ -185,7 +190,7 @@ def phc(root: Path, args, seed: int) -> list[dict]:
             row = {"set": "phc-u373", "shots": int(len(pick)), "partial": partial, "seed": seed,
                    "steps": trainer.step, "train_s": round(seconds, 1),
                    "seg": seg_score_planes(pred, test_gt), "curve": curve,
-                   "objects": float(np.mean([len(np.unique(p)) - 1 for p in pred])),
+                   "objects": _objects_per_plane(pred),
                    "ref_objects": ref_objects}  # fmt: skip
             rows.append(record(row))
             if n == 3 and not partial and seed == args.seeds[0]:
@@ -211,7 +216,7 @@ def synthetic(args, seed: int) -> list[dict]:
     )
     row = {"set": "synthetic", "shots": 2, "seed": seed, "steps": trainer.step,
            "train_s": round(seconds, 1), "seg": seg_score_planes(pred, truth[held]),
-           "curve": curve, "objects": float(np.mean([p.max() for p in pred])),
+           "curve": curve, "objects": _objects_per_plane(pred),
            "ref_objects": float(np.mean([truth[z].max() for z in held]))}  # fmt: skip
     return [record(row)]
 

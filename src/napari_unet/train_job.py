@@ -24,6 +24,7 @@ import torch
 # imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
 # the GIL (and so freeze the viewer) for a few hundred milliseconds.
 from . import metrics as _metrics  # noqa: F401
+from . import validation as _validation  # noqa: F401
 from .annotations import normalize_plane
 from .devices import release_memory
 from .planes import read_plane
