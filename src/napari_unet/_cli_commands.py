@@ -228,7 +228,7 @@ def _source_key(path: str) -> str:
 
 def _write_zarr(out: Path, labels: np.ndarray) -> None:
     """Write an in-memory labels stack to a zarr output, recording every plane as done."""
-    from .batch import StackWriter
+    from .files import StackWriter
 
     writer = StackWriter(out, labels.shape)
     lead = labels.shape[:-2]

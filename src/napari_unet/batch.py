@@ -22,6 +22,7 @@ import numpy as np
 from .annotations import Normalization, normalize_plane
 from .derived import postprocess_config
 from .errors import Cancelled, InputError
+from .files import StackWriter
 from .model import UNet
 from .modelfile import ModelMetadata
 from .planes import offset_instances, read_plane
@@ -133,106 +134,6 @@ def labels_from_probabilities(
         post = postprocess_for(metadata, config)
         return instance_labels(semantic, post, probabilities=probs).astype(np.uint32)
     return semantic.astype(np.uint32)
-
-
-class StackWriter:
-    """Collects labelled planes into memory, a zarr array (resumable) or a TIFF file."""
-
-    def __init__(
-        self,
-        out: str | Path | None,
-        shape: tuple[int, ...],
-        dtype=np.uint32,
-        run: str | None = None,
-    ) -> None:
-        self.out = Path(out) if out is not None else None
-        self.run = run  # a zarr output is resumed only by a run with the same fingerprint
-        self.shape, self.dtype = shape, np.dtype(dtype)
-        self.done: set[int] = set()
-        self._array = None
-        self._tiff_planes: list[np.ndarray] | None = None
-        kind = "memory" if self.out is None else ("zarr" if self.out.suffix == ".zarr" else "tiff")
-        if kind == "tiff" and self.out.suffix.lower() not in (".tif", ".tiff"):
-            raise InputError(f"{self.out}: write stacks as .tif, .tiff or a .zarr folder")
-        self.kind = kind
-        if kind == "memory":
-            self._array = np.zeros(shape, self.dtype)
-        elif kind == "zarr":
-            self._open_zarr()
-        else:
-            self._open_tiff()
-
-    def _open_zarr(self) -> None:
-        import zarr
-
-        chunks = (1,) * (len(self.shape) - 2) + self.shape[-2:]
-        try:
-            try:
-                existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
-            except (OSError, ValueError, TypeError, KeyError):  # damaged by a kill: start anew
-                existing = None
-            if (
-                existing is not None
-                and hasattr(existing, "shape")
-                and tuple(existing.shape) == self.shape
-                and existing.dtype == self.dtype
-                and existing.attrs.get("napari_unet_run") == self.run
-            ):
-                self._array = existing
-                self.done = set(int(i) for i in existing.attrs.get("napari_unet_done", []))
-                return
-            self._array = zarr.open(
-                str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype
-            )
-            if self.run is not None:
-                self._array.attrs["napari_unet_run"] = self.run
-        except OSError as exc:
-            raise InputError(f"{self.out}: cannot be written ({exc})") from None
-
-    def _open_tiff(self) -> None:
-        """A memory-mapped TIFF under a temporary name; renamed into place by :meth:`finish`."""
-        import tempfile
-
-        import tifffile
-
-        parent = self.out.parent if str(self.out.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{self.out}: the folder {parent} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tif", dir=parent)
-            import os
-
-            os.close(fd)
-            self._tmp = Path(tmp)
-            self._array = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype)
-        except OSError as exc:
-            raise InputError(f"{self.out}: cannot be written ({exc.strerror or exc})") from None
-
-    def abort(self) -> None:
-        """Drop a half-written TIFF (zarr keeps its finished planes for the next run)."""
-        if self.kind == "tiff" and getattr(self, "_tmp", None) is not None:
-            self._array = None
-            self._tmp.unlink(missing_ok=True)
-
-    def write(
-        self, flat_index: int, index: tuple[int, ...], plane: np.ndarray, attrs: dict | None = None
-    ) -> None:
-        self._array[index] = plane
-        self.done.add(flat_index)
-        if self.kind == "zarr":
-            self._array.attrs.update({"napari_unet_done": sorted(self.done), **(attrs or {})})
-
-    def finish(self):
-        """Return the in-memory array, or the output path once complete."""
-        if self.kind == "memory":
-            return self._array
-        if self.kind == "tiff":
-            import os
-
-            self._array.flush()
-            self._array = None
-            os.replace(self._tmp, self.out)
-        return self.out
 
 
 def run_fingerprint(

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelFileError
+from .files import atomic_write
 from .model import UNet, UNetConfig, border, check_input_size, min_input_size
-from .modelfile import ModelMetadata, atomic_write, load_model
+from .modelfile import ModelMetadata, load_model
 
 ExportFormat = Literal["torchscript", "onnx", "bioimageio"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "bioimageio")

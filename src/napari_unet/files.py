@@ -2,20 +2,24 @@
 
 Readers: tifffile (TIFF stacks, lazily through its zarr store for large files), zarr, numpy
 (``.npy``, memory-mapped) and a folder of 2D TIFF/PNG files in name order (skimage.io for PNG).
-Writers replace their destination only once the data is complete (temp file + ``os.replace``).
+The one file-output layer: every writer replaces its destination only once the data is
+complete (temp file + ``os.replace``): :func:`atomic_path` (labels, probabilities),
+:func:`atomic_write` (model files, exports; fsynced) and :class:`StackWriter` (whole stacks to
+memory, a resumable zarr array or a TIFF renamed when complete).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ModelFileError, NapariUnetError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
 LAZY_BYTES = (
@@ -144,3 +148,147 @@ def write_array(path: str | os.PathLike, data: np.ndarray) -> Path:
     except OSError as exc:
         raise InputError(f"{dest}: cannot be written ({exc.strerror or exc})") from None
     return dest
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it over
+    ``path``. On any error the temporary file is removed and ``path`` is left untouched.
+
+    Used for model files and exports: errors are :class:`ModelFileError`.
+    """
+
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ModelFileError(f"cannot write {path}: it is a folder")
+    if not parent.is_dir():
+        state = "is not a folder" if parent.exists() else "does not exist"
+        raise ModelFileError(f"cannot write {path}: the folder {parent} {state}")
+    try:
+        fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.tmp", suffix=path.suffix)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write {path}: the folder {parent} is not writable "
+                             f"({exc.strerror or exc})") from None  # fmt: skip
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, NapariUnetError) or not isinstance(exc, Exception):
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = (reason.strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(f"cannot write {path}: {reason}") from exc
+    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+class StackWriter:
+    """Collects labelled planes into memory, a zarr array (resumable) or a TIFF file."""
+
+    def __init__(
+        self,
+        out: str | Path | None,
+        shape: tuple[int, ...],
+        dtype=np.uint32,
+        run: str | None = None,
+    ) -> None:
+        self.out = Path(out) if out is not None else None
+        self.run = run  # a zarr output is resumed only by a run with the same fingerprint
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.done: set[int] = set()
+        self._array = None
+        self._tiff_planes: list[np.ndarray] | None = None
+        kind = "memory" if self.out is None else ("zarr" if self.out.suffix == ".zarr" else "tiff")
+        if kind == "tiff" and self.out.suffix.lower() not in (".tif", ".tiff"):
+            raise InputError(f"{self.out}: write stacks as .tif, .tiff or a .zarr folder")
+        self.kind = kind
+        if kind == "memory":
+            self._array = np.zeros(shape, self.dtype)
+        elif kind == "zarr":
+            self._open_zarr()
+        else:
+            self._open_tiff()
+
+    def _open_zarr(self) -> None:
+        import zarr
+
+        chunks = (1,) * (len(self.shape) - 2) + self.shape[-2:]
+        try:
+            try:
+                existing = zarr.open(str(self.out), mode="a") if self.out.exists() else None
+            except (OSError, ValueError, TypeError, KeyError):  # damaged by a kill: start anew
+                existing = None
+            if (
+                existing is not None
+                and hasattr(existing, "shape")
+                and tuple(existing.shape) == self.shape
+                and existing.dtype == self.dtype
+                and existing.attrs.get("napari_unet_run") == self.run
+            ):
+                self._array = existing
+                self.done = set(int(i) for i in existing.attrs.get("napari_unet_done", []))
+                return
+            self._array = zarr.open(
+                str(self.out), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype
+            )
+            if self.run is not None:
+                self._array.attrs["napari_unet_run"] = self.run
+        except OSError as exc:
+            raise InputError(f"{self.out}: cannot be written ({exc})") from None
+
+    def _open_tiff(self) -> None:
+        """A memory-mapped TIFF under a temporary name; renamed into place by :meth:`finish`."""
+        import tempfile
+
+        import tifffile
+
+        parent = self.out.parent if str(self.out.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"{self.out}: the folder {parent} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tif", dir=parent)
+            import os
+
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self._array = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype)
+        except OSError as exc:
+            raise InputError(f"{self.out}: cannot be written ({exc.strerror or exc})") from None
+
+    def abort(self) -> None:
+        """Drop a half-written TIFF (zarr keeps its finished planes for the next run)."""
+        if self.kind == "tiff" and getattr(self, "_tmp", None) is not None:
+            self._array = None
+            self._tmp.unlink(missing_ok=True)
+
+    def write(
+        self, flat_index: int, index: tuple[int, ...], plane: np.ndarray, attrs: dict | None = None
+    ) -> None:
+        self._array[index] = plane
+        self.done.add(flat_index)
+        if self.kind == "zarr":
+            self._array.attrs.update({"napari_unet_done": sorted(self.done), **(attrs or {})})
+
+    def finish(self):
+        """Return the in-memory array, or the output path once complete."""
+        if self.kind == "memory":
+            return self._array
+        if self.kind == "tiff":
+            import os
+
+            self._array.flush()
+            self._array = None
+            os.replace(self._tmp, self.out)
+        return self.out

@@ -10,12 +10,10 @@ exact state-dict names and shapes) before a single tensor is allocated.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +24,8 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save_file as _st_save_file
 
 from .devices import resolve_device
-from .errors import DeviceError, InputError, ModelFileError, NapariUnetError
+from .errors import DeviceError, InputError, ModelFileError
+from .files import atomic_write
 from .model import UNet, UNetConfig
 
 FORMAT = "napari-unet/1"
@@ -161,46 +160,6 @@ def _strict_json(text: str | bytes) -> Any:
         return json.loads(text, object_pairs_hook=pairs, parse_constant=no_constants)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(f"invalid JSON ({exc})") from None
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it over
-    ``path``. On any error the temporary file is removed and ``path`` is left untouched."""
-    path = Path(path)
-    parent = path.parent
-    if path.is_dir():
-        raise ModelFileError(f"cannot write {path}: it is a folder")
-    if not parent.is_dir():
-        state = "is not a folder" if parent.exists() else "does not exist"
-        raise ModelFileError(f"cannot write {path}: the folder {parent} {state}")
-    try:
-        fd, name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.tmp", suffix=path.suffix)
-    except OSError as exc:
-        raise ModelFileError(f"cannot write {path}: the folder {parent} is not writable "
-                             f"({exc.strerror or exc})") from None  # fmt: skip
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, NapariUnetError) or not isinstance(exc, Exception):
-            raise
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        reason = (reason.strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelFileError(f"cannot write {path}: {reason}") from exc
-    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
-        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
 
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
