@@ -368,8 +368,8 @@ def main() -> int:
     device = resolve_device(args.device)
     args.device = str(device)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    for seed in args.seeds:
+    rows: list[dict] = json.loads(args.from_rows.read_text()) if args.from_rows else []
+    for seed in [] if args.from_rows else args.seeds:
         if "synthetic" in args.sets:
             rows += synthetic(args, seed)
         if root is None:
