@@ -350,6 +350,12 @@ def main() -> int:
     )
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument(
+        "--from-rows",
+        type=Path,
+        help="only redraw the plots and the doc from saved rows (a JSON list, e.g. "
+        "benchmarks/results/accuracy.partial.json of a stopped run)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="add these rows to those already in benchmarks/results/accuracy.json",
@@ -375,10 +381,10 @@ def main() -> int:
         if root is None:
             print("shared data not found (set NAPARI_UNET_DATA): synthetic set only")
             continue
-        if "isbi" in args.sets:
-            rows += isbi(root, args, seed)
         if "phc" in args.sets:
             rows += phc(root, args, seed)
+        if "isbi" in args.sets:
+            rows += isbi(root, args, seed)
     defaults = TrainConfig()
     steps = args.steps or defaults.steps
     meta = {
