@@ -25,37 +25,43 @@ from .postprocess import PostprocessConfig
 MIN_SIZE_FRACTION = 0.25
 
 
-def _objects(plane: TrainingPlane) -> list[np.ndarray]:
-    """Boolean masks of the annotated objects of one plane (connected foreground regions)."""
+def _object_stats(plane: TrainingPlane) -> list[tuple[int, bool, bool]]:
+    """(area, touches the plane's edge, has a hole) of each annotated object of one plane.
+
+    Objects are the connected foreground regions; each is examined in its bounding box only
+    (``ndimage.find_objects``), so planes with thousands of objects stay cheap.
+    """
     foreground = (plane.target > 0) & (plane.weight > 0)
     labels, n = ndimage.label(foreground)
-    return [labels == i for i in range(1, n + 1)] if n else []
-
-
-def _touches_edge(mask: np.ndarray) -> bool:
-    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    if not n:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    height, width = labels.shape
+    stats = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        rows, cols = box
+        edge = rows.start == 0 or cols.start == 0 or rows.stop == height or cols.stop == width
+        mask = labels[box] == i
+        hole = bool((ndimage.binary_fill_holes(mask) & ~mask).any())
+        stats.append((int(areas[i]), edge, hole))
+    return stats
 
 
 def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -> dict:
     """Post-processing settings implied by the annotated objects (see the module docstring)."""
+    none = {"min_size": 0, "fill_holes": False, "object_diameter": None}
     if annotation.mode != "instances":
-        return {"min_size": 0, "fill_holes": False, "object_diameter": None}
-    areas, inner_areas, holes = [], [], False
-    for plane in planes:
-        for mask in _objects(plane):
-            area = int(mask.sum())
-            areas.append(area)
-            if not _touches_edge(mask):
-                inner_areas.append(area)
-                holes = holes or bool((ndimage.binary_fill_holes(mask) & ~mask).any())
-    if not areas:
-        return {"min_size": 0, "fill_holes": False, "object_diameter": None}
-    pool = np.array(inner_areas or areas, float)
+        return none
+    stats = [s for plane in planes for s in _object_stats(plane)]
+    if not stats:
+        return none
+    inner = [(area, hole) for area, edge, hole in stats if not edge]
+    pool = np.array([a for a, _ in inner] or [a for a, _, _ in stats], float)
     smallest = float(np.percentile(pool, 5)) if len(pool) >= 20 else float(pool.min())
     diameter = float(np.sqrt(4 * np.median(pool) / np.pi))
     return {
         "min_size": int(MIN_SIZE_FRACTION * smallest),
-        "fill_holes": not holes,
+        "fill_holes": not any(hole for _, hole in inner),
         "object_diameter": round(diameter, 1),
     }
 
