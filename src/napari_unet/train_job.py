@@ -67,6 +67,7 @@ class TrainJob:
     preview_request: PreviewRequest | None = None  # set by the main thread
     trainer: Trainer | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _ended: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def config(self) -> TrainConfig:
@@ -79,6 +80,15 @@ class TrainJob:
         if self.trainer is not None:
             self.trainer.cancel()
 
+    def wait(self, timeout_s: float) -> bool:
+        """Block until :func:`run_job` has returned (or ``timeout_s``); True when it has."""
+        return self._ended.wait(timeout_s)
+
+    @property
+    def ended(self) -> bool:
+        """Whether :func:`run_job` has returned (finished, cancelled, failed or closed)."""
+        return self._ended.is_set()
+
     @property
     def cancelled(self) -> bool:
         """Whether :meth:`cancel` was called."""
@@ -87,7 +97,9 @@ class TrainJob:
     def resumed(self, checkpoint: Path, config: TrainConfig) -> TrainJob:
         """A new job continuing from ``checkpoint`` with the same data and planes."""
         recipe = replace(self.recipe, resume=Path(checkpoint), init=None, training=config)
-        return replace(self, recipe=recipe, trainer=None, _cancel=threading.Event())
+        return replace(
+            self, recipe=recipe, trainer=None, _cancel=threading.Event(), _ended=threading.Event()
+        )
 
 
 def _preview(job: TrainJob, trainer: Trainer):
@@ -110,6 +122,9 @@ def run_job(job: TrainJob):
     except Exception as exc:  # noqa: BLE001 - shown on the main thread, never re-raised
         job.trainer = None
         yield ("error", exc)
+    finally:  # also when the worker is aborted (GeneratorExit at a yield)
+        job.trainer = None
+        job._ended.set()
 
 
 def _run(job: TrainJob):
@@ -121,6 +136,7 @@ def _run(job: TrainJob):
     yield ("status", f"training on {trainer.device}, tiles of {trainer.tile} px")
     last_yield = time.perf_counter()
     last_preview = -math.inf  # the first preview comes right after the first step
+    preview_every = job.preview_every_s
     final, pending = None, []
     for event in trainer.run():
         pending.append(event)
@@ -130,9 +146,11 @@ def _run(job: TrainJob):
             pending, last_yield = [], now
         if event.kind in ("cancelled", "done"):
             final = event
-        elif event.kind == "step" and now - last_preview >= job.preview_every_s:
+        elif event.kind == "step" and now - last_preview >= preview_every:
             preview = _preview(job, trainer)
             last_preview = time.perf_counter()
+            # a large preview must not eat the run: at most a fifth of the time goes to it
+            preview_every = max(job.preview_every_s, 4 * (last_preview - now))
             if preview is not None:
                 yield preview
     if pending:

@@ -32,8 +32,9 @@ def test_weight_map_layer(viewer, cells, qtbot):
     np.testing.assert_allclose(layer.scale, image.scale)
     np.testing.assert_allclose(layer.translate, image.translate)
     assert layer.colormap.name == "magma"
-    assert str(layer.blending) == "additive"
-    assert 0.5 <= layer.opacity <= 0.7
+    # drawn opaque under the annotations: objects keep their colours, the gaps show weights
+    assert str(layer.blending) == "translucent" and layer.opacity == 1.0
+    assert viewer.layers.index(layer) == viewer.layers.index(labels) - 1
     config = WeightMapConfig(w0=8.0, sigma=4.0)
     plane = labels.data[2].astype(np.int64)
     expected = weight_map(

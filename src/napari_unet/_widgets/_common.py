@@ -124,6 +124,8 @@ class LayerCombo(QComboBox):
         ]
         if preferred and self.currentText() not in preferred:
             self.setCurrentText(preferred[0])  # e.g. a new annotation layer
+        if self.currentIndex() < 0 and names:  # with a placeholder text Qt selects nothing
+            self.setCurrentIndex(0)
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())

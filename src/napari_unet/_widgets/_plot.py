@@ -48,6 +48,20 @@ class LivePlot(QWidget):
         ax.set_ylabel("loss", color=LOSS, fontsize=8)
         ax2.set_ylabel("val IoU", color=IOU, fontsize=8)
         ax2.set_ylim(0, 1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelbottom=False)
+        ax.tick_params(axis="y", labelleft=False)
+        self.placeholder = ax.text(
+            0.5,
+            0.5,
+            "loss and validation IoU\nappear here during training",
+            ha="center",
+            va="center",
+            color=FG,
+            fontsize=8,
+            transform=ax.transAxes,
+        )
         (self.loss_line,) = ax.plot([], [], color=LOSS, lw=1, animated=True)
         (self.iou_line,) = ax2.plot([], [], "o-", color=IOU, lw=1, ms=3, animated=True)
         self.canvas.mpl_connect("draw_event", self._on_full_draw)
@@ -63,6 +77,9 @@ class LivePlot(QWidget):
         if not keep:
             for values in (self.steps, self.losses, self.val_steps, self.val_ious):
                 values.clear()
+        self.placeholder.set_visible(False)
+        self.ax.tick_params(axis="x", labelbottom=True)
+        self.ax.tick_params(axis="y", labelleft=True)
         self.ax.set_xlim(0, max(total_steps, 1))
         self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
         self._dirty = True

@@ -7,11 +7,17 @@ from napari.layers import Image, Labels
 
 from ._common import current_plane
 
-MAX_EDGE = 384  # the live preview predicts at most this many pixels per side (cheap)
+MAX_EDGE = 1024  # a plane up to this size is predicted whole; larger ones in a window this big
 
 
 class LivePreview:
-    """Chooses the region to preview (the visible centre of the current plane) and shows it."""
+    """Chooses the region to preview and shows it.
+
+    Planes up to ``max_edge`` pixels per side are predicted whole. On larger planes the preview
+    is a ``max_edge`` window around the centre of the view, drawn with a frame (a Shapes layer
+    "<image> live prediction window") so it reads as a window and not as a cut through the cells.
+    The training worker spaces previews so that they take at most a fifth of the run.
+    """
 
     def __init__(self, viewer, max_edge: int = MAX_EDGE) -> None:
         self.viewer = viewer
@@ -35,6 +41,10 @@ class LivePreview:
     def layer_name(self, image: Image | None, labels: Labels) -> str:
         """Name of the preview layer: "<image> live prediction"."""
         return f"{image.name if image is not None else labels.name} live prediction"
+
+    def frame_name(self, image: Image | None, labels: Labels) -> str:
+        """Name of the layer framing a windowed preview: "<image> live prediction window"."""
+        return self.layer_name(image, labels) + " window"
 
     def layer(self, image: Image | None, labels: Labels) -> Labels:
         """The preview layer, created (empty, aligned with ``labels``) when missing."""
@@ -70,10 +80,45 @@ class LivePreview:
             return None
         layer = self.layer(image, labels)
         y0, y1, x0, x1 = box
-        layer.data[tuple(index) + (slice(y0, y1), slice(x0, x1))] = prediction
+        plane = layer.data[tuple(index)]
+        plane[...] = 0  # nothing stale from an earlier window stays on screen
+        plane[y0:y1, x0:x1] = prediction
         layer.refresh()
+        self._frame(image, labels, index, box)
         self.updates += 1
         return layer
+
+    def _frame(self, image, labels: Labels, index: tuple[int, ...], box) -> None:
+        """Outline a windowed preview; remove the outline when the whole plane is shown."""
+        name = self.frame_name(image, labels)
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        y0, y1, x0, x1 = box
+        height, width = labels.data.shape[-2:]
+        if (y0, y1, x0, x1) == (0, height, 0, width):
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            return
+        lead = [float(i) for i in index]
+        top, bottom, left, right = y0 - 0.5, y1 - 0.5, x0 - 0.5, x1 - 0.5
+        corners = np.array(
+            [lead + [top, left], lead + [top, right], lead + [bottom, right], lead + [bottom, left]]
+        )
+        if existing is not None:
+            existing.data = [corners]
+            return
+        active = self.viewer.layers.selection.active
+        self.viewer.add_shapes(
+            [corners],
+            shape_type="rectangle",
+            name=name,
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            scale=labels.scale,
+            translate=labels.translate,
+        )
+        if active is not None:
+            self.viewer.layers.selection.active = active
 
 
 def _span(centre: float, size: int, edge: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from ..model import PRESETS, UNetConfig
 from ..threads import gui_cpu_threads
 from ..train import TrainConfig
 from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer
+from ._dock import DockWidget
 from ._plot import LivePlot
 from .annotate import layer_mode
 
@@ -43,15 +44,17 @@ def _spin(value: int, low: int, high: int) -> QSpinBox:
     return spin
 
 
-class TrainForm(QWidget):
+class TrainForm(DockWidget):
     """Fields, buttons, progress bar and live plot of the Train widget (no behaviour)."""
 
     def __init__(self, viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
+        super().__init__(viewer, parent)
         self._custom = PRESETS["small"]
         self.image_combo = LayerCombo(viewer, Image, self)
-        self.labels_combo = LayerCombo(viewer, Labels, self, prefer=is_annotation_layer)
+        # only layers made (or imported) in 1 Annotate: a ground-truth layer opened with the
+        # sample data is never trained on without the user saying so
+        self.labels_combo = LayerCombo(viewer, Labels, self, accept=is_annotation_layer)
+        self.labels_combo.setPlaceholderText("none: create one in 1 Annotate")
         self.schema = QLabel("", self)
         self.model_combo = QComboBox(self)
         self.model_combo.addItems(MODEL_CHOICES)
@@ -93,7 +96,9 @@ class TrainForm(QWidget):
         self.padding.addItems(["valid", "same"])
         self.tile = _spin(0, 0, 4096)
         self.tile.setSpecialValueText("auto")
-        self.preview_every = QDoubleSpinBox(self, value=3.0, maximum=3600.0, suffix=" s")
+        self.preview_every = QDoubleSpinBox(
+            self, value=3.0, minimum=0.1, maximum=3600.0, suffix=" s"
+        )
         self.threads = _spin(0, 0, 1024)
         self.threads.setSpecialValueText("auto (all cores but one)")
         self.preview_button = QPushButton("Preview augmentation", self)
@@ -105,6 +110,7 @@ class TrainForm(QWidget):
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
         self.plot = LivePlot(self)
+        self._set_tooltips()
         self._layout()
         self.browse_button.clicked.connect(self._browse_model)
         self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
@@ -118,7 +124,7 @@ class TrainForm(QWidget):
         path_row.addWidget(self.browse_button)
         self._path_row = path_row
         rows = self.rows = form(
-            self,
+            self.body,
             [
                 ("image", self.image_combo),
                 ("annotations", self.labels_combo),
@@ -140,6 +146,7 @@ class TrainForm(QWidget):
         ):
             rows.addRow(label, field)
         advanced = QCollapsible("Advanced", self)
+        advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
         inner = QWidget(advanced)
         inner.setLayout(
             form(
@@ -158,7 +165,7 @@ class TrainForm(QWidget):
         buttons = QHBoxLayout()
         for button in (self.train_button, self.cancel_button, self.resume_button, self.save_button):
             buttons.addWidget(button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(rows)
         layout.addWidget(advanced)
         layout.addWidget(self.preview_button)
@@ -175,9 +182,60 @@ class TrainForm(QWidget):
         )
         layout.addStretch(1)
 
+    def _set_tooltips(self) -> None:
+        tips = {
+            self.image_combo: "the image layer to learn from (chosen with the annotations)",
+            self.labels_combo: "the annotation layer made in 1 Annotate; only its annotated "
+            "planes are used (import ground truth there to train on it)",
+            self.schema: "how the annotation values are read (set in 1 Annotate): instances, "
+            "scribbles or classes; see docs/annotations.md",
+            self.model_combo: "small preset: 16 base channels, depth 3, trains on a CPU in "
+            "minutes (the default); paper U-Net: 64 channels, depth 4, 31 M parameters (a GPU); "
+            "custom: width/depth/padding from Advanced; fine-tune: start from a model file",
+            self.model_path: "the model file (.safetensors) to fine-tune; its architecture, "
+            "normalisation and classes are kept",
+            self.browse_button: "choose the model file to fine-tune",
+            self.device: "where to train: auto picks CUDA, then Apple MPS, then the CPU",
+            self.lr: "learning rate; default: 3e-3 for Adam from scratch, 3e-4 when "
+            "fine-tuning, 1e-3 for SGD (the paper: SGD with momentum 0.99); it anneals to 5 %",
+            self.optimizer: "adam (the default, learns fastest from few tiles) or sgd with "
+            "momentum 0.99 (the paper)",
+            self.batch_size: "tiles per optimiser step (default 4; the paper: 1 large tile)",
+            self.augment: "strength of the augmentation: 1 = the paper's elastic deformation "
+            "(3x3 grid, sigma 10 px) with rotations, flips and gray-value variation; "
+            "0 switches all of it off; 2 doubles the deformation",
+            self.hold_out: "annotated planes kept out of training to measure progress "
+            "(validation IoU in the plot; the best validated weights are kept), "
+            "e.g. 3 or 2, 5-7",
+            self.width_spin: "custom network: channels of the first level (paper: 64)",
+            self.depth_spin: "custom network: pooling steps (paper: 4)",
+            self.padding: "custom network: valid (the paper: output smaller than the input "
+            "tile, seamless overlap-tile prediction) or same (output as large as the input)",
+            self.tile: "input tile edge in pixels; auto: the smallest valid size with an output "
+            "of at least 96 px (the paper: 572 -> 388)",
+            self.preview_every: "seconds between live predictions of the plane on screen "
+            "(spaced out further when a preview is slow, so it takes at most a fifth of the run)",
+            self.threads: "PyTorch CPU threads; auto leaves one core to the viewer",
+            self.preview_button: "show four augmented versions of the annotated plane on "
+            "screen, as training sees them (tiles and targets)",
+            self.train_button: "start a new run on every annotated plane except those held out",
+            self.cancel_button: "stop after the current step; a checkpoint is written, so the "
+            "run can be resumed",
+            self.resume_button: "continue the cancelled run from its checkpoint, up to 'steps'",
+            self.save_button: "write the trained network (weights + settings) to a "
+            ".safetensors model file for 4 Segment, the CLI or sharing",
+            self.progress: "steps done, last loss and the estimated time left",
+            self.status: "what the widget is doing, or why it stopped",
+            self.plot: "training loss (blue, left axis) and validation IoU of the held-out "
+            "planes (orange, right axis, 0..1)",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
+
     def _on_labels_changed(self, *_args) -> None:
         layer = self.labels_combo.layer()
         if layer is None:
+            self.schema.setText("(no annotation layer)")
             return
         self.schema.setText(layer_mode(layer))
         if layer.metadata.get(META_IMAGE) in self.viewer.layers:

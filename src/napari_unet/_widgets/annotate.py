@@ -38,6 +38,7 @@ from ._common import (
     spatial_shape,
     spatial_transform,
 )
+from ._dock import DockWidget
 from ._schema import background_value, object_value, schema_colormap, schema_html
 
 
@@ -57,12 +58,11 @@ def layer_mode(layer: Labels | None) -> str:
     return mode if mode in MODES else "instances"
 
 
-class AnnotateWidget(QWidget):
+class AnnotateWidget(DockWidget):
     """Create and inspect annotation layers; see the user guide for the click-by-click flow."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
+        super().__init__(viewer, parent)
         self._watched: Labels | None = None
         self._timer = QTimer(self, singleShot=True, interval=200)
         self._timer.timeout.connect(self.refresh_planes)
@@ -89,6 +89,7 @@ class AnnotateWidget(QWidget):
         self.import_planes = QLineEdit(self)
         self.import_planes.setPlaceholderText("all planes with labels, or e.g. 0, 2")
         self.import_button = QPushButton("Import labels layer as annotations", self)
+        self._set_tooltips()
         self._layout()
 
         self.image_combo.currentTextChanged.connect(self._on_image_changed)
@@ -105,8 +106,40 @@ class AnnotateWidget(QWidget):
         self._on_image_changed()
         self._on_labels_changed()
 
+    def _set_tooltips(self) -> None:
+        tips = {
+            self.image_combo: "the image to annotate; the annotation layer gets its shape "
+            "(without the channel axis), scale and translation",
+            self.channel_combo: "the image axis that holds channels (none for a plain stack); "
+            "the other leading axes are planes (z or time)",
+            self.mode_combo: "how label values are read: instances (one id per object, the "
+            "paper's setting), scribbles (1 = background stroke, 2+ = object strokes, the rest "
+            "ignored) or classes (one value per class)",
+            self.schema_label: "which value means what in this schema",
+            self.new_button: "add an empty annotation layer for the image, with the schema's "
+            "colours",
+            self.labels_combo: "the annotation layer to paint and to train on",
+            self.background_button: "paint background (instances/classes: the eraser, value 0; "
+            "scribbles: value 1)",
+            self.object_button: "paint an object: instances get a new id on this plane, so "
+            "touching objects stay apart",
+            self.ignore_button: f"paint value {IGNORE_LABEL}: pixels the loss skips (unsure "
+            "regions, cells cut by the edge)",
+            self.plane_list: "the annotated planes; click one to go there",
+            self.mark_button: "count the plane on screen as annotated even with nothing "
+            "painted: all of it is background (a plane without objects)",
+            self.unmark_button: "stop counting the plane on screen as an empty annotated plane",
+            self.source_combo: "a labels layer to copy from, e.g. ground truth opened from file",
+            self.import_planes: "planes to copy (e.g. 0, 2, 5-7); empty: every plane that "
+            "holds labels",
+            self.import_button: "copy those planes into the annotation layer; they count as "
+            "annotated",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
+
     def _layout(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         create = QGroupBox("Annotation layer", self)
         box = form(
             create,

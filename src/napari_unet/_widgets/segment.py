@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 
 import napari
 import numpy as np
@@ -36,16 +37,21 @@ from . import _session
 from ._common import (
     LayerCombo,
     channel_axis,
+    error_message,
     form,
     hint,
     layer_data,
+    log,
     report_error,
     spatial_transform,
 )
+from ._dock import DockWidget
 
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 SOURCES = ("model just trained", "model file...")
 SCOPES = ("current plane", "whole stack")
 _KINDS = {"labels": Labels, "image": Image}
+AUTO_MIN_SIZE = "auto (from the annotations)"
 
 
 class _Progress(QObject):
@@ -54,16 +60,35 @@ class _Progress(QObject):
     changed = Signal(int, int)
 
 
-class SegmentWidget(QWidget):
+def _tracked(func, ended: threading.Event):
+    """``func`` that sets ``ended`` when it returns or raises (so closing can wait for it)."""
+
+    def call(*args):
+        try:
+            return func(*args)
+        finally:
+            ended.set()
+
+    return call
+
+
+def stop_segmentation(cancel: threading.Event, ended: threading.Event) -> None:
+    """Ask a segmentation to stop and wait until its thread is done (the widget is closing)."""
+    cancel.set()
+    if not ended.wait(STOP_WAIT_S):
+        log.warning("napari-unet: the segmentation did not stop within %s s", STOP_WAIT_S)
+
+
+class SegmentWidget(DockWidget):
     """Segment an image layer; results are layers aligned with the image."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
+        super().__init__(viewer, parent)
         self.worker = None
         self.last_result: tuple | None = None
-        self._cancel = cancel = threading.Event()
-        self.destroyed.connect(lambda *_: cancel.set())  # widget closed: stop a running job
+        self._cancel = threading.Event()
+        self._ended = threading.Event()
+        self._ended.set()
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
         self.source = QComboBox(self)
@@ -88,11 +113,7 @@ class SegmentWidget(QWidget):
             "smallest distance between two watershed seeds: about the radius of the smallest object"
         )
         self.min_size = QSpinBox(self, minimum=-1, maximum=1_000_000, value=-1, suffix=" px")
-        self.min_size.setSpecialValueText("auto (from the annotations)")
-        self.min_size.setToolTip(
-            "objects smaller than this many pixels are removed; auto: a quarter of the smallest "
-            "object annotated for training (recorded in the model file); 0 keeps every object"
-        )
+        self.min_size.setSpecialValueText(AUTO_MIN_SIZE)
         self.probability = QCheckBox("foreground probability layer", self)
         self.uncertainty = QCheckBox("uncertainty layer (8 passes)", self)
         self.run_button = QPushButton("Segment", self)
@@ -100,10 +121,13 @@ class SegmentWidget(QWidget):
         self.progress = QProgressBar(self)
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
+        self.browse_button = browse
+        self._set_tooltips()
         path_row = QHBoxLayout()
         path_row.addWidget(self.model_path)
         path_row.addWidget(browse)
-        rows = form(self, [("model", self.source)])
+        self._path_row = path_row
+        rows = self._rows = form(self.body, [("model", self.source)])
         rows.addRow("model file", path_row)
         for label, field in (
             ("", self.model_info),
@@ -115,14 +139,14 @@ class SegmentWidget(QWidget):
             ("", self.watershed),
             ("seed distance", self.seed_distance),
             ("min size (px)", self.min_size),
-            ("extra", self.probability),
+            ("extra layers", self.probability),
             ("", self.uncertainty),
         ):
             rows.addRow(label, field)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(rows)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -144,6 +168,50 @@ class SegmentWidget(QWidget):
         self._on_scope(self.scope.currentText())
         self._set_running(False)
 
+    def _set_tooltips(self) -> None:
+        tips = {
+            self.source: "the network: the one trained last in 3 Train (this session) or a "
+            "model file (.safetensors)",
+            self.model_path: "the model file to segment with (.safetensors, loaded without "
+            "running code)",
+            self.browse_button: "choose a model file",
+            self.model_info: "which model will be used",
+            self.image_combo: "the image layer to segment (numpy or dask, any number of planes)",
+            self.scope: "current plane: the plane on screen (seconds); whole stack: every "
+            "plane, read one at a time, with progress and Cancel",
+            self.device: "where to predict: auto picks CUDA, then Apple MPS, then the CPU",
+            self.tta: "test-time augmentation: average the predictions of the 8 flips and "
+            "90-degree rotations (8x slower, a little smoother)",
+            self.instances: "on: number the objects 1, 2, 3, ... (unique over the stack); "
+            "off: the predicted class of each pixel",
+            self.watershed: "also split touching objects at the peaks of the distance "
+            "transform (objects are already split at the network's confident cores)",
+            self.seed_distance: "smallest distance between two watershed seeds: about the "
+            "radius of the smallest object",
+            self.min_size: "objects smaller than this many pixels are removed; auto: a quarter "
+            "of the smallest object annotated for training (recorded in the model file), the "
+            "same rule as the command line; 0 keeps every object, specks included",
+            self.probability: "also add the foreground probability (0..1) of the current plane "
+            "as an image layer",
+            self.uncertainty: "also add the disagreement of 8 flipped/rotated predictions of "
+            "the current plane (where the model is unsure) as an image layer",
+            self.run_button: "segment; results become layers '<image> segmentation' "
+            "(and probability / uncertainty) aligned with the image",
+            self.cancel_button: "stop after the current tile; no layer is changed",
+            self.progress: "planes done",
+            self.status: "what the widget is doing, or why it stopped",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
+
+    def stop_workers(self) -> None:
+        """The widget is closing: cancel a segmentation and wait until its thread returns."""
+        try:
+            _session.changed.disconnect(self._update_info)
+        except Exception:  # noqa: BLE001 - already disconnected
+            pass
+        super().stop_workers()
+
     # ------------------------------------------------------------------ choices
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -160,15 +228,30 @@ class SegmentWidget(QWidget):
         except RuntimeError:  # widget deleted; the session signal outlived it
             _session.changed.disconnect(self._update_info)
             return
-        if self.source.currentText() == SOURCES[0]:
+        from_file = self.source.currentText() == SOURCES[1]
+        path_label = self._rows.labelForField(self._path_row)
+        for widget in (self.model_path, self.browse_button, path_label):
+            widget.setVisible(from_file)
+        metadata = None
+        if not from_file:
             entry = _session.trained()
+            metadata = entry.metadata if entry else None
             self.model_info.setText(
                 entry.description
                 if entry
                 else "no model trained yet in this session (use 3 Train, or choose a model file)"
             )
         else:
-            self.model_info.setText(self.model_path.text() or "choose a model file")
+            path = self.model_path.text().strip()
+            self.model_info.setText(path or "choose a model file")
+            try:
+                metadata = ModelSource(path=path).read_metadata() if path else None
+            except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
+                metadata = None
+        min_size = postprocess_config(getattr(metadata, "postprocess", None) or {}).min_size
+        self.min_size.setSpecialValueText(
+            f"auto: {min_size} px (from the annotations)" if metadata else AUTO_MIN_SIZE
+        )
 
     def _on_scope(self, scope: str) -> None:
         plane = scope == SCOPES[0]
@@ -224,6 +307,9 @@ class SegmentWidget(QWidget):
             return self._start(scope or self.scope.currentText())
         except Exception as exc:  # noqa: BLE001 - shown to the user
             report_error(exc)
+            if self.worker is None:
+                self._ended.set()
+                self.status.setText(f"not started: {error_message(exc)}")
             return None
 
     def _start(self, scope: str):
@@ -238,12 +324,13 @@ class SegmentWidget(QWidget):
         data, axis = layer_data(image), channel_axis(image)
         config = SegmentConfig(config.predict, config.postprocess, config.instances, axis)
         self._cancel.clear()
+        self._ended.clear()
         resolved = available_devices()[0] if device == "auto" else device
         threads = gui_cpu_threads() if resolved == "cpu" else None
         if scope == SCOPES[0]:
             index = self._plane_index(image, source, axis)
             self.worker = create_worker(
-                segment_current,
+                _tracked(segment_current, self._ended),
                 source,
                 device,
                 data,
@@ -259,7 +346,7 @@ class SegmentWidget(QWidget):
             self.progress.setRange(0, 0)
         else:
             self.worker = create_worker(
-                segment_whole,
+                _tracked(segment_whole, self._ended),
                 source,
                 device,
                 data,
@@ -274,6 +361,7 @@ class SegmentWidget(QWidget):
         self.worker.returned.connect(lambda result: self._on_result(image, result))
         self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_finished)
+        self.background.set(partial(stop_segmentation, self._cancel, self._ended))
         self._started = time.perf_counter()
         self.status.setText(f"segmenting ({scope}) ...")
         self._set_running(True)
@@ -310,7 +398,7 @@ class SegmentWidget(QWidget):
         took = time.perf_counter() - self._started
         if kind == "error":
             report_error(result[1])
-            self.status.setText(f"failed: {result[1]}")
+            self.status.setText(f"failed: {error_message(result[1])}")
         elif kind == "cancelled":
             self.status.setText("cancelled; no layer was changed")
         elif kind == "stack":
@@ -364,6 +452,7 @@ class SegmentWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.background.set(None)
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:

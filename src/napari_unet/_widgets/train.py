@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -26,15 +27,29 @@ from ._common import (
     META_WEIGHTMAP,
     channel_axis,
     current_plane,
+    error_message,
     guarded,
     layer_data,
+    log,
     parse_planes,
     report_error,
     spatial_shape,
 )
+from ._dock import wait_until, worker_returned
 from ._preview import LivePreview
 from ._train_form import TrainForm
 from .annotate import layer_mode, training_plane_list
+
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
+
+
+def stop_training(job: TrainJob, worker) -> None:
+    """Cancel ``job`` and wait until its worker thread is done (the widget is closing)."""
+    job.cancel()
+    # napari may already have aborted the worker (viewer closing): then the generator is never
+    # resumed and the thread returns after the current step
+    if not wait_until(lambda: job.ended or worker_returned(worker), STOP_WAIT_S):
+        log.warning("napari-unet: the training run did not stop within %s s", STOP_WAIT_S)
 
 
 class TrainWidget(TrainForm):
@@ -58,8 +73,6 @@ class TrainWidget(TrainForm):
         self.preview = LivePreview(viewer)
         self._started = time.perf_counter()
         self.speed: float | None = None
-        running = self._running_job = [None]  # seen by the lambda below, which outlives self
-        self.destroyed.connect(lambda *_: running[0] is not None and running[0].cancel())
         viewer.dims.events.current_step.connect(self._on_dims_changed)
         self.preview_button.clicked.connect(guarded(lambda: self.preview_augmentation()))
         self.train_button.clicked.connect(lambda: self.start_training())
@@ -98,7 +111,19 @@ class TrainWidget(TrainForm):
             return self._start(resume)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             report_error(exc)
+            if self.worker is None:  # the line under the buttons says the same as the message
+                self.status.setText(f"not started: {error_message(exc)}")
+                self.progress.setValue(self.progress.minimum())
+                self.progress.setFormat("")
             return None
+
+    def stop_workers(self) -> None:
+        """The widget is closing: cancel a run and wait until its worker thread has returned."""
+        try:
+            self.viewer.dims.events.current_step.disconnect(self._on_dims_changed)
+        except Exception:  # noqa: BLE001 - already disconnected
+            pass
+        super().stop_workers()
 
     def _start(self, resume: bool):
         if self.worker is not None:
@@ -111,13 +136,16 @@ class TrainWidget(TrainForm):
             job = self._new_job()
             self.events.clear()
         self.plot.start(job.config.steps, keep=resume)
-        self.job = self._running_job[0] = job
+        self.job = job
+        if not resume:
+            self.last_checkpoint = None  # Resume continues this run, never an older one
         self.preview.layer(self.image_combo.layer(), self.labels_combo.layer())
         self._update_preview_request()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
         self.worker.errored.connect(self._on_worker_error)
         self.worker.finished.connect(self._on_worker_finished)
+        self.background.set(partial(stop_training, job, self.worker))
         self.progress.setRange(0, job.config.steps)
         self.progress.setFormat("step %v/%m")
         self._set_running(True)
@@ -130,11 +158,17 @@ class TrainWidget(TrainForm):
         image, labels = self._layers()
         n_lead = labels.ndim - 2
         held = parse_planes(self.hold_out.text(), n_lead)
-        planes = [p for p in training_plane_list(labels) if p not in held]
-        if not planes:
+        annotated = training_plane_list(labels)
+        planes = [p for p in annotated if p not in held]
+        if not annotated:
             raise AnnotationError(
                 "no annotated plane: paint at least one object and some "
                 "background first (or import labels in 1 Annotate)"
+            )
+        if not planes:
+            names = ", ".join(",".join(map(str, p)) or "the image" for p in annotated)
+            raise AnnotationError(
+                f"every annotated plane ({names}) is held out: leave at least one for training"
             )
         model_path = None
         if self.architecture() is None:
@@ -167,6 +201,7 @@ class TrainWidget(TrainForm):
         if self.job is not None and self.worker is not None:
             self.job.cancel()
             self.status.setText("cancelling (writing a checkpoint) ...")
+            self.progress.setFormat("step %v/%m   cancelling ...")
 
     def save_model(self, path: str | Path) -> Path:
         """Write the last trained (or cancelled) network to a model file."""
@@ -191,7 +226,7 @@ class TrainWidget(TrainForm):
         if not planes:
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
-        return show_augmentation_preview(
+        layers = show_augmentation_preview(
             self.viewer,
             image,
             labels,
@@ -200,6 +235,13 @@ class TrainWidget(TrainForm):
             AugmentConfig(strength=self.augment.value()),
             n,
         )
+        self.viewer.reset_view()  # the samples lie right of the image: bring both into view
+        where = ", ".join(map(str, plane)) or "the image"
+        self.status.setText(
+            f"augmentation preview of plane {where}: {n} samples right of the image "
+            "(layers 'augmentation preview'; delete them when done)"
+        )
+        return layers
 
     # ------------------------------------------------------------------ worker messages
     def _update_preview_request(self) -> None:
@@ -227,7 +269,8 @@ class TrainWidget(TrainForm):
             self._on_finished(*message[1:])
         elif kind == "error":
             report_error(message[1])
-            self.status.setText(f"failed: {message[1]}")
+            self.status.setText(f"failed: {error_message(message[1])}")
+            self.progress.setFormat("step %v/%m   failed")
 
     def _on_events(self, events: list[TrainEvent]) -> None:
         """A batch of training events: cheap list appends, then one progress/status update."""
@@ -255,7 +298,11 @@ class TrainWidget(TrainForm):
                 self.last_checkpoint = Path(path)
             saved = ", checkpoint saved" if path else ""
             self.status.setText(f"cancelled at step {step}{saved}")
+            self.progress.setFormat("step %v/%m   cancelled")
         else:
+            self.last_checkpoint = None  # finished: Resume would retrain an older state
+            self.progress.setValue(step)
+            self.progress.setFormat("step %v/%m   done")
             name = self.image_combo.currentText()
             _session.set_trained(model, metadata, f"trained on {name!r}, {step} steps")
             took = time.perf_counter() - self._started
@@ -269,7 +316,8 @@ class TrainWidget(TrainForm):
         report_error(exc)
 
     def _on_worker_finished(self) -> None:
-        self.worker = self._running_job[0] = None
+        self.worker = None
+        self.background.set(None)
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:

@@ -31,6 +31,7 @@ from ._common import (
     is_annotation_layer,
     report_error,
 )
+from ._dock import DockWidget
 from .annotate import layer_mode, training_plane_list
 
 
@@ -53,15 +54,22 @@ def _weights_job(labels, planes, config: AnnotationConfig):
         yield ("error", exc)
 
 
-class WeightMapWidget(QWidget):
+def _plane_names(planes: list[tuple[int, ...]]) -> str:
+    """Plane indices as a user writes them: "0, 2, 3" (or "t 1 z 4" style "1,4")."""
+    return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
+
+
+class WeightMapWidget(DockWidget):
     """Compute and display the loss weight map of an annotation layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
+        super().__init__(viewer, parent)
         self.worker = None
+        self._planes: list[tuple[int, ...]] = []
+        self._range = (np.inf, -np.inf)
         defaults = WeightMapConfig()
-        self.labels_combo = LayerCombo(viewer, Labels, self, prefer=is_annotation_layer)
+        self.labels_combo = LayerCombo(viewer, Labels, self, accept=is_annotation_layer)
+        self.labels_combo.setPlaceholderText("none: create one in 1 Annotate")
         self.variant = QComboBox(self)
         self.variant.addItems(["paper", "falk"])
         self.w0 = _spin(defaults.w0, 0, 1000, 1)
@@ -76,9 +84,11 @@ class WeightMapWidget(QWidget):
         self.scope.addItems(["current plane", "all annotated planes"])
         self.compute_button = QPushButton("Compute weight map", self)
         self.status = QLabel("", self)
-        layout = QVBoxLayout(self)
+        self.status.setWordWrap(True)
+        self._set_tooltips()
+        layout = QVBoxLayout(self.body)
         rows = form(
-            self,
+            self.body,
             [
                 ("annotations", self.labels_combo),
                 ("variant", self.variant),
@@ -98,15 +108,42 @@ class WeightMapWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(
             hint(
-                "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, w_c from class "
-                "frequencies; falk: Falk et al. 2019. Bright = high weight: the gaps between "
-                "touching objects. Training uses these settings for this annotation layer."
+                "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, d1, d2 the "
+                "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
+                "Bright = high weight: the gaps between touching objects. Training uses these "
+                "settings for this annotation layer."
             )
         )
         layout.addStretch(1)
         self.variant.currentTextChanged.connect(self._show_variant_rows)
         self.compute_button.clicked.connect(guarded(lambda: self.compute()))
         self._show_variant_rows(self.variant.currentText())
+
+    def _set_tooltips(self) -> None:
+        tips = {
+            self.labels_combo: "the annotation layer (from 1 Annotate) whose loss weights to "
+            "show; training uses the settings chosen here for it",
+            self.variant: "paper: Ronneberger et al. 2015, class balance + border term "
+            "w0 exp(-(d1+d2)^2/2 sigma^2); falk: Falk et al. 2019 (the Fiji plugin), a "
+            "smooth balance v_bal/sigma_bal and a separation term lambda/sigma_sep",
+            self.w0: "weight of the border term between touching objects (paper: 10)",
+            self.sigma: "width of the border term in pixels (paper: about 5 px)",
+            self.class_balance: "multiply by the inverse frequency of each class (w_c); off by "
+            "default: measured, it made objects too large on phase contrast",
+            self.v_bal: "falk: weight of background pixels relative to foreground (0.1)",
+            self.sigma_bal: "falk: pixels over which the background weight rises near objects "
+            "(10 px)",
+            self.lam: "falk: weight of the separation term between objects (50)",
+            self.sigma_sep: "falk: width of the separation term in pixels (6 px)",
+            self.scope: "current plane: the plane on screen; all annotated planes: every plane "
+            "listed in 1 Annotate",
+            self.compute_button: "compute the weights into the layer "
+            "'<annotations> weight map' (drawn under the annotations: cells keep their colours, "
+            "the gaps glow)",
+            self.status: "the planes computed and their weight range",
+        }
+        for widget, tip in tips.items():
+            widget.setToolTip(tip)
 
     def _show_variant_rows(self, variant: str) -> None:
         paper = variant == "paper"
@@ -119,8 +156,11 @@ class WeightMapWidget(QWidget):
             (self.lam, not paper),
             (self.sigma_sep, not paper),
         ):
-            field.setVisible(visible)
-            self._rows.labelForField(field).setVisible(visible)
+            if hasattr(self._rows, "setRowVisible"):  # Qt >= 6.4: no gap where rows hide
+                self._rows.setRowVisible(field, visible)
+            else:
+                field.setVisible(visible)
+                self._rows.labelForField(field).setVisible(visible)
 
     def config(self) -> WeightMapConfig:
         """The weight-map settings shown in the widget."""
@@ -155,10 +195,17 @@ class WeightMapWidget(QWidget):
         scope = scope or self.scope.currentText()
         config = self.config()
         layer.metadata[META_WEIGHTMAP] = asdict(config)
+        annotated = training_plane_list(layer)
         if scope.startswith("current"):
             planes = [current_plane(self.viewer, layer, layer.ndim - 2)]
+            if planes[0] not in annotated:
+                where = _plane_names(planes)
+                raise AnnotationError(
+                    f"plane {where} is not annotated: its weights would all be 1; paint or "
+                    "import annotations there, or choose 'all annotated planes'"
+                )
         else:
-            planes = training_plane_list(layer)
+            planes = annotated
             if not planes:
                 raise AnnotationError("no annotated plane yet: paint or import annotations first")
         output = self._output_layer(layer)
@@ -168,8 +215,10 @@ class WeightMapWidget(QWidget):
         )
         self.worker.yielded.connect(lambda message: self._on_message(output, message))
         self.worker.finished.connect(self._on_finished)
+        self.background.set(self.worker.quit)  # closing: stop after the plane being computed
         self.compute_button.setEnabled(False)
-        self.status.setText(f"computing {len(planes)} plane(s) ...")
+        self._planes, self._range = planes, (np.inf, -np.inf)
+        self.status.setText(f"computing plane {_plane_names(planes)} ...")
         self.worker.start()
         return self.worker
 
@@ -181,16 +230,21 @@ class WeightMapWidget(QWidget):
             return existing
         if existing is not None:
             self.viewer.layers.remove(existing)
-        return self.viewer.add_image(
+        output = self.viewer.add_image(
             np.zeros(shape, np.float32),
             name=name,
             colormap="magma",
-            blending="additive",
-            opacity=0.6,
+            blending="translucent",
+            opacity=1.0,
             scale=labels.scale,
             translate=labels.translate,
             contrast_limits=(0, 1),
         )
+        # under the annotations: objects keep their label colours, the background between
+        # them (where the border weights live) shows the weights, unmixed
+        layers = self.viewer.layers
+        layers.move(layers.index(output), layers.index(labels))
+        return output
 
     def _on_message(self, output: Image, message: tuple) -> None:
         if message[0] == "error":
@@ -201,8 +255,14 @@ class WeightMapWidget(QWidget):
         high = max(float(output.contrast_limits[1]), float(weight.max()), 1e-3)
         output.contrast_limits = (0.0, high)
         output.refresh()
-        self.status.setText(f"plane {index}: weights {weight.min():.2f} .. {weight.max():.2f}")
+        low, high = self._range
+        self._range = (min(low, float(weight.min())), max(high, float(weight.max())))
+        done = self._planes[: self._planes.index(index) + 1] if index in self._planes else []
+        self.status.setText(
+            f"plane {_plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
+        )
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.background.set(None)
         self.compute_button.setEnabled(True)

@@ -1,0 +1,167 @@
+"""The frame every dock widget of the plugin shares: a scroll area and a clean shutdown.
+
+Two things a dock widget must get right in napari, whatever it shows:
+
+* **fit the screen**: the content sits in a :class:`QScrollArea`, so four docked widgets share
+  the window's height (each scrolls) instead of growing the main window past the screen;
+* **stop what it started**: napari's title-bar x (``QtViewerDockWidget.destroyOnClose`` ->
+  ``Window.remove_dock_widget``) only takes the widget out of its dock (``setParent(None)``);
+  the Python object, and a training run in a worker thread, would live on. The widget therefore
+  calls :meth:`DockWidget.shutdown` when it loses its dock, when it is destroyed, and when the
+  viewer's window closes. Subclasses stop their workers there and wait (briefly) until the
+  worker threads have returned, so no thread outlives the Qt objects it reports to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
+from qtpy.QtWidgets import (
+    QDockWidget,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+log = logging.getLogger("napari_unet")
+MAX_HINT_HEIGHT = 320  # px: the height a dock asks for when it shares its area
+
+
+class DockWidget(QWidget):
+    """A plugin dock widget: ``self.body`` holds the content, inside a vertical scroll area."""
+
+    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._was_docked = False
+        self._shut_down = False
+        self.body = QWidget()
+        self.scroll = QScrollArea(self)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        # what is running, held apart from the widget: the ``destroyed`` slot below must not
+        # reference the widget (a cycle through Qt would keep the viewer alive)
+        background = self.background = BackgroundWork()
+        self.destroyed.connect(lambda *_: _quietly(background.stop))
+        self._watching_window = False  # no reference to it: a closed viewer must not stay alive
+
+    def event(self, event) -> bool:
+        """Notice when napari takes the widget out of its dock (the title-bar x)."""
+        if event.type() == QEvent.Type.Show and getattr(self, "_watching_window", True) is False:
+            window = self.window()
+            if isinstance(window, QMainWindow):  # the viewer's window: see eventFilter
+                self._watching_window = True
+                window.installEventFilter(self)
+                QTimer.singleShot(0, lambda: _quietly(self.share_height))
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._was_docked = True
+            elif getattr(self, "_was_docked", False):
+                _quietly(self.shutdown)
+        return super().event(event)
+
+    def eventFilter(self, watched, event) -> bool:
+        """The viewer's main window was closed (a non-spontaneous hide): stop our workers."""
+        if (
+            isinstance(watched, QMainWindow)
+            and event.type() == QEvent.Type.Hide
+            and not event.spontaneous()
+        ):
+            _quietly(self.shutdown)
+        return False
+
+    def sizeHint(self) -> QSize:
+        """The content's size, at most ``MAX_HINT_HEIGHT`` tall: docks stacked in one area share
+        the height (each scrolls) instead of the first one taking it all."""
+        hint = self.body.sizeHint()
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        return QSize(hint.width() + bar, min(hint.height(), MAX_HINT_HEIGHT))
+
+    def share_height(self) -> None:
+        """Give the plugin's docks in this dock's area equal heights (each scrolls its content).
+
+        napari stacks a newly opened dock under the others; Qt would keep the first one tall and
+        squeeze the rest to their title bars. Called once, right after the dock first shows.
+        """
+        window, dock = self.window(), self.parent()
+        if not isinstance(window, QMainWindow) or not isinstance(dock, QDockWidget):
+            return
+        if dock.isFloating():
+            return
+        area = window.dockWidgetArea(dock)
+        ours = [
+            d
+            for d in window.findChildren(QDockWidget)
+            if isinstance(d.widget(), DockWidget)
+            and d.isVisible()
+            and not d.isFloating()
+            and window.dockWidgetArea(d) == area
+        ]
+        if len(ours) > 1:
+            total = sum(d.height() for d in ours)
+            window.resizeDocks(ours, [total // len(ours)] * len(ours), Qt.Orientation.Vertical)
+
+    def shutdown(self) -> None:
+        """Stop every worker this widget started and wait until their threads return.
+
+        Called once when the widget is closed (title-bar x, viewer closed, widget deleted);
+        subclasses override :meth:`stop_workers`.
+        """
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.stop_workers()
+
+    def stop_workers(self) -> None:
+        """Stop this widget's background work (override to also disconnect, then call this)."""
+        self.background.stop()
+
+
+class BackgroundWork:
+    """How to stop what a widget runs now: one callable, replaced when work starts or ends."""
+
+    def __init__(self) -> None:
+        self._stop: Callable[[], None] | None = None
+
+    def set(self, stop: Callable[[], None] | None) -> None:
+        """Record how to stop the work now running (None: nothing runs)."""
+        self._stop = stop
+
+    def stop(self) -> None:
+        """Stop the running work (once) and return when its thread is done."""
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            stop()
+
+
+def wait_until(done, timeout_s: float, poll_s: float = 0.02) -> bool:
+    """Block (the GUI thread, briefly) until ``done()`` is true; False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def worker_returned(worker) -> bool:
+    """Whether a napari/superqt worker's thread is done with its function (or never began)."""
+    return worker is None or not worker.is_running
+
+
+def _quietly(func) -> None:
+    """Run a shutdown hook; the Qt side may already be half gone, so log instead of raising."""
+    try:
+        func()
+    except Exception:  # noqa: BLE001 - shutdown must never raise into Qt
+        log.debug("napari-unet: shutdown hook failed", exc_info=True)
