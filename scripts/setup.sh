@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # The CPU build of torch that lies on this machine's disk; elsewhere pip picks the platform's build.
   .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q torch
-  .venv/bin/python -m pip install -q -e ".[testing,cluster]"
+  .venv/bin/python -m pip install -q -e ".[testing,cluster,export]"
   touch "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/napari-unet --version 2>/dev/null || echo 'napari-unet installed')"
