@@ -8,6 +8,7 @@ that nothing but one line reaches stderr; the rest calls :func:`napari_unet.cli.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -274,7 +275,46 @@ def test_export_torchscript(work, capsys):
     scripted = torch.jit.load(str(out))
     logits = scripted(torch.zeros(1, 1, 60, 60))
     assert logits.shape == (1, 2, 20, 20)
-    assert "exported" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()  # what was written, valid sizes, a check
+    assert line.startswith(f"wrote {out} (TorchScript")
+    assert "tile edges 44 + 4k (44, 48, 52, ...), output 40 px smaller" in line
+    assert "check it: python -c" in line
+
+
+def test_export_bioimageio_with_the_users_words(work, capsys, monkeypatch):
+    """Options of bioimage.io packages; ONNX weights are left out here to stay quick (they are
+    tested in test_export.py)."""
+    import zipfile
+
+    import yaml
+
+    from napari_unet import export
+
+    monkeypatch.setattr(export, "_missing_onnx", lambda: ["onnx"])
+    out = work / "model.zip"
+    args = ["export", str(work / "model.safetensors"), "--format", "bioimageio", "--out", str(out)]
+    extra = ["--training-data", "3 synthetic planes", "--author", "A. B.", "--author", "C. D.",
+             "--sample", str(work / "image.tif"), "--tile", "92"]  # fmt: skip
+    assert main(args + extra) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"wrote {out} (bioimage.io package, TorchScript weights")
+    assert "44 + 4k" in line and line.endswith(f"check it: bioimageio test {out}")
+    with zipfile.ZipFile(out) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        test_input = np.load(io.BytesIO(archive.read("test_input.npy")))
+    assert rdf["training_data"]["description"].startswith("3 synthetic planes")
+    assert [a["name"] for a in rdf["authors"]] == ["A. B.", "C. D."]
+    image = tifffile.imread(work / "image.tif")
+    np.testing.assert_array_equal(test_input[0, 0], image[0, 2:94, 2:94])  # plane 0's centre
+
+    torchscript = ["export", str(work / "model.safetensors"), "--format", "torchscript"]
+    assert main([*torchscript, "--out", str(work / "x.pt"), "--author", "A. B."]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "napari-unet: error: --author: only for --format bioimageio"
+    )
+    assert main([*torchscript, "--out", str(work / "x.pt"), "--tile", "62"]) == 2
+    assert "nearest valid sizes: 60 or 64" in capsys.readouterr().err
+    assert not (work / "x.pt").exists()
 
 
 def test_errors_in_a_subprocess_are_one_line(work):

@@ -295,10 +295,25 @@ def run_weightmap(args) -> int:
 
 
 def run_export(args) -> int:
-    from .export import export_model
+    from .export import export_model, export_summary
+    from .files import read_array
 
-    path = export_model(args.model, args.format, args.out)
-    print(f"exported {args.model} as {args.format} to {path}", file=sys.stderr)
+    if args.format != "bioimageio":
+        given = [f"--{n.replace('_', '-')}" for n in ("training_data", "author", "sample")
+                 if getattr(args, n)]  # fmt: skip
+        if given:
+            raise InputError(f"{', '.join(given)}: only for --format bioimageio")
+    sample = read_array(args.sample) if args.sample else None
+    path = export_model(
+        args.model,
+        args.format,
+        args.out,
+        args.tile,
+        training_data=args.training_data,
+        authors=args.author,
+        sample=sample,
+    )
+    print(export_summary(args.model, args.format, path), file=sys.stderr)
     return 0
 
 

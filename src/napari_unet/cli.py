@@ -158,10 +158,39 @@ def build_parser() -> argparse.ArgumentParser:
     wm.add_argument("--sigma", type=_positive_float, default=5.0)
     wm.add_argument("--variant", choices=["paper", "falk"], default="paper")
 
-    ex = sub.add_parser("export", help="export a model file to another format")
+    ex = sub.add_parser(
+        "export",
+        help="export a model file to another format",
+        description="Export a model file to TorchScript, ONNX or a bioimage.io package. The "
+        "exported network takes every valid tile edge, min + k * 2**depth (44 + 4k for depth 2, "
+        "92 + 8k for the small preset, 188 + 16k for the paper's; same padding: multiples of "
+        "2**depth); the command prints them for the model.",
+    )
     ex.add_argument("model")
     ex.add_argument("--format", required=True, choices=["torchscript", "onnx", "bioimageio"])
     ex.add_argument("--out", required=True)
+    ex.add_argument(
+        "--tile",
+        type=_positive_int,
+        help="edge of the example/test tile; a valid tile size (default: the smallest with a "
+        "64 px output)",
+    )
+    ex.add_argument(
+        "--training-data",
+        metavar="TEXT",
+        help="bioimageio: what the model was trained on (stored in the package)",
+    )
+    ex.add_argument(
+        "--author",
+        action="append",
+        metavar="NAME",
+        help="bioimageio: who trained the model; repeat for several",
+    )
+    ex.add_argument(
+        "--sample",
+        metavar="IMAGE",
+        help="bioimageio: an image (its first plane's centre) for the test tensors and cover",
+    )
     return parser
 
 
