@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 import warnings
 import zipfile
@@ -73,7 +74,7 @@ def export_model(
     *,
     training_data: str | None = None,
     authors: Sequence[str] | None = None,
-    sample: np.ndarray | None = None,
+    sample: Any = None,
     onnx_weights: bool | None = None,
 ) -> Path:
     """Export a model file.
@@ -181,7 +182,7 @@ def export_summary(model_path: str | os.PathLike, fmt: ExportFormat, out_path: P
                                         ("weights.onnx", "ONNX")) if member in names
         )  # fmt: skip
         what = f"bioimage.io package, {weights} weights, probabilities of the raw image"
-        check = f"bioimageio test {path}"
+        check = f"bioimageio test {shlex.quote(path)}"
     return f"wrote {path} ({what}; {sizes}); check it: {check}"
 
 
