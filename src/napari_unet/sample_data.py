@@ -1,10 +1,32 @@
 """Synthetic microscopy of touching cells with ground-truth instances.
 
-The images imitate a fluorescence image of a cytoplasmic stain: irregular cells, many in small
-colonies touching each other (with a thin darker boundary, or none), a textured bright cytoplasm
-that fades towards the cell edge, a darker nucleus in most cells, a non-uniform background, smooth
-uneven illumination, optical blur and Poisson + Gaussian noise. Everything is deterministic for a
-given seed and fast (a stack of 8 planes of 256 x 256 takes well under a second).
+One geometry of irregular cells, many in small colonies touching each other, can be imaged in four
+modalities (:data:`MODALITIES`, ``CellSampleConfig.modality``), e.g. to train a generalist
+starting model:
+
+- ``"fluorescence"`` (default): a cytoplasmic stain: a textured bright cytoplasm that fades
+  towards the cell edge, a thin darker boundary between touching cells (or none), a darker nucleus
+  in most cells, a non-uniform background, smooth uneven illumination, optical blur and Poisson +
+  Gaussian noise.
+- ``"phase"``: positive phase contrast of cells on a dish, like the Cell Tracking Challenge's
+  PhC-C2DH-U373: a mid-grey background, each cell's optical thickness (a thin flat lamella,
+  some of it a broad faint lamellipodium, a ruffled edge, a thick rounded body; some cells rounded
+  up and bright) high-passed, so edges get a dark rim inside and a thin bright halo outside,
+  touching cells are separated by a faint line only, plus faint texture and unlabelled specks.
+- ``"dic"``: differential interference contrast: the derivative along a shear direction
+  (``CellSampleConfig.shear_angle``) of a smooth optical-thickness map (dome-shaped cells with a
+  raised nucleus and a groove where they touch) on a flat grey background: a shadow-cast relief,
+  bright on the side facing the apparent light, dark on the other.
+- ``"em"``: transmission electron microscopy of tissue, like the ISBI 2012 neural-tissue stack:
+  with a dense configuration (e.g. :func:`random_modality_config`) the cells tile the plane (any
+  gaps go to the nearest cell); dark 1-3 px membranes along every boundary (label 0 there, as in
+  ISBI's labels), textured grey cytoplasm whose brightness varies per cell, small ringed vesicles
+  and darker mitochondria.
+
+Only the rendering differs: for a seed and a configuration that differ only in the modality the
+instances are identical, except in ``"em"`` (membranes are background 0, gaps are filled).
+Everything is deterministic for a given seed and fast (a 256 x 256 plane takes about 0.05 to
+0.3 s).
 
 How the geometry is made: every cell ``i`` has a centre ``c_i`` and an irregular outline
 ``r_i(theta)`` (mean radius times a sum of a few random low harmonics). A pixel ``p`` belongs to
@@ -27,12 +49,16 @@ from skimage.measure import label
 from .errors import InputError
 
 __all__ = [
+    "MODALITIES",
     "CellSampleConfig",
     "make_cells",
     "make_cell_stack",
+    "random_modality_config",
     "sample_cells_2d",
     "sample_cells_stack",
 ]
+
+MODALITIES = ("fluorescence", "phase", "dic", "em")
 
 GROWN_LIMIT = 1.6  # normalised reach of a "touching" cell (free cells: 1.0)
 FREE_GAP = 0.8  # a free cell stops where its distance exceeds 0.8x that of the next cell
@@ -53,6 +79,15 @@ class CellSampleConfig:
     noise : relative noise level: Poisson noise with ``1 / noise**2`` photons at full
         brightness plus Gaussian read noise of ``noise / 3``.
     texture : strength (0..1) of the cytoplasm's fine texture.
+    modality : how the cells are imaged, one of :data:`MODALITIES`: ``"fluorescence"`` (the
+        default), ``"phase"`` (phase contrast), ``"dic"`` (differential interference contrast) or
+        ``"em"`` (electron microscopy of tissue; give it a dense config, see
+        :func:`random_modality_config`). The cells (and so the instances) do not depend on it,
+        except that ``"em"`` gives any gaps to the nearest cell and sets the 1-3 px membranes
+        between cells to background 0.
+    shear_angle : ``"dic"`` only: direction (degrees, counter-clockwise from the +x axis as the
+        image is displayed, i.e. 90 = up) from which the relief seems lit: the cell edges facing
+        it are bright, the opposite ones dark. ``None``: a random direction for each seed.
     """
 
     shape: tuple[int, int] = (256, 256)
@@ -62,9 +97,22 @@ class CellSampleConfig:
     blur: float = 1.5
     noise: float = 0.08
     texture: float = 0.3
+    modality: str = "fluorescence"
+    shear_angle: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.modality not in MODALITIES:
+            problems.append(
+                f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
+            )
+        if self.shear_angle is not None and not (
+            isinstance(self.shear_angle, (int, float, np.integer, np.floating))
+            and np.isfinite(self.shear_angle)
+        ):
+            problems.append(
+                f"shear_angle must be a finite number of degrees or None, got {self.shear_angle!r}"
+            )
         shape = tuple(self.shape)
         if len(shape) != 2 or not all(
             isinstance(s, (int, np.integer)) and 16 <= s <= 8192 for s in shape
@@ -120,23 +168,25 @@ def _place_cells(cfg: CellSampleConfig, rng: np.random.Generator) -> _Cells:
     h, w = cfg.shape
     n, r = int(cfg.n_cells), float(cfg.cell_radius)
     min_dist = 1.7 * r
-    centres: list[np.ndarray] = []
+    centres = np.empty((n, 2), np.float64)
+    m = 0  # cells placed so far
     tries = 0
-    while len(centres) < n:
+    while m < n:
         tries += 1
         if tries % 500 == 0:
             min_dist *= 0.9  # crowded: relax the spacing rather than loop forever
-        if centres and rng.random() < 0.75:  # colonies: bud off an existing cell
-            base = centres[rng.integers(len(centres))]
+        if m and rng.random() < 0.75:  # colonies: bud off an existing cell
+            base = centres[rng.integers(m)]
             ang = rng.uniform(0, 2 * np.pi)
             cand = base + rng.uniform(1.8, 2.6) * r * np.array([np.sin(ang), np.cos(ang)])
         else:
             cand = rng.uniform((0, 0), (h - 1, w - 1))
         if not (0 <= cand[0] <= h - 1 and 0 <= cand[1] <= w - 1):
             continue
-        if centres and np.min(np.hypot(*(np.asarray(centres) - cand).T)) < min_dist:
+        if m and np.min(np.hypot(*(centres[:m] - cand).T)) < min_dist:
             continue
-        centres.append(cand)
+        centres[m] = cand
+        m += 1
     k = np.arange(2, N_HARMONICS + 2)
     nucleus = np.column_stack(
         [
@@ -149,7 +199,7 @@ def _place_cells(cfg: CellSampleConfig, rng: np.random.Generator) -> _Cells:
     )
     nucleus[rng.random(n) < 0.25, 2] = 0.0  # about a quarter without a visible nucleus
     return _Cells(
-        centre=np.asarray(centres, dtype=np.float64),
+        centre=centres,
         radius=r * rng.uniform(0.75, 1.25, n),
         amp=rng.normal(0, 1, (n, N_HARMONICS)) * (0.16 / k)
         + np.where(k == 2, 0.08, 0.0) * rng.choice([-1, 1], (n, N_HARMONICS)),
@@ -266,6 +316,295 @@ def _render(
     return np.clip(np.rint(image * 190), 0, 255).astype(np.uint8)
 
 
+def _ellipse(
+    ys: np.ndarray,
+    xs: np.ndarray,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    angle: np.ndarray,
+) -> np.ndarray:
+    """Normalised squared distance of pixels (ys, xs) to ellipses: < 1 inside, 1 on the edge."""
+    u, v = ys - cy, xs - cx
+    cos, sin = np.cos(angle), np.sin(angle)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = ((cos * u + sin * v) / a) ** 2 + ((cos * v - sin * u) / b) ** 2
+    return np.nan_to_num(e, nan=9.0, posinf=9.0)
+
+
+def _dome(e: np.ndarray) -> np.ndarray:
+    """Height profile of a rounded body from its normalised squared distance ``e``."""
+    return np.sqrt(np.clip(1.0 - e, 0.0, 1.0))
+
+
+def _add_noise(image: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson noise with ``1 / noise**2`` photons at intensity 1, plus Gaussian read noise."""
+    if noise <= 0:
+        return image
+    photons = 1.0 / noise**2
+    image = rng.poisson(np.maximum(image, 0) * photons) / photons
+    return image + rng.normal(0, noise / 3, image.shape)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Intensity 0..1 to uint8 0..255."""
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _Look:
+    """How one image or stack looks in the phase, dic or em modality.
+
+    Holds its own random stream (so the cells do not depend on the modality) and the per-cell and
+    per-image appearance, drawn once so that a stack keeps the look of its cells from plane to
+    plane.
+    """
+
+    cfg: CellSampleConfig
+    rng: np.random.Generator
+    cell: dict[str, np.ndarray]  # per-cell parameters, arrays of length n
+    image: dict[str, float]  # per-image parameters
+    field: dict[str, np.ndarray]  # static per-image fields
+    # em: (m, 7) owner cell index, dy, dx (cell radii), semi-axes a, b (px), angle, kind
+    organelles: np.ndarray
+
+    @classmethod
+    def new(cls, cfg: CellSampleConfig, cells: _Cells, seed: int | None) -> _Look:
+        """Draw the look of the cells ``cells`` in ``cfg.modality``."""
+        index = MODALITIES.index(cfg.modality)
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+        n = len(cells.radius)
+        shape = tuple(int(s) for s in cfg.shape)
+        cell: dict[str, np.ndarray] = {}
+        image: dict[str, float] = {}
+        field: dict[str, np.ndarray] = {}
+        organelles = np.zeros((0, 7))
+        if cfg.modality == "phase":
+            # a rounded, thick cell body (off-centre in cells with a broad flat lamellipodium)
+            # and a thin flat lamella up to the cell edge, which is a little ruffled (thicker)
+            fan = rng.random(n) < 0.5
+            rounded = ~fan & (rng.random(n) < 0.25)  # rounded up (e.g. dividing): thick, haloed
+            ang = rng.uniform(0, 2 * np.pi, n)
+            off = np.where(fan, rng.uniform(0.25, 0.45, n), rng.uniform(0.0, 0.15, n))
+            off[rounded] = 0.0
+            cell["body_dy"], cell["body_dx"] = off * np.sin(ang), off * np.cos(ang)
+            cell["body_a"] = np.where(fan, rng.uniform(0.35, 0.5, n), rng.uniform(0.55, 0.85, n))
+            cell["body_b"] = np.where(fan, rng.uniform(0.3, 0.45, n), rng.uniform(0.5, 0.75, n))
+            cell["body_a"][rounded] = cell["body_b"][rounded] = 1.2 * GROWN_LIMIT
+            cell["body_angle"] = rng.uniform(0, np.pi, n)
+            cell["height"] = np.where(rounded, rng.uniform(1.0, 1.6, n), rng.uniform(0.6, 1.4, n))
+            cell["glow"] = np.where(rounded, rng.uniform(0.5, 1.0, n), 0.0)
+            cell["lamella"] = rng.uniform(0.06, 0.2, n)
+            cell["ruffle"] = rng.uniform(0.15, 0.45, n)
+            image["halo"] = rng.uniform(2.0, 4.0)
+            image["contrast"] = rng.uniform(1.5, 2.2)
+            image["darken"] = rng.uniform(0.05, 0.2)
+            image["background"] = rng.uniform(0.3, 0.45)
+            # debris on the dish: tiny unlabelled specks
+            specks = np.zeros(shape, np.float32)
+            m = rng.poisson(shape[0] * shape[1] / 6000)
+            specks[rng.integers(0, shape[0], m), rng.integers(0, shape[1], m)] = rng.uniform(
+                -3, 8, m
+            )
+            field["specks"] = ndi.gaussian_filter(specks, 1.2)
+        elif cfg.modality == "dic":
+            cell["height"] = rng.uniform(0.6, 1.0, n)
+            cell["nucleus"] = rng.uniform(0.2, 0.5, n)
+            angle = cfg.shear_angle if cfg.shear_angle is not None else rng.uniform(0, 360)
+            image["angle"] = float(np.deg2rad(angle))
+            image["amplitude"] = rng.uniform(0.2, 0.35)
+            image["smooth"] = rng.uniform(0.8, 1.8)
+            image["background"] = rng.uniform(0.4, 0.55)
+        else:  # em
+            cell["bright"] = rng.uniform(0.6, 0.8, n)
+            image["membrane"] = rng.uniform(0.06, 0.2)
+            image["shoulder"] = rng.uniform(0.1, 0.4)
+            image["width"] = rng.uniform(1.2, 2.8) * min(1.0, cfg.cell_radius / 16)
+            field["width"] = _smooth_noise(rng, shape, 6.0)
+            # vesicles (small rings) and mitochondria (larger dark ellipses) inside the cells,
+            # placed in cell coordinates so that they move with their cell in a stack
+            area = np.pi * (cells.radius * 1.2) ** 2
+            n_ves = rng.poisson(area * rng.exponential(1 / 300, n))
+            n_mito = rng.poisson(area * rng.exponential(1 / 2500, n))
+            rows = []
+            for kind, counts in ((0, n_ves), (1, n_mito)):
+                owner = np.repeat(np.arange(n), counts)
+                m = len(owner)
+                rho, phi = 0.95 * np.sqrt(rng.random(m)), rng.uniform(0, 2 * np.pi, m)
+                limit = 0.6 * cells.radius[owner]
+                if kind == 0:
+                    a = np.minimum(rng.uniform(1.8, 3.5, m), limit)
+                    b = a * rng.uniform(0.8, 1.0, m)
+                else:
+                    a = np.minimum(rng.uniform(4.0, 10.0, m), limit)
+                    b = np.minimum(rng.uniform(2.5, 5.0, m), a)
+                rows.append(
+                    np.column_stack(
+                        [
+                            owner,
+                            rho * np.sin(phi),
+                            rho * np.cos(phi),
+                            a,
+                            b,
+                            rng.uniform(0, np.pi, m),
+                            np.full(m, kind),
+                        ]
+                    )
+                )
+            organelles = np.concatenate(rows)
+        return cls(cfg, rng, cell, image, field, organelles)
+
+    def render(
+        self, cells: _Cells, labels: np.ndarray, dist: np.ndarray, fields: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 image of one plane and its instances (em: without the membranes)."""
+        if self.cfg.modality == "phase":
+            image = self._phase(cells, labels, fields)
+        elif self.cfg.modality == "dic":
+            image = self._dic(cells, labels, dist, fields)
+        else:
+            image, labels = self._em(cells, labels, fields)
+        if self.cfg.blur > 0:
+            image = ndi.gaussian_filter(image, self.cfg.blur)
+        return _to_uint8(_add_noise(image, self.cfg.noise, self.rng)), labels
+
+    def _phase(
+        self, cells: _Cells, labels: np.ndarray, fields: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """Positive phase contrast: optical thickness high-passed (dark rim, bright halo)."""
+        c, p, texture = self.cell, self.image, self.cfg.texture
+        fg = labels > 0
+        idx = labels[fg] - 1
+        ys, xs = np.nonzero(fg)
+        r = cells.radius[idx]
+        e = _ellipse(
+            ys,
+            xs,
+            cells.centre[idx, 0] + c["body_dy"][idx] * r,
+            cells.centre[idx, 1] + c["body_dx"][idx] * r,
+            c["body_a"][idx] * r,
+            c["body_b"][idx] * r,
+            c["body_angle"][idx],
+        )
+        tex = fields["texture"][fg]
+        depth = ndi.distance_transform_edt(fg)[fg]  # px to the nearest background pixel
+        thick = np.zeros(labels.shape, np.float32)
+        thick[fg] = (
+            c["lamella"][idx] * np.maximum(1 + 0.8 * texture * tex, 0.2)
+            + c["height"][idx] * _dome(e) * (1 + 0.3 * texture * tex)
+            + c["ruffle"][idx] * np.exp(-(depth - 1) / 1.5) * np.maximum(1 + 0.7 * tex, 0.1)
+        )
+        edge = _boundaries(labels)  # touching cells: a faint line
+        thick[edge] *= 1 + cells.edge_dark[labels[edge] - 1]
+        thick = ndi.gaussian_filter(thick, 0.7) + self.field["specks"]
+        high = thick - ndi.gaussian_filter(thick, p["halo"])
+        glow = np.zeros(labels.shape, np.float32)  # rounded cells look bright
+        glow[fg] = c["glow"][idx] * _dome(e)
+        mottle = fields["background"] - 0.1
+        lamp = 1 + 0.5 * (fields["illumination"] - 1)  # phase contrast: fairly even lighting
+        return (
+            p["background"]
+            * lamp
+            * (1 - p["contrast"] * high - p["darken"] * thick + glow + mottle)
+        )
+
+    def _dic(
+        self,
+        cells: _Cells,
+        labels: np.ndarray,
+        dist: np.ndarray,
+        fields: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """DIC: derivative of the smoothed optical thickness along the shear direction."""
+        c, p, texture = self.cell, self.image, self.cfg.texture
+        fg = labels > 0
+        idx = labels[fg] - 1
+        ys, xs = np.nonzero(fg)
+        r = cells.radius[idx]
+        nuc = cells.nucleus[idx]
+        e = _ellipse(
+            ys,
+            xs,
+            cells.centre[idx, 0] + nuc[:, 0] * r,
+            cells.centre[idx, 1] + nuc[:, 1] * r,
+            nuc[:, 2] * r,
+            nuc[:, 3] * r,
+            nuc[:, 4],
+        )
+        x = np.minimum(dist[fg] / cells.limit[idx], 1.0)
+        thick = np.zeros(labels.shape, np.float32)
+        thick[fg] = (
+            c["height"][idx]
+            * (np.sqrt(1 - x**2) + c["nucleus"][idx] * _dome(e) * (nuc[:, 2] > 0))
+            * (1 + 0.25 * texture * fields["texture"][fg])
+        )
+        edge = _boundaries(labels)  # a groove where cells touch
+        thick[edge] *= 1 - 0.5 * cells.edge_dark[labels[edge] - 1]
+        gy, gx = np.gradient(ndi.gaussian_filter(thick, p["smooth"]))
+        # minus the slope towards the light: edges facing it are bright
+        relief = np.sin(p["angle"]) * gy - np.cos(p["angle"]) * gx
+        scale = p["amplitude"] / (np.percentile(np.abs(relief), 99.5) + 1e-6)
+        lamp = 1 + 0.5 * (fields["illumination"] - 1)
+        return (p["background"] + scale * relief + fields["background"] - 0.1) * lamp
+
+    def _em(
+        self, cells: _Cells, labels: np.ndarray, fields: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """EM of tissue: grey textured cells with organelles, dark 1-3 px membranes = label 0."""
+        c, p, texture = self.cell, self.image, self.cfg.texture
+        shape = labels.shape
+        # tissue has no background: the gaps between cells (few with a dense config) go to the
+        # nearest cell
+        gaps = labels == 0
+        if gaps.any() and not gaps.all():
+            near = ndi.distance_transform_edt(gaps, return_distances=False, return_indices=True)
+            labels = labels[tuple(near)]
+        # membranes: a 1 px line on one side of each boundary, 2 or 3 px wide where the smooth
+        # width field says so
+        line = labels == 0
+        for axis in (0, 1):
+            a = labels.swapaxes(0, axis)
+            differ = a[1:] != a[:-1]
+            line.swapaxes(0, axis)[1:] |= differ
+        wide = _boundaries(labels) | (labels == 0)
+        thick = ndi.binary_dilation(line, ndi.generate_binary_structure(2, 1))
+        width = p["width"] + 0.8 * self.field["width"]
+        membrane = line | (wide & (width > 1.5)) | (thick & (width > 2.5))
+        labels = _keep_largest_pieces(np.where(membrane, 0, labels))
+        fg = labels > 0
+        idx = labels[fg] - 1
+        fine = _smooth_noise(self.rng, shape, 0.7)
+        image = np.zeros(shape, np.float32)
+        image[fg] = c["bright"][idx] * (
+            1 + 0.1 * texture * fields["texture"][fg] + 0.2 * texture * fine[fg]
+        )
+        image[~fg] = p["membrane"] * (1 + 0.3 * fine[~fg])
+        # the membranes' stain spreads a little into the cells next to them
+        shoulder = fg & ndi.binary_dilation(~fg, ndi.generate_binary_structure(2, 1))
+        image[shoulder] *= 1 - p["shoulder"]
+        # organelles: a dark ring (their membrane); mitochondria also darker inside
+        h, w = shape
+        for owner, dy, dx, a, b, angle, kind in self.organelles:
+            i = int(owner)
+            cy = cells.centre[i, 0] + dy * cells.radius[i]
+            cx = cells.centre[i, 1] + dx * cells.radius[i]
+            y0, y1 = max(0, int(cy - a - 2)), min(h, int(cy + a + 3))
+            x0, x1 = max(0, int(cx - a - 2)), min(w, int(cx + a + 3))
+            if y0 >= y1 or x0 >= x1:
+                continue
+            yy = np.arange(y0, y1, dtype=np.float32)[:, None]
+            xx = np.arange(x0, x1, dtype=np.float32)[None, :]
+            e = np.sqrt(_ellipse(yy, xx, cy, cx, a, b, angle))
+            ring = np.exp(-(((e - 1) * b / 0.8) ** 2))
+            shade = 1 - 0.6 * ring - (0.3 if kind else 0.0) * (e < 1)
+            box = image[y0:y1, x0:x1]
+            own = labels[y0:y1, x0:x1] == i + 1
+            box[own] *= shade[own]
+        image = ndi.gaussian_filter(image, 0.5)
+        return image * fields["illumination"], labels
+
+
 def _evolve(cells: _Cells, shape: tuple[int, int], rng: np.random.Generator) -> None:
     """Move, grow and reshape the cells a little (one plane further)."""
     n = len(cells.radius)
@@ -299,6 +638,9 @@ def _generate(n_planes: int, cfg: CellSampleConfig, seed: int) -> tuple[np.ndarr
         "texture": _texture(rng, shape),
     }
     rough = _smooth_noise(rng, shape, 3)
+    # the other modalities draw their own randomness from a separate stream, so that the cells
+    # (drawn from ``rng``) are the same whatever the modality
+    look = None if cfg.modality == "fluorescence" else _Look.new(cfg, cells, seed)
     images = np.empty((n_planes, h, w), np.uint8)
     instances = np.empty((n_planes, h, w), np.uint16)
     keep = 0.85  # plane-to-plane correlation of texture and outline roughness
@@ -309,7 +651,15 @@ def _generate(n_planes: int, cfg: CellSampleConfig, seed: int) -> tuple[np.ndarr
             fields["texture"] = keep * fields["texture"] + fresh
             rough = keep * rough + np.sqrt(1 - keep**2) * _smooth_noise(rng, shape, 3)
         labels, dist = _partition(cells, shape, 0.07 * rough)
-        images[z] = _render(cells, labels, dist, fields, cfg, rng)
+        if look is None:
+            images[z] = _render(cells, labels, dist, fields, cfg, rng)
+        else:
+            images[z], modality_labels = look.render(cells, labels, dist, fields)
+            if z + 1 < n_planes and cfg.noise > 0:
+                # the fluorescence noise draws advance ``rng`` by an amount that depends on the
+                # image: make them (and throw the image away) so later planes keep the same cells
+                _render(cells, labels, dist, fields, cfg, rng)
+            labels = modality_labels
         instances[z] = _sequential(labels)
     return images, instances
 
@@ -366,6 +716,80 @@ def make_cell_stack(
         is squeezed out of a plane the ids after it shift down by one in that plane.
     """
     return _generate(n_planes, config or CellSampleConfig(), seed)
+
+
+def random_modality_config(
+    rng: np.random.Generator,
+    shape: tuple[int, int] = (256, 256),
+    modality: str | None = None,
+) -> CellSampleConfig:
+    """A randomly varied configuration, for drawing diverse training examples.
+
+    Parameters
+    ----------
+    rng : the random generator to draw from (the same state gives the same configuration).
+    shape : (H, W) of the images.
+    modality : one of :data:`MODALITIES`; ``None``: drawn uniformly among them.
+
+    Returns
+    -------
+    A :class:`CellSampleConfig` with a cell radius of 6..40 px (log-uniform), a density, blur,
+    noise, texture and fraction of touching cells typical of the modality, and for ``"dic"`` a
+    random shear direction. For ``"em"`` the cells are dense and all touching, so that they tile
+    the whole plane (no background but the membranes), and their radius is 10..40 px.
+    """
+    if modality is None:
+        modality = MODALITIES[int(rng.integers(len(MODALITIES)))]
+    if modality not in MODALITIES:
+        raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    shape = (int(shape[0]), int(shape[1]))
+    # em: no tiny profiles, whose 1 px membranes alone would be a fifth of the plane
+    smallest = 10.0 if modality == "em" else 6.0
+    radius = float(np.exp(rng.uniform(np.log(smallest), np.log(40.0))))
+    # density: fraction of the plane that n free cells of that radius would cover
+    density, touching, blur, noise, texture = {
+        "fluorescence": lambda: (
+            rng.uniform(0.1, 0.6),
+            rng.uniform(0.0, 1.0),
+            rng.uniform(0.5, 2.5),
+            rng.uniform(0.02, 0.15),
+            rng.uniform(0.0, 0.6),
+        ),
+        "phase": lambda: (
+            rng.uniform(0.05, 0.5),
+            rng.uniform(0.0, 1.0),
+            rng.uniform(0.3, 1.2),
+            rng.uniform(0.01, 0.06),
+            rng.uniform(0.1, 0.7),
+        ),
+        "dic": lambda: (
+            rng.uniform(0.1, 0.6),
+            rng.uniform(0.0, 1.0),
+            rng.uniform(0.5, 2.0),
+            rng.uniform(0.01, 0.06),
+            rng.uniform(0.1, 0.7),
+        ),
+        "em": lambda: (
+            rng.uniform(1.1, 1.4),
+            1.0,
+            rng.uniform(0.3, 1.2),
+            rng.uniform(0.02, 0.06),
+            rng.uniform(0.3, 0.9),
+        ),
+    }[modality]()
+    n_cells = int(np.clip(round(density * shape[0] * shape[1] / (np.pi * radius**2)), 1, 10000))
+    shear = float(rng.uniform(0.0, 360.0)) if modality == "dic" else None
+    return CellSampleConfig(
+        shape=shape,
+        n_cells=n_cells,
+        cell_radius=radius,
+        touching=float(touching),
+        blur=float(blur),
+        noise=float(noise),
+        texture=float(texture),
+        modality=modality,
+        shear_angle=shear,
+    )
 
 
 def sample_cells_2d() -> list[tuple]:
