@@ -14,6 +14,13 @@ model file recommends. No per-dataset option exists here.
   ``--partial`` (``AnnotationConfig(partial=True)``), which is how a user says so.
 * synthetic (the demo's data): 2 annotated planes of ``make_cell_stack(8)``, SEG on the other 6.
 
+Where a run starts (``--start``): ``scratch`` (random weights, as ``train --from-scratch``) or
+``starting-model``: fine-tuned, as ``train`` without options does, but from a starting model
+that has *not* seen the set scored -- ``benchmarks/models/starting-without-<set>.safetensors``,
+made by ``scripts/make_starting_model.py --leave-out <set>`` (run here when missing). The
+synthetic set uses the shipped starting model (its synthetic training data come from the same
+generator, with other seeds and looks). ``both`` runs each.
+
 Each run also records a learning curve: the model is scored at a quarter, half and
 three-quarters of its run (snapshots of the same run, not shorter runs).
 
@@ -22,6 +29,8 @@ docs/images/accuracy-failures.png and the "Accuracy" section of docs/benchmarks.
 
     python benchmarks/accuracy.py                       # CPU, defaults, all sets
     python benchmarks/accuracy.py --sets phc --phc-shots 3 --seeds 0,1
+    python benchmarks/accuracy.py --sets isbi,phc --isbi-shots 1,3 --phc-shots 1,3 \
+        --start both --no-partial-rows
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +64,7 @@ from napari_unet.model import PRESETS
 from napari_unet.predict import PredictConfig
 from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cell_stack
+from napari_unet.starting_model import starting_model_path
 from napari_unet.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +73,7 @@ CURVES = ROOT / "docs" / "images" / "accuracy-curves.png"
 FAILURES = ROOT / "docs" / "images" / "accuracy-failures.png"
 DOC = ROOT / "docs" / "benchmarks.md"
 SCRATCH = Path(tempfile.gettempdir()) / "napari-unet-accuracy"  # predictions for the pictures
+MODELS = ROOT / "benchmarks" / "models"  # leave-one-set-out starting models (not committed)
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 REFERENCE = {  # paper (2015) and best published (Cell Tracking Challenge leaderboard)
     "isbi_rand": 0.0382, "isbi_pixel": 0.0611, "phc_seg_paper": 0.9203, "phc_seg_best": 0.931,
@@ -88,8 +100,34 @@ def record(row: dict) -> dict:
     return row
 
 
-def train(image, labels, args, seed: int, planes=None, partial=False):
-    """Train with the defaults; returns the trainer, seconds and snapshots for the curve."""
+def starting_model_without(name: str) -> Path:
+    """The starting model that never saw set ``name`` (made by the script when missing)."""
+    path = MODELS / f"starting-without-{name}.safetensors"
+    if not path.exists():
+        script = ROOT / "scripts" / "make_starting_model.py"
+        command = [sys.executable, str(script), "--leave-out", name, "--out", str(path)]
+        print("making", path, file=sys.stderr, flush=True)
+        subprocess.run(command, check=True)
+    return path
+
+
+def starts(args, name: str) -> list[tuple[str, Path | None]]:
+    """(label, starting model file or None for scratch) of each start asked for, for a set."""
+    out = []
+    if args.start in ("scratch", "both"):
+        out.append(("scratch", None))
+    if args.start in ("starting-model", "both"):
+        if name == "synthetic":
+            out.append(("starting model (shipped)", starting_model_path()))
+        else:
+            out.append((f"starting model without {name}", starting_model_without(name)))
+    return out
+
+
+def train(image, labels, args, seed: int, planes=None, partial=False, init=None):
+    """Train with the defaults; returns the trainer, seconds and snapshots for the curve.
+
+    ``init``: the starting model file to fine-tune (None: from scratch)."""
     training = replace(TrainConfig(), seed=seed, device=args.device)
     if args.steps:
         training = replace(training, steps=args.steps)
@@ -99,6 +137,7 @@ def train(image, labels, args, seed: int, planes=None, partial=False):
         annotation=AnnotationConfig(partial=partial), training=training,
         architecture=PRESETS[args.preset],
         planes=tuple(planes) if planes is not None else None,
+        start="scratch" if init is None else "starting-model", init=init,
     )  # fmt: skip
     trainer = prepare_run(image, labels, recipe)
     marks = {int(training.steps * f) for f in (0.25, 0.5, 0.75)}
@@ -145,16 +184,18 @@ def isbi(root: Path, args, seed: int) -> list[dict]:
         return {"rand_error": rand, "pixel_error": pixel_error(pred > 0, labels[held] > 0)}, pred
 
     rows = []
-    for n in args.isbi_shots:
-        trainer, seconds, snaps = train(volume, labels, args, seed, planes=[(z,) for z in range(n)])
+    for n, (start, init) in [(n, s) for n in args.isbi_shots for s in starts(args, "isbi")]:
+        trainer, seconds, snaps = train(
+            volume, labels, args, seed, planes=[(z,) for z in range(n)], init=init
+        )
         result, pred = scores(trainer)
         curve = _curve(trainer, snaps, seconds, lambda t=trainer: scores(t)[0]["rand_error"])
-        row = {"set": "isbi2012", "shots": n, "seed": seed, "steps": trainer.step,
+        row = {"set": "isbi2012", "shots": n, "seed": seed, "start": start, "steps": trainer.step,
                "train_s": round(seconds, 1), **result, "curve": curve,
                "objects": _objects_per_plane(pred),
                "ref_objects": float(np.mean([t.max() for t in truth]))}  # fmt: skip
         rows.append(record(row))
-        if n == 3 and seed == args.seeds[0]:
+        if n == 3 and seed == args.seeds[0] and start == "scratch":
             SCRATCH.mkdir(parents=True, exist_ok=True)
             np.save(SCRATCH / "isbi3-pred.npy", pred[:1])
     return rows
@@ -177,9 +218,11 @@ def phc(root: Path, args, seed: int) -> list[dict]:
         count = len(train_images)
         pick = np.linspace(0, count - 1, n).round().astype(int) if n < count else np.arange(count)
         partial_rows = args.partial_rows and n in args.partial_shots
-        for partial in (False, True) if partial_rows else (False,):
+        runs = [(p, s) for p in ((False, True) if partial_rows else (False,))
+                for s in starts(args, "phc")]  # fmt: skip
+        for partial, (start, init) in runs:
             trainer, seconds, snaps = train(train_images[pick], train_gt[pick], args, seed,
-                                            partial=partial)  # fmt: skip
+                                            partial=partial, init=init)  # fmt: skip
             pred = _segment(trainer, test_images)
             curve = _curve(
                 trainer,
@@ -188,12 +231,13 @@ def phc(root: Path, args, seed: int) -> list[dict]:
                 lambda t=trainer: seg_score_planes(_segment(t, test_images), test_gt),
             )
             row = {"set": "phc-u373", "shots": int(len(pick)), "partial": partial, "seed": seed,
+                   "start": start,
                    "steps": trainer.step, "train_s": round(seconds, 1),
                    "seg": seg_score_planes(pred, test_gt), "curve": curve,
                    "objects": _objects_per_plane(pred),
                    "ref_objects": ref_objects}  # fmt: skip
             rows.append(record(row))
-            if n == 3 and not partial and seed == args.seeds[0]:
+            if n == 3 and not partial and seed == args.seeds[0] and start == "scratch":
                 SCRATCH.mkdir(parents=True, exist_ok=True)
                 np.save(SCRATCH / "phc3-pred.npy", pred)
     return rows
@@ -206,19 +250,23 @@ def synthetic(args, seed: int) -> list[dict]:
     for z in train_planes:
         labels[z] = truth[z]
     held = [z for z in range(8) if z not in train_planes]
-    trainer, seconds, snaps = train(image, labels, args, seed)
-    pred = _segment(trainer, image[held])
-    curve = _curve(
-        trainer,
-        snaps,
-        seconds,
-        lambda: seg_score_planes(_segment(trainer, image[held]), truth[held]),
-    )
-    row = {"set": "synthetic", "shots": 2, "seed": seed, "steps": trainer.step,
-           "train_s": round(seconds, 1), "seg": seg_score_planes(pred, truth[held]),
-           "curve": curve, "objects": _objects_per_plane(pred),
-           "ref_objects": float(np.mean([truth[z].max() for z in held]))}  # fmt: skip
-    return [record(row)]
+    rows = []
+    for start, init in starts(args, "synthetic"):
+        trainer, seconds, snaps = train(image, labels, args, seed, init=init)
+        pred = _segment(trainer, image[held])
+        curve = _curve(
+            trainer,
+            snaps,
+            seconds,
+            lambda t=trainer: seg_score_planes(_segment(t, image[held]), truth[held]),
+        )
+        row = {"set": "synthetic", "shots": 2, "seed": seed, "start": start,
+               "steps": trainer.step, "train_s": round(seconds, 1),
+               "seg": seg_score_planes(pred, truth[held]), "curve": curve,
+               "objects": _objects_per_plane(pred),
+               "ref_objects": float(np.mean([truth[z].max() for z in held]))}  # fmt: skip
+        rows.append(record(row))
+    return rows
 
 
 def plot_curves(rows: list[dict]) -> None:
@@ -236,6 +284,8 @@ def plot_curves(rows: list[dict]) -> None:
             label = f"{r['shots']} planes, seed {r['seed']}" + (
                 ", partial" if r.get("partial") else ""
             )
+            if r.get("start", "scratch") != "scratch":
+                label += ", starting model"
             ax.plot([p[0] for p in r["curve"]], [p[1] for p in r["curve"]], "o-", label=label)
         ax.set(xlabel="training minutes (this CPU)", title=title)
         ax.legend(fontsize=6)
@@ -282,42 +332,50 @@ def write_doc(rows: list[dict], meta: dict) -> None:
              "training data (the split differs).", ""]  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["set"], r["shots"], r.get("partial", False)), []).append(r)
+        key = (r["set"], r["shots"], r.get("partial", False), r.get("start", "scratch"))
+        groups.setdefault(key, []).append(r)
+    groups = dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])))
     isbi = [(k, g) for k, g in groups.items() if k[0] == "isbi2012"]
     if isbi:
-        lines += ["| ISBI 2012: training slices | adapted Rand error | pixel error | objects/ref. "
-                  "| train time |", "|---|---|---|---|---|"]  # fmt: skip
-        for (_, n, _), g in isbi:
-            lines.append(f"| {n} | {_mean(g, 'rand_error')} | {_mean(g, 'pixel_error')} | "
+        lines += ["| ISBI 2012: training slices | start | adapted Rand error | pixel error "
+                  "| objects/ref. | train time |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for (_, n, _, start), g in isbi:
+            lines.append(f"| {n} | {start} | {_mean(g, 'rand_error')} | "
+                         f"{_mean(g, 'pixel_error')} | "
                          f"{np.mean([r['objects'] for r in g]):.0f} / {g[0]['ref_objects']:.0f} | "
                          f"{np.mean([r['train_s'] for r in g]):.0f} s |")  # fmt: skip
-        lines += [f"| paper (test set, GPU) | {REFERENCE['isbi_rand']} | {REFERENCE['isbi_pixel']} "
-                  "| | |", ""]  # fmt: skip
+        lines += [f"| paper (test set, GPU) | | {REFERENCE['isbi_rand']} | "
+                  f"{REFERENCE['isbi_pixel']} | | |", ""]  # fmt: skip
     phc_groups = [(k, g) for k, g in groups.items() if k[0] == "phc-u373"]
     if phc_groups:
-        lines += ["| PhC-U373: frames of seq. 01 | annotations | SEG on seq. 02 | objects / ref. "
-                  "per frame | train time |", "|---|---|---|---|---|"]  # fmt: skip
-        for (_, n, partial), g in phc_groups:
+        lines += ["| PhC-U373: frames of seq. 01 | annotations | start | SEG on seq. 02 "
+                  "| objects / ref. per frame | train time |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for (_, n, partial, start), g in phc_groups:
             lines.append(
-                f"| {n} | {'partial (`--partial`)' if partial else 'default'} | "
+                f"| {n} | {'partial (`--partial`)' if partial else 'default'} | {start} | "
                 f"{_mean(g, 'seg')} | {np.mean([r['objects'] for r in g]):.1f} / "
                 f"{g[0]['ref_objects']:.1f} | {np.mean([r['train_s'] for r in g]):.0f} s |"
             )
         lines += [
-            f"| paper (test set, GPU) | | {REFERENCE['phc_seg_paper']} | | |",
-            f"| best published (CTC leaderboard) | | {REFERENCE['phc_seg_best']} | | |",
+            f"| paper (test set, GPU) | | | {REFERENCE['phc_seg_paper']} | | |",
+            f"| best published (CTC leaderboard) | | | {REFERENCE['phc_seg_best']} | | |",
             "",
         ]
     syn = [(k, g) for k, g in groups.items() if k[0] == "synthetic"]
-    for (_, n, _), g in syn:
+    if syn:
         lines += [
-            "| synthetic demo set: annotated planes | SEG on the other 6 | objects / ref. "
-            "| train time |",
-            "|---|---|---|---|",
-            f"| {n} | {_mean(g, 'seg')} | {np.mean([r['objects'] for r in g]):.1f} / "
-            f"{g[0]['ref_objects']:.1f} | {np.mean([r['train_s'] for r in g]):.0f} s |",
-            "",
+            "| synthetic demo set: annotated planes | start | SEG on the other 6 "
+            "| objects / ref. | train time |",
+            "|---|---|---|---|---|",
         ]
+    for (_, n, _, start), g in syn:
+        lines += [
+            f"| {n} | {start} | {_mean(g, 'seg')} | {np.mean([r['objects'] for r in g]):.1f} / "
+            f"{g[0]['ref_objects']:.1f} | {np.mean([r['train_s'] for r in g]):.0f} s |",
+        ]
+    if syn:
+        lines.append("")
     lines += ["Learning curves (score against training minutes, snapshots of each run):", "",
               "![learning curves](images/accuracy-curves.png)", "",
               "Typical failures, PhC-U373 seq. 02 (3 training frames, first seed): the worst frame "
@@ -342,6 +400,12 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, help="training time budget per run")
     parser.add_argument("--no-partial-rows", dest="partial_rows", action="store_false")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--start",
+        choices=["scratch", "starting-model", "both"],
+        default="both",
+        help="random weights, a starting model that never saw the set, or both (default)",
+    )
     parser.add_argument(
         "--preset",
         choices=["small", "paper"],

@@ -97,6 +97,7 @@ def run_train(args) -> int:
         annotation=AnnotationConfig(mode=args.mode, partial=args.partial),
         training=config,
         architecture=PRESETS[args.preset].with_(**overrides),
+        start="scratch" if args.from_scratch else "starting-model",
         init=args.init,
         resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),
@@ -111,7 +112,7 @@ def run_train(args) -> int:
         f"training {model.config.width}-wide, depth-{model.config.depth} U-Net on {len(train_set)} "
         f"plane(s), tile {trainer.tile}, device {trainer.device}, "
         f"steps {trainer.step}->{config.steps}"
-        f"{budget}",
+        f"{budget}; {trainer.start_note}",
         file=sys.stderr,
     )
     bar = ProgressLine("train", config.steps, args.quiet)

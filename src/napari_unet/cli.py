@@ -82,7 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="training time budget in minutes; training stops at --steps or when "
         "the budget is spent, whichever comes first",
     )
-    train.add_argument("--init", help="fine-tune this model file instead of starting anew")
+    train.add_argument(
+        "--init",
+        help="fine-tune this model file (default: the shipped starting model, when the "
+        "architecture is the small preset and the data have one channel and two classes)",
+    )
+    train.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="start from random weights instead of the shipped starting model",
+    )
     train.add_argument(
         "--preset",
         choices=["paper", "small"],

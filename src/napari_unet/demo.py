@@ -65,7 +65,8 @@ def run_demo(config: DemoConfig | None = None, log=_log) -> dict:
     model = trainer.model
     log(
         f"[demo] training the small U-Net preset ({sum(p.numel() for p in model.parameters()):,} "
-        f"parameters) for {steps} steps on {trainer.device}, tile {trainer.tile}"
+        f"parameters) for {steps} steps on {trainer.device}, tile {trainer.tile}; "
+        f"{trainer.start_note}"
     )
     for event in trainer.run():
         if event.kind == "step" and (event.step % max(1, steps // 10) == 0 or event.step == steps):

@@ -17,12 +17,17 @@ on their own:
    unless set explicitly.
 5. **Settings derived from the annotations** (:func:`napari_unet.derived.derive_settings`):
    the post-processing the model file recommends, e.g. the smallest object size kept.
+6. **Where a new network starts**: from the shipped starting model
+   (:mod:`napari_unet.starting_model`) when the recipe asks for the default architecture and the
+   data fit it (one channel, two classes, the default normalisation), else from seeded random
+   weights (``start="scratch"`` asks for that). The trainer's ``start_note`` says which, and why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,8 +41,9 @@ from .annotations import (
 )
 from .derived import derive_settings
 from .errors import AnnotationError, InputError
-from .model import PRESETS, UNet, UNetConfig
+from .model import UNet, UNetConfig
 from .planes import read_plane
+from .starting_model import STARTING_ARCHITECTURE, starting_model_for
 from .train import TrainConfig, Trainer, read_checkpoint_metadata
 
 PlaneIndex = tuple[int, ...]
@@ -51,6 +57,9 @@ class TrainingRecipe:
     training : steps, time budget, batch, optimiser, augmentation, seed, device.
     architecture : the network to build when neither ``init`` nor ``resume`` is given
         (channels and classes are filled in from the data).
+    start : for a new network (no ``init``, no ``resume``): ``starting-model`` fine-tunes the
+        shipped starting model when the architecture is the default and the data fit it;
+        ``scratch`` always starts from seeded random weights.
     init : a model file to fine-tune (its architecture, normalisation and class names are kept).
     resume : a training checkpoint to continue.
     checkpoint : where checkpoints are written (None: no checkpoints).
@@ -61,7 +70,8 @@ class TrainingRecipe:
 
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
-    architecture: UNetConfig = PRESETS["small"]
+    architecture: UNetConfig = STARTING_ARCHITECTURE
+    start: Literal["starting-model", "scratch"] = "starting-model"
     init: str | Path | None = None
     resume: str | Path | None = None
     checkpoint: str | Path | None = None
@@ -93,17 +103,34 @@ def _parent(recipe: TrainingRecipe) -> _Parent:
             parent,
         )
     if recipe.init is not None:
-        from .modelfile import load_model
-
-        model, meta = load_model(recipe.init, device="cpu")
-        return _Parent(
-            model.config,
-            Normalization.from_dict(meta.normalization),
-            list(meta.class_names),
-            Path(recipe.init).name,
-            model,
-        )
+        return _model_parent(recipe.init)
     return _Parent()
+
+
+def _model_parent(path: str | Path) -> _Parent:
+    from .modelfile import load_model
+
+    model, meta = load_model(path, device="cpu")
+    return _Parent(
+        model.config,
+        Normalization.from_dict(meta.normalization),
+        list(meta.class_names),
+        Path(path).name,
+        model,
+    )
+
+
+def _starting_parent(recipe: TrainingRecipe, annotation, channels: int, classes: int):
+    """The starting model as parent of a new run, or None; and the sentence saying which."""
+    if recipe.start == "scratch":
+        return None, "trained from scratch (asked for)"
+    path, why = starting_model_for(recipe.architecture, channels, classes)
+    if path is None:
+        return None, f"trained from scratch: {why}"
+    parent = _model_parent(path)
+    if parent.normalization != annotation.normalization:
+        return None, "trained from scratch: another normalisation than the starting model's"
+    return parent, why
 
 
 def _lead(labels) -> tuple[int, ...]:
@@ -181,11 +208,15 @@ def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
     val_set, val_classes = gather_planes(image, labels, val_idx, annotation, recipe.channel_axis)
     classes = max(classes, val_classes)
     channels = train_set[0].image.shape[0]
+    note = "fine-tuned from " + str(parent.name) if parent.architecture is not None else ""
+    if parent.architecture is None:  # a new network: the starting model where it fits
+        starting, note = _starting_parent(recipe, annotation, channels, classes)
+        parent = starting or parent
 
     if parent.architecture is not None:
         arch = parent.architecture
         source = recipe.init or recipe.resume
-        if arch.in_channels != channels or arch.num_classes < classes:
+        if arch.in_channels != channels or arch.num_classes < classes:  # init/resume only
             raise InputError(
                 f"{source} was trained for {arch.in_channels} channel(s) and {arch.num_classes} "
                 f"classes; these data have {channels} and {classes}"
@@ -206,6 +237,7 @@ def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
         class_names=parent.class_names,
         derived=derive_settings(train_set, annotation),
     )
+    trainer.start_note = "resumed from " + Path(recipe.resume).name if recipe.resume else note
     if recipe.resume is not None:
         trainer.load_checkpoint(recipe.resume)
     return trainer

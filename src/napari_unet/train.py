@@ -185,6 +185,7 @@ class Trainer:
         self.val_planes = val_planes or []
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.parent_model = parent_model
+        self.start_note = ""  # where the weights came from (set by recipe.prepare_run)
         self.class_names = (
             class_names
             or (

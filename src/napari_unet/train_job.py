@@ -133,7 +133,8 @@ def _run(job: TrainJob):
     job.trainer = trainer
     if job.cancelled:
         trainer.cancel()
-    yield ("status", f"training on {trainer.device}, tiles of {trainer.tile} px")
+    note = f"; {trainer.start_note}" if trainer.start_note else ""
+    yield ("status", f"training on {trainer.device}, tiles of {trainer.tile} px{note}")
     last_yield = time.perf_counter()
     last_preview = -math.inf  # the first preview comes right after the first step
     preview_every = job.preview_every_s

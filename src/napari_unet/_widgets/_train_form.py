@@ -30,11 +30,13 @@ from ._plot import LivePlot
 from .annotate import layer_mode
 
 MODEL_CHOICES = (
-    "new: small preset",
+    "new: from the starting model",
+    "new: small preset, from scratch",
     "new: paper U-Net",
     "new: custom (Advanced)",
     "fine-tune model file...",
 )
+CUSTOM = MODEL_CHOICES[3]
 
 
 def _spin(value: int, low: int, high: int) -> QSpinBox:
@@ -189,9 +191,12 @@ class TrainForm(DockWidget):
             "planes are used (import ground truth there to train on it)",
             self.schema: "how the annotation values are read (set in 1 Annotate): instances, "
             "scribbles or classes; see docs/annotations.md",
-            self.model_combo: "small preset: 16 base channels, depth 3, trains on a CPU in "
-            "minutes (the default); paper U-Net: 64 channels, depth 4, 31 M parameters (a GPU); "
-            "custom: width/depth/padding from Advanced; fine-tune: start from a model file",
+            self.model_combo: "from the starting model (the default): fine-tune the generalist "
+            "small network shipped with the plugin (16 base channels, depth 3; needs one "
+            "channel and two classes, else it starts from scratch); small preset from scratch: "
+            "the same network from random weights; paper U-Net: 64 channels, depth 4, 31 M "
+            "parameters (use a GPU); custom: width/depth/padding from Advanced; fine-tune: "
+            "start from a model file of yours",
             self.model_path: "the model file (.safetensors) to fine-tune; its architecture, "
             "normalisation and classes are kept",
             self.browse_button: "choose the model file to fine-tune",
@@ -260,22 +265,27 @@ class TrainForm(DockWidget):
         self.width_spin.setValue(config.width)
         self.depth_spin.setValue(config.depth)
         self.padding.setCurrentText(config.padding)
-        self.model_combo.setCurrentText(MODEL_CHOICES[2])
+        self.model_combo.setCurrentText(CUSTOM)
 
     def architecture(self) -> UNetConfig | None:
         """The architecture of a new network (None when fine-tuning a model file)."""
         choice = self.model_combo.currentText()
         if choice.startswith("fine-tune"):
             return None
-        if choice == MODEL_CHOICES[0]:
+        if choice in MODEL_CHOICES[:2]:
             return PRESETS["small"]
-        if choice == MODEL_CHOICES[1]:
+        if choice == MODEL_CHOICES[2]:
             return PRESETS["paper"]
         return self._custom.with_(
             width=self.width_spin.value(),
             depth=self.depth_spin.value(),
             padding=self.padding.currentText(),
         )
+
+    def start(self) -> str:
+        """Where a new network starts: ``starting-model`` (the default choice) or ``scratch``."""
+        choice = self.model_combo.currentText()
+        return "starting-model" if choice == MODEL_CHOICES[0] else "scratch"
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""

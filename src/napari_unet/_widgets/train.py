@@ -182,6 +182,7 @@ class TrainWidget(TrainForm):
             annotation=self.annotation_config(labels),
             training=self.train_config(),
             architecture=self.architecture() or PRESETS["small"],
+            start=self.start(),
             init=model_path,
             checkpoint=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
             planes=tuple(planes),

@@ -1,0 +1,52 @@
+"""The generalist starting model that ships inside the package.
+
+A new model is, by default, *fine-tuned* from this network rather than trained from random
+weights: the U-Net paper's promise of few annotations goes furthest from a good start. The file
+``models/starting-model.safetensors`` is a model file like any other (safetensors weights + JSON
+metadata, loaded without running code): the small preset (16 channels, depth 3, batch norm),
+one input channel normalised by percentiles (1, 99.8), two classes (background, object).
+
+It is made by ``scripts/make_starting_model.py`` from the package's synthetic generator
+(fluorescence, phase contrast, DIC and EM looks, :mod:`napari_unet.sample_data`) and the shared
+ISBI 2012 and PhC-U373 sets; that script states the data, their terms and the steps, and
+reproduces the file. :func:`starting_model_for` decides whether a run can start from it.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from .model import PRESETS, UNetConfig
+
+STARTING_MODEL_FILE = "starting-model.safetensors"
+#: The architecture new networks get by default: the starting model's (the small preset).
+STARTING_ARCHITECTURE: UNetConfig = PRESETS["small"]
+
+
+def starting_model_path() -> Path | None:
+    """The shipped starting model file, or None if this installation lacks it."""
+    path = Path(str(files("napari_unet") / "models" / STARTING_MODEL_FILE))
+    return path if path.is_file() else None
+
+
+def starting_model_for(
+    architecture: UNetConfig, channels: int, classes: int
+) -> tuple[Path | None, str]:
+    """The starting model to fine-tune for a new run, or None with the reason to start anew.
+
+    A run starts from the shipped model when it asks for the default architecture (the small
+    preset; any channel or class count is filled in from the data) and its data have what the
+    starting model was trained for: one channel and two classes (background and objects).
+    """
+    path = starting_model_path()
+    wanted = architecture.with_(in_channels=1, num_classes=2)
+    if wanted != STARTING_ARCHITECTURE.with_(in_channels=1, num_classes=2):
+        return None, "another architecture than the starting model's (small preset)"
+    if path is None:
+        return None, "this installation has no starting model file"
+    if channels != 1:
+        return None, f"the starting model takes 1 channel; these data have {channels}"
+    if classes > 2:
+        return None, f"the starting model knows 2 classes; these data have {classes}"
+    return path, "fine-tuned from the starting model"

@@ -1,0 +1,129 @@
+"""The shipped starting model: a safe model file, the default start of every new model, and a
+better start than random weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_unet.annotations import AnnotationConfig
+from napari_unet.batch import SegmentConfig, segment_plane
+from napari_unet.metrics import seg_score_planes
+from napari_unet.model import PRESETS
+from napari_unet.modelfile import load_model, read_metadata
+from napari_unet.recipe import TrainingRecipe, prepare_run
+from napari_unet.sample_data import make_cell_stack
+from napari_unet.starting_model import (
+    STARTING_ARCHITECTURE,
+    STARTING_MODEL_FILE,
+    starting_model_path,
+)
+from napari_unet.train import TrainConfig
+
+SHORT = TrainConfig(steps=2, val_every=0, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """Three planes of the synthetic demo data; plane 0 annotated."""
+    image, truth = make_cell_stack(3, seed=5)
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    return image, labels, truth
+
+
+def test_the_file_ships_and_loads_without_code():
+    path = starting_model_path()
+    assert path is not None and path.name == STARTING_MODEL_FILE
+    assert path.stat().st_size < 20e6
+    model, metadata = load_model(path, "cpu")
+    assert model.config == STARTING_ARCHITECTURE.with_(in_channels=1, num_classes=2)
+    assert metadata.normalization == AnnotationConfig().normalization.to_dict()
+    assert metadata.provenance["starting_model"] is True
+    assert "synthetic" in metadata.provenance["training_data"]
+    assert metadata.postprocess == {}  # fine-tuning derives it from the user's annotations
+
+
+def test_a_new_model_starts_from_it_by_default(cells):
+    image, labels, _ = cells
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT))
+    assert trainer.parent_model == STARTING_MODEL_FILE
+    assert trainer.start_note == "fine-tuned from the starting model"
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)  # fine-tuning rate
+    parent, _ = load_model(starting_model_path(), "cpu")
+    for name, value in parent.state_dict().items():
+        assert np.array_equal(trainer.model.state_dict()[name].cpu().numpy(), value.numpy())
+    for _ in trainer.run():
+        pass
+    assert trainer.metadata().provenance["parent_model"] == STARTING_MODEL_FILE
+    assert trainer.metadata().postprocess["min_size"] > 0  # from these annotations
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"start": "scratch"}, "asked for"),
+        ({"architecture": PRESETS["small"].with_(width=8)}, "another architecture"),
+        ({"annotation": AnnotationConfig(mode="classes")}, "2 classes; these data have 3"),
+    ],
+)
+def test_scratch_when_asked_or_when_the_data_do_not_fit(cells, change, why):
+    image, labels, _ = cells
+    if "annotation" in change:
+        labels = np.where(labels > 0, np.where(labels % 2, 1, 2), 0).astype(labels.dtype)
+    trainer = prepare_run(image, labels, replace(TrainingRecipe(training=SHORT), **change))
+    assert trainer.parent_model is None
+    assert trainer.start_note.startswith("trained from scratch") and why in trainer.start_note
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
+
+
+def test_two_channels_start_from_scratch(cells):
+    image, labels, _ = cells
+    two = np.stack([image, image[:, ::-1]], axis=1)  # (Z, C, Y, X)
+    recipe = TrainingRecipe(training=SHORT, channel_axis=1)
+    trainer = prepare_run(two, labels, recipe)
+    assert "1 channel; these data have 2" in trainer.start_note
+
+
+def test_cli_default_and_from_scratch(cells, tmp_path):
+    import tifffile
+
+    image, labels, _ = cells
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    outputs = {}
+    for name, extra in (("default", []), ("scratch", ["--from-scratch"])):
+        out = tmp_path / f"{name}.safetensors"
+        command = [sys.executable, "-m", "napari_unet.cli", "train", str(tmp_path / "image.tif"),
+                   str(tmp_path / "labels.tif"), "--out", str(out), "--steps", "2", "--quiet",
+                   *extra]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs[name] = (read_metadata(out).provenance["parent_model"], done.stderr)
+    assert outputs["default"][0] == STARTING_MODEL_FILE
+    assert "fine-tuned from the starting model" in outputs["default"][1]
+    assert outputs["scratch"][0] == ""
+    assert "trained from scratch (asked for)" in outputs["scratch"][1]
+
+
+def test_it_starts_better_than_random_weights(cells):
+    """Fine-tuned for 30 steps on one annotated plane, the starting model separates the cells of
+    the other planes far better than the same network trained from random weights for 30 steps
+    (SEG 0.71 against 0.40 when written; foreground IoU alone would not show it: a network that
+    merges every cell scores 0.96)."""
+    image, labels, truth = cells
+    config = replace(SHORT, steps=30)
+    scores = {}
+    for start in ("starting-model", "scratch"):
+        trainer = prepare_run(image, labels, TrainingRecipe(training=config, start=start))
+        for _ in trainer.run():
+            pass
+        model, metadata = trainer.model.eval(), trainer.metadata()
+        preds = [segment_plane(model, metadata, image[z][None], SegmentConfig())[0] for z in (1, 2)]
+        scores[start] = seg_score_planes(np.stack(preds), truth[1:])
+    assert scores["starting-model"] > 0.6
+    assert scores["starting-model"] > scores["scratch"] + 0.15
