@@ -31,8 +31,14 @@ norm, dropout 0.1; seeded) is trained with the product's defaults (Adam 3e-3 ann
 cosine, batch 4 of augmented tiles, elastic deformation) for ``--steps`` steps on all planes
 together. Tiles are drawn in proportion to annotated pixels, so the script balances the
 sources by the number of planes it takes from each (ISBI: every 5th slice). The run is
-deterministic for a seed on one machine (the same torch build and thread count). The runtime
-and the data are written into the model file's provenance and printed.
+deterministic for a seed on one machine (the same torch build and thread count: two runs of a
+short version gave bit-identical weights). The runtime and the data are written into the model
+file's provenance and printed.
+
+Runtime of the shipped file (4000 steps, 88 planes: 48 synthetic, 6 ISBI, 34 PhC; 2026-12-02,
+torch 2.13.0 CPU, 2 cores): 15.8 min measured while other jobs shared the cores; about 12 min
+alone (the first 1,250 steps ran at 6.3 steps/s after a minute of data preparation). Each
+leave-one-set-out model takes about as long.
 """
 
 from __future__ import annotations
