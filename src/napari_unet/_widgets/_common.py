@@ -153,6 +153,17 @@ def form(widget: QWidget, rows: Iterable[tuple[str, QWidget]]) -> QFormLayout:
     return layout
 
 
+def set_tooltips(tips: dict[QWidget, str]) -> None:
+    """Give each widget its tooltip."""
+    for widget, tip in tips.items():
+        widget.setToolTip(tip)
+
+
+def plane_names(planes: Iterable[tuple[int, ...]]) -> str:
+    """Plane indices as a user types them: "0, 2, 3" ("1,4" for a t, z plane; "the image" in 2D)."""
+    return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
+
+
 def hint(text: str) -> QLabel:
     """A small word-wrapped explanatory label."""
     label = QLabel(text)

@@ -24,7 +24,7 @@ from ..devices import available_devices
 from ..model import PRESETS, UNetConfig
 from ..threads import gui_cpu_threads
 from ..train import TrainConfig
-from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer
+from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer, set_tooltips
 from ._dock import DockWidget
 from ._plot import LivePlot
 from .annotate import layer_mode
@@ -234,8 +234,7 @@ class TrainForm(DockWidget):
             self.plot: "training loss (blue, left axis) and validation IoU of the held-out "
             "planes (orange, right axis, 0..1)",
         }
-        for widget, tip in tips.items():
-            widget.setToolTip(tip)
+        set_tooltips(tips)
 
     def _on_labels_changed(self, *_args) -> None:
         layer = self.labels_combo.layer()

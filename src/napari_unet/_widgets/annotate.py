@@ -35,6 +35,7 @@ from ._common import (
     is_annotation_layer,
     layer_data,
     parse_planes,
+    set_tooltips,
     spatial_shape,
     spatial_transform,
 )
@@ -135,8 +136,7 @@ class AnnotateWidget(DockWidget):
             self.import_button: "copy those planes into the annotation layer; they count as "
             "annotated",
         }
-        for widget, tip in tips.items():
-            widget.setToolTip(tip)
+        set_tooltips(tips)
 
     def _layout(self) -> None:
         layout = QVBoxLayout(self.body)

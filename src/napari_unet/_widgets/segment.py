@@ -43,6 +43,7 @@ from ._common import (
     layer_data,
     log,
     report_error,
+    set_tooltips,
     spatial_transform,
 )
 from ._dock import DockWidget
@@ -201,8 +202,7 @@ class SegmentWidget(DockWidget):
             self.progress: "planes done",
             self.status: "what the widget is doing, or why it stopped",
         }
-        for widget, tip in tips.items():
-            widget.setToolTip(tip)
+        set_tooltips(tips)
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""

@@ -32,6 +32,7 @@ from ._common import (
     layer_data,
     log,
     parse_planes,
+    plane_names,
     report_error,
     spatial_shape,
 )
@@ -166,9 +167,9 @@ class TrainWidget(TrainForm):
                 "background first (or import labels in 1 Annotate)"
             )
         if not planes:
-            names = ", ".join(",".join(map(str, p)) or "the image" for p in annotated)
             raise AnnotationError(
-                f"every annotated plane ({names}) is held out: leave at least one for training"
+                f"every annotated plane ({plane_names(annotated)}) is held out: leave at least "
+                "one for training"
             )
         model_path = None
         if self.architecture() is None:
@@ -237,9 +238,8 @@ class TrainWidget(TrainForm):
             n,
         )
         self.viewer.reset_view()  # the samples lie right of the image: bring both into view
-        where = ", ".join(map(str, plane)) or "the image"
         self.status.setText(
-            f"augmentation preview of plane {where}: {n} samples right of the image "
+            f"augmentation preview of plane {plane_names([plane])}: {n} samples right of the image "
             "(layers 'augmentation preview'; delete them when done)"
         )
         return layers

@@ -29,7 +29,9 @@ from ._common import (
     guarded,
     hint,
     is_annotation_layer,
+    plane_names,
     report_error,
+    set_tooltips,
 )
 from ._dock import DockWidget
 from .annotate import layer_mode, training_plane_list
@@ -52,11 +54,6 @@ def _weights_job(labels, planes, config: AnnotationConfig):
             yield ("plane", index, weight)
     except Exception as exc:  # noqa: BLE001 - reported on the main thread
         yield ("error", exc)
-
-
-def _plane_names(planes: list[tuple[int, ...]]) -> str:
-    """Plane indices as a user writes them: "0, 2, 3" (or "t 1 z 4" style "1,4")."""
-    return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
 
 
 class WeightMapWidget(DockWidget):
@@ -142,8 +139,7 @@ class WeightMapWidget(DockWidget):
             "the gaps glow)",
             self.status: "the planes computed and their weight range",
         }
-        for widget, tip in tips.items():
-            widget.setToolTip(tip)
+        set_tooltips(tips)
 
     def _show_variant_rows(self, variant: str) -> None:
         paper = variant == "paper"
@@ -199,7 +195,7 @@ class WeightMapWidget(DockWidget):
         if scope.startswith("current"):
             planes = [current_plane(self.viewer, layer, layer.ndim - 2)]
             if planes[0] not in annotated:
-                where = _plane_names(planes)
+                where = plane_names(planes)
                 raise AnnotationError(
                     f"plane {where} is not annotated: its weights would all be 1; paint or "
                     "import annotations there, or choose 'all annotated planes'"
@@ -218,7 +214,7 @@ class WeightMapWidget(DockWidget):
         self.background.set(self.worker.quit)  # closing: stop after the plane being computed
         self.compute_button.setEnabled(False)
         self._planes, self._range = planes, (np.inf, -np.inf)
-        self.status.setText(f"computing plane {_plane_names(planes)} ...")
+        self.status.setText(f"computing plane {plane_names(planes)} ...")
         self.worker.start()
         return self.worker
 
@@ -259,7 +255,7 @@ class WeightMapWidget(DockWidget):
         self._range = (min(low, float(weight.min())), max(high, float(weight.max())))
         done = self._planes[: self._planes.index(index) + 1] if index in self._planes else []
         self.status.setText(
-            f"plane {_plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
+            f"plane {plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
         )
 
     def _on_finished(self) -> None:
