@@ -96,6 +96,30 @@ def test_cancel_then_rerun_resumes_a_zarr_output(model, stack, tmp_path):
     np.testing.assert_array_equal(np.asarray(read_array(out)), ref)
 
 
+def test_a_finished_plane_is_recorded_in_one_metadata_write(tmp_path, monkeypatch):
+    """The done planes and the id offset must reach zarr.json together: a kill between two
+    metadata writes once left a resumed run continuing from a stale offset (every id shifted)."""
+    from zarr.storage import LocalStore
+
+    from napari_unet.files import StackWriter
+
+    writer = StackWriter(tmp_path / "o.zarr", (3, 8, 8), run="fingerprint")
+    writes: list[str] = []
+    real_set = LocalStore.set
+
+    async def counting_set(self, key, value):
+        writes.append(key)
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", counting_set)
+    writer.write(0, (0,), np.ones((8, 8), np.uint32), {"napari_unet_offset": 1})
+    assert writes.count("zarr.json") == 1, writes
+    monkeypatch.undo()
+    reopened = StackWriter(tmp_path / "o.zarr", (3, 8, 8), run="fingerprint")
+    assert reopened.done == {0}
+    assert reopened._array.attrs["napari_unet_offset"] == 1
+
+
 def test_time_series_with_channels(model):
     net = UNet(UNetConfig(in_channels=2, width=4, depth=2, dropout=0.0)).eval()
     _, meta = model

@@ -279,7 +279,11 @@ class StackWriter:
         self._array[index] = plane
         self.done.add(flat_index)
         if self.kind == "zarr":
-            self._array.attrs.update({"napari_unet_done": sorted(self.done), **(attrs or {})})
+            # one metadata write (``attrs.update`` would write zarr.json once per key, and a kill
+            # between two of those writes separated the done planes from the id offset)
+            self._array = self._array.update_attributes(
+                {"napari_unet_done": sorted(self.done), **(attrs or {})}
+            )
 
     def finish(self):
         """Return the in-memory array, or the output path once complete."""
