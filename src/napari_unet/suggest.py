@@ -1,0 +1,152 @@
+"""Which plane to annotate next: rank planes by how unsure the model is about them.
+
+The human-in-the-loop round is: segment a stack, correct the plane the model is least sure of,
+continue training, repeat. This module scores each plane from the 8 dihedral test-time
+transforms (:func:`napari_unet.predict.predict_plane_with_uncertainty`) with three measures:
+
+* ``disagreement`` -- mean over the plane of the standard deviation, over the 8 transforms, of
+  the probability of the class finally chosen (the transforms disagree where the network has
+  not learned what it sees);
+* ``entropy`` -- mean normalised entropy of the averaged class probabilities (0 = certain,
+  1 = uniform);
+* ``boundary_per_object`` -- pixels whose averaged foreground probability lies between 0.2 and
+  0.8 per predicted object (+1): wide, unsure object borders, independent of how many objects
+  the plane holds.
+
+All three come from one set of 8 forward passes per plane. Which of them predicts a plane's
+segmentation error best is measured by ``benchmarks/loop.py`` (docs/benchmarks.md, "Human in
+the loop"); :data:`DEFAULT_MEASURE` is that measure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .annotations import Normalization, normalize_plane
+from .batch import SegmentConfig, iter_planes, labels_from_probabilities, plane_layout
+from .errors import Cancelled, InputError
+from .model import UNet
+from .modelfile import ModelMetadata
+from .predict import PredictConfig, predict_plane_with_uncertainty
+
+Measure = Literal["disagreement", "entropy", "boundary_per_object"]
+MEASURES: tuple[str, ...] = ("disagreement", "entropy", "boundary_per_object")
+DEFAULT_MEASURE: Measure = "disagreement"
+UNSURE_BAND = (0.2, 0.8)  # averaged foreground probability counted as an unsure border
+
+
+@dataclass(frozen=True)
+class SuggestConfig:
+    """How planes are ranked.
+
+    measure : the score planes are sorted by (all measures are computed and reported).
+    segment : prediction and post-processing settings (the objects counted per plane).
+    """
+
+    measure: Measure = DEFAULT_MEASURE
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.measure not in MEASURES:
+            choices = ", ".join(MEASURES)
+            raise InputError(f"unknown measure {self.measure!r}; choose one of {choices}")
+
+
+@dataclass(frozen=True)
+class PlaneScore:
+    """The uncertainty of one plane: ``scores`` holds every measure, ``score`` the ranked one."""
+
+    index: tuple[int, ...]
+    score: float
+    scores: dict[str, float]
+    objects: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (``plane`` is the list of leading-axis indices)."""
+        return {
+            "plane": list(self.index),
+            "score": self.score,
+            "objects": self.objects,
+            **{name: value for name, value in self.scores.items()},
+        }
+
+
+@dataclass(frozen=True)
+class PlaneUncertainty:
+    """Everything one plane's 8 passes give: scores, the per-pixel disagreement map, labels."""
+
+    scores: dict[str, float]
+    objects: int
+    disagreement_map: np.ndarray
+    labels: np.ndarray
+
+
+def plane_uncertainty(
+    model: UNet, metadata: ModelMetadata, plane: np.ndarray, config: SegmentConfig
+) -> PlaneUncertainty:
+    """Scores of one raw (C, Y, X) plane, its disagreement map (Y, X) and its TTA labels."""
+    norm = Normalization.from_dict(metadata.normalization)
+    predict: PredictConfig = config.predict
+    mean, disagreement = predict_plane_with_uncertainty(
+        model, normalize_plane(plane, norm), predict
+    )
+    labels = labels_from_probabilities(mean, metadata, config)
+    classes = mean.shape[0]
+    clipped = np.clip(mean.astype(np.float64), 1e-7, 1.0)
+    entropy = -(clipped * np.log(clipped)).sum(axis=0) / np.log(max(classes, 2))
+    foreground = mean[1:].sum(axis=0)
+    low, high = UNSURE_BAND
+    unsure = int(((foreground > low) & (foreground < high)).sum())
+    objects = int(len(np.unique(labels[labels > 0]))) if config.instances else int(labels.max())
+    scores = {
+        "disagreement": float(disagreement.mean()),
+        "entropy": float(entropy.mean()),
+        "boundary_per_object": unsure / (objects + 1),
+    }
+    return PlaneUncertainty(scores, objects, disagreement, labels)
+
+
+def rank_planes(
+    model: UNet,
+    metadata: ModelMetadata,
+    image,
+    config: SuggestConfig | None = None,
+    exclude: Iterable[tuple[int, ...]] = (),
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    on_plane: Callable[[tuple[int, ...], PlaneUncertainty], None] | None = None,
+) -> list[PlaneScore]:
+    """Score every plane of ``image`` not in ``exclude`` and return them, least sure first.
+
+    ``image`` is (..., [C,] Y, X) like :func:`napari_unet.batch.segment_stack`'s (numpy, dask
+    or zarr; read one plane at a time). ``exclude`` holds the leading-axis indices of planes
+    already annotated. ``progress(done, total)`` follows the scored planes; ``cancelled()``
+    returning True stops with :class:`~napari_unet.errors.Cancelled`; ``on_plane(index,
+    result)`` receives each plane's maps (e.g. to fill an uncertainty layer).
+    """
+    config = config or SuggestConfig()
+    lead, _ = plane_layout(tuple(image.shape), model, config.segment.channel_axis)
+    skip = {tuple(int(i) for i in index) for index in exclude}
+    total = sum(1 for index in (np.ndindex(*lead) if lead else [()]) if index not in skip)
+    if total == 0:
+        raise InputError("every plane is annotated already: there is no plane left to suggest")
+    ranked: list[PlaneScore] = []
+    for index, plane in iter_planes(image, model, config.segment.channel_axis):
+        if index in skip:
+            continue
+        if cancelled is not None and cancelled():
+            raise Cancelled("ranking cancelled")
+        result = plane_uncertainty(model, metadata, plane, config.segment)
+        ranked.append(
+            PlaneScore(index, result.scores[config.measure], result.scores, result.objects)
+        )
+        if on_plane is not None:
+            on_plane(index, result)
+        if progress is not None:
+            progress(len(ranked), total)
+    ranked.sort(key=lambda entry: (-entry.score, entry.index))
+    return ranked
