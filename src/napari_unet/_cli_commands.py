@@ -65,6 +65,7 @@ def _planes_of(labels: np.ndarray, text: str | None):
 def run_train(args) -> int:
     from .annotations import AnnotationConfig
     from .augment import AugmentConfig
+    from .defaults import default_steps
     from .files import read_array
     from .model import PRESETS
     from .recipe import TrainingRecipe, prepare_run
@@ -81,8 +82,9 @@ def run_train(args) -> int:
         for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding))
         if v
     }
+    steps = args.steps if args.steps is not None else default_steps(args.init is not None)
     config = TrainConfig(
-        steps=args.steps,
+        steps=steps,
         minutes=args.minutes,
         batch_size=args.batch_size,
         tile=args.tile,
@@ -218,6 +220,100 @@ def run_predict(args) -> int:
         f"done in {time.perf_counter() - start:.1f}s on {device}; labels written to {out}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _excluded_planes(text: str | None, lead: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Planes named by ``--exclude`` (``0,3,5-7``; ``(0, 3); (1, 2)`` when the image has several
+    leading axes), checked against the image's leading (plane) shape ``lead``."""
+    from .planes import parse_index_list, parse_plane_list
+
+    if text is None or not text.strip():
+        return []
+    if len(lead) <= 1:
+        numbers = parse_index_list(text) or []
+        count = lead[0] if lead else 1
+        bad = [i for i in numbers if i >= count]
+        if bad:
+            raise InputError(
+                f"--exclude: plane {bad[0]} does not exist: the image has {count} plane(s)"
+            )
+        return [(i,) if lead else () for i in numbers]
+    planes = parse_plane_list(text, len(lead))
+    for plane in planes:
+        if any(i >= n for i, n in zip(plane, lead, strict=True)):
+            raise InputError(
+                f"--exclude: plane {plane} does not exist: the image's planes span {lead}"
+            )
+    return planes
+
+
+def _annotated_planes_of(path: str, lead: tuple[int, ...], yx: tuple[int, int]):
+    """The planes of an annotations file that hold any label, checked against the image."""
+    from .annotations import annotated_planes
+    from .files import read_array
+
+    labels = read_array(path)
+    if tuple(labels.shape) != lead + yx:
+        raise InputError(
+            f"{path}: the annotations have shape {tuple(labels.shape)} but the image has "
+            f"{int(np.prod(lead)) if lead else 1} plane(s) of {yx[0]} x {yx[1]}: expected "
+            f"shape {lead + yx}"
+        )
+    return annotated_planes(np.asarray(labels))
+
+
+def run_suggest(args) -> int:
+    """Rank the planes of an image by the model's uncertainty; print the ranking as JSON."""
+    from .batch import SegmentConfig, plane_layout
+    from .files import read_array
+    from .predict import PredictConfig, load_predictor
+    from .suggest import DEFAULT_MEASURE, SuggestConfig, rank_planes
+
+    model, metadata, device = load_predictor(args.model, args.device)
+    if args.tile:
+        from .model import check_input_size
+
+        check_input_size(model.config, args.tile)
+    config = SuggestConfig(
+        measure=args.measure or DEFAULT_MEASURE,
+        segment=SegmentConfig(
+            predict=PredictConfig(tile=args.tile, device=args.device),
+            channel_axis=args.channel_axis,
+        ),
+    )
+    image = read_array(args.image, lazy=True)
+    lead, yx = plane_layout(tuple(image.shape), model, args.channel_axis)
+    exclude = _excluded_planes(args.exclude, lead)
+    if args.annotations:
+        exclude += _annotated_planes_of(args.annotations, lead, yx)
+    bar = ProgressLine("suggest", 1, args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done)
+
+    start = time.perf_counter()
+    try:
+        ranking = rank_planes(model, metadata, image, config, exclude, progress)
+    finally:
+        bar.close()
+    shown = ranking[: args.top] if args.top else ranking
+    print_json(
+        {
+            "model": args.model,
+            "image": args.image,
+            "measure": config.measure,
+            "planes_scored": len(ranking),
+            "ranking": [entry.to_dict() for entry in shown],
+        }
+    )
+    if not args.quiet:
+        print(
+            f"done: {len(ranking)} plane(s) scored in {time.perf_counter() - start:.1f}s on "
+            f"{device}",
+            file=sys.stderr,
+        )
     return 0
 
 

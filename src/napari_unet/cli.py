@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command: demo, train, predict, evaluate, weightmap, export.
+"""The ``napari-unet`` command: demo, train, predict, suggest, evaluate, weightmap, export.
 
 A thin front over the library. Every user error ends as one line on stderr and a non-zero exit
 code (2 for bad usage or input, 1 for other failures, 130 when interrupted).
@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import __version__
-from .defaults import DEFAULT_STEPS
+from .defaults import CONTINUE_STEPS, DEFAULT_STEPS, DEFAULT_SUGGEST_MEASURE, SUGGEST_MEASURES
 from .errors import NapariUnetError, OutOfMemory
 
 
@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--steps",
         type=_positive_int,
-        default=DEFAULT_STEPS,
-        help="optimiser steps (default: %(default)s)",
+        default=None,
+        help=f"optimiser steps (default: {DEFAULT_STEPS}, or {CONTINUE_STEPS} with --init; "
+        "a resumed run counts the steps already done)",
     )
     train.add_argument(
         "--minutes",
@@ -149,6 +150,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--channel-axis", type=int)
     pred.add_argument("--quiet", action="store_true")
+
+    sug = sub.add_parser(
+        "suggest",
+        help="rank the planes of an image by how unsure a model is (prints JSON)",
+        description="Rank the planes of IMAGE by how unsure MODEL is about them, least sure "
+        "first: the planes worth annotating next. Every plane is predicted under the 8 flips "
+        "and 90-degree rotations; prints JSON with every measure per plane.",
+    )
+    sug.add_argument("model")
+    sug.add_argument("image")
+    sug.add_argument(
+        "--annotations",
+        metavar="LABELS",
+        help="labels of IMAGE: planes holding any label are left out",
+    )
+    sug.add_argument("--exclude", help="planes to leave out, e.g. 0,3,5-7")
+    sug.add_argument("--top", type=_positive_int, help="print only the N least sure planes")
+    sug.add_argument(
+        "--measure",
+        choices=list(SUGGEST_MEASURES),
+        default=None,
+        help=f"the score planes are ranked by (default: {DEFAULT_SUGGEST_MEASURE}; every "
+        "measure is printed)",
+    )
+    sug.add_argument("--tile", type=_positive_int)
+    sug.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    sug.add_argument("--channel-axis", type=int)
+    sug.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("evaluate", help="compare labels with ground truth (prints JSON)")
     ev.add_argument("pred")
