@@ -56,7 +56,10 @@ PreviewRequest = tuple[tuple[int, ...], Box]
 
 @dataclass
 class TrainJob:
-    """Everything one run needs: the data and a :class:`TrainingRecipe` (the CLI's recipe)."""
+    """Everything one run needs: the data and a :class:`TrainingRecipe` (the CLI's recipe).
+
+    Continuing a model (``recipe.init``) is fine-tuning that model file, as on the command line.
+    """
 
     image: object  # (..., [C,] Y, X) array-like: numpy or dask, read one plane at a time
     labels: object  # (..., Y, X) annotations
@@ -64,6 +67,10 @@ class TrainJob:
     preview_every_s: float = 3.0
     message_every_s: float = 0.1  # step events are sent to the GUI in batches this often
     cpu_threads: int | None = None  # PyTorch CPU threads (None: unchanged)
+    # steps the parent was trained in this session's chain of continued runs ("continue: model
+    # just trained"); 0 for a new model. The run counts its own steps from 0; the widget draws
+    # them after the parent's (step + steps_before), and a resumed run keeps the offset.
+    steps_before: int = 0
     preview_request: PreviewRequest | None = None  # set by the main thread
     trainer: Trainer | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -5,6 +5,10 @@ Cheap on the GUI thread: points are appended to lists; a timer redraws at most e
 (x: 0..steps, IoU: 0..1, loss: 0..a bit above the largest loss seen), so a redraw normally only
 blits the two lines onto a cached background (a few milliseconds); the whole figure is drawn
 again only when the loss leaves its range or the widget is resized.
+
+A run that continues the model just trained keeps the earlier curves and draws its steps after
+them (``start(..., keep=True, offset=steps already trained)``), behind a dashed line where the
+continuation begins; a new model clears the plot.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class LivePlot(QWidget):
         self.losses: list[float] = []
         self.val_steps: list[int] = []
         self.val_ious: list[float] = []
+        self.offset = 0  # x of the current run's step 0 (steps trained before it in the chain)
+        self.continuations: list = []  # dashed lines where a continued run begins
         self.redraws = 0  # redraws with new data
         self.full_draws = 0
         self.last_draw_s = 0.0
@@ -72,28 +78,43 @@ class LivePlot(QWidget):
         self._timer.timeout.connect(self.redraw_if_needed)
         self._timer.start()
 
-    def start(self, total_steps: int, keep: bool = False) -> None:
-        """Prepare for a run of ``total_steps`` (``keep``: continue the curves, e.g. Resume)."""
+    def start(self, total_steps: int, keep: bool = False, offset: int = 0) -> None:
+        """Prepare for a run of ``total_steps``.
+
+        keep : continue the curves drawn so far (Resume, or continuing the model just trained)
+            instead of clearing them.
+        offset : steps trained before this run's step 0 (continuing a model: the steps of its
+            chain so far); the run's points are drawn at ``offset + step``.
+        """
         if not keep:
             for values in (self.steps, self.losses, self.val_steps, self.val_ious):
                 values.clear()
+            for line in self.continuations:
+                line.remove()
+            self.continuations.clear()
+        self.offset = max(int(offset), 0)
+        marked = {line.get_xdata()[0] for line in self.continuations}
+        if self.offset and self.offset not in marked:
+            self.continuations.append(
+                self.ax.axvline(self.offset, color="#808080", lw=0.8, ls="--")
+            )
         self.placeholder.set_visible(False)
         self.ax.tick_params(axis="x", labelbottom=True)
         self.ax.tick_params(axis="y", labelleft=True)
-        self.ax.set_xlim(0, max(total_steps, 1))
+        self.ax.set_xlim(0, max(self.offset + total_steps, 1))
         self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
         self._dirty = True
         self._full_draw()
 
     def add_loss(self, step: int, loss: float) -> None:
-        """Append one training-loss point."""
-        self.steps.append(step)
+        """Append one training-loss point (``step`` of the current run)."""
+        self.steps.append(self.offset + step)
         self.losses.append(loss)
         self._dirty = True
 
     def add_validation(self, step: int, iou: float) -> None:
-        """Append one validation-IoU point."""
-        self.val_steps.append(step)
+        """Append one validation-IoU point (``step`` of the current run)."""
+        self.val_steps.append(self.offset + step)
         self.val_ious.append(iou)
         self._dirty = True
 

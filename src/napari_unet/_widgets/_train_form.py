@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,23 +21,35 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible, QLabeledDoubleSlider
 
 from ..augment import AugmentConfig
+from ..defaults import default_steps
 from ..devices import available_devices
 from ..model import PRESETS, UNetConfig
 from ..threads import gui_cpu_threads
 from ..train import TrainConfig
+from . import _session
 from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer, set_tooltips
 from ._dock import DockWidget
 from ._plot import LivePlot
 from .annotate import layer_mode
 
+#: The model choices, in the order shown: the new networks, then (after a separator) the two
+#: ways to go on from a trained one. The first is the default.
 MODEL_CHOICES = (
     "new: from the starting model",
     "new: small preset, from scratch",
     "new: paper U-Net",
     "new: custom (Advanced)",
+    "continue: model just trained",
     "fine-tune model file...",
 )
 CUSTOM = MODEL_CHOICES[3]
+#: Fine-tune the session's model just trained (the human-in-the-loop round: segment, correct a
+#: plane, continue, segment again); offered once a run has finished in this session.
+CONTINUE = MODEL_CHOICES[4]
+FINE_TUNE = MODEL_CHOICES[5]
+NO_SESSION_MODEL = (
+    "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
+)
 
 
 def _spin(value: int, low: int, high: int) -> QSpinBox:
@@ -60,12 +73,17 @@ class TrainForm(DockWidget):
         self.schema = QLabel("", self)
         self.model_combo = QComboBox(self)
         self.model_combo.addItems(MODEL_CHOICES)
+        self.model_combo.insertSeparator(MODEL_CHOICES.index(CONTINUE))
         self.model_path = QLineEdit(self)
         self.model_path.setPlaceholderText("model file (.safetensors)")
         self.browse_button = QPushButton("...", self)
         self.device = QComboBox(self)
         self.device.addItems(available_devices())
-        self.steps = _spin(TrainConfig().steps, 1, 1_000_000)
+        self.steps = _spin(default_steps(False), 1, 1_000_000)
+        # the steps each kind of run had last: a new model, or continuing the model just
+        # trained (the field shows one; switching kind swaps them, so no typed value is lost)
+        self._steps_of = {False: default_steps(False), True: default_steps(True)}
+        self._continuing = False
         self.steps.setToolTip(
             "optimiser steps, each on a batch of augmented tiles; training "
             "ends here or when the time budget is spent"
@@ -117,8 +135,10 @@ class TrainForm(DockWidget):
         self.browse_button.clicked.connect(self._browse_model)
         self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
         self.model_combo.currentTextChanged.connect(self._on_model_choice)
+        _session.changed.connect(self._on_session_changed)
         self._on_labels_changed()
         self._on_model_choice(self.model_combo.currentText())
+        self._on_session_changed()
 
     def _layout(self) -> None:
         path_row = QHBoxLayout()
@@ -195,8 +215,10 @@ class TrainForm(DockWidget):
             "small network shipped with the plugin (16 base channels, depth 3; needs one "
             "channel and two classes, else it starts from scratch); small preset from scratch: "
             "the same network from random weights; paper U-Net: 64 channels, depth 4, 31 M "
-            "parameters (use a GPU); custom: width/depth/padding from Advanced; fine-tune: "
-            "start from a model file of yours",
+            "parameters (use a GPU); custom: width/depth/padding from Advanced; continue: train "
+            "the model just trained further on every annotated plane (after correcting its "
+            f"segmentation; {default_steps(True)} steps by default, the plot goes on); "
+            "fine-tune: start from a model file of yours",
             self.model_path: "the model file (.safetensors) to fine-tune; its architecture, "
             "normalisation and classes are kept",
             self.browse_button: "choose the model file to fine-tune",
@@ -246,10 +268,47 @@ class TrainForm(DockWidget):
             self.image_combo.set_layer(layer.metadata[META_IMAGE])
 
     def _on_model_choice(self, choice: str) -> None:
-        fine_tune = choice.startswith("fine-tune")
+        fine_tune = choice == FINE_TUNE
         label = self.rows.labelForField(self._path_row)
         for widget in (self.model_path, self.browse_button, label):
             widget.setVisible(fine_tune)
+        continuing = choice == CONTINUE
+        if continuing != self._continuing:  # default_steps(True) to continue, else (False)
+            self._steps_of[self._continuing] = self.steps.value()
+            self.steps.setValue(self._steps_of[continuing])
+            self._continuing = continuing
+        if continuing and _session.trained() is None:
+            self.status.setText(f"continue: {NO_SESSION_MODEL}")
+
+    def _on_session_changed(self) -> None:
+        """Offer "continue: model just trained" only while the session holds a model."""
+        try:
+            item = self.model_combo.model().item(self.model_combo.findText(CONTINUE))
+        except RuntimeError:  # the widget was deleted; the session signal outlived it
+            _session.changed.disconnect(self._on_session_changed)
+            return
+        entry = _session.trained()
+        item.setEnabled(entry is not None)
+        item.setData(
+            f"continue training the model just trained ({entry.description})"
+            if entry
+            else NO_SESSION_MODEL,
+            Qt.ItemDataRole.ToolTipRole,
+        )
+        if entry is None and self.is_continuing():
+            self.status.setText(f"continue: {NO_SESSION_MODEL}")
+
+    def stop_workers(self) -> None:
+        """The widget is closing: stop following the session, then stop the workers."""
+        try:
+            _session.changed.disconnect(self._on_session_changed)
+        except Exception:  # noqa: BLE001 - already disconnected
+            pass
+        super().stop_workers()
+
+    def is_continuing(self) -> bool:
+        """Whether the chosen model is "continue: model just trained"."""
+        return self.model_combo.currentText() == CONTINUE
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -267,9 +326,9 @@ class TrainForm(DockWidget):
         self.model_combo.setCurrentText(CUSTOM)
 
     def architecture(self) -> UNetConfig | None:
-        """The architecture of a new network (None when fine-tuning a model file)."""
+        """The architecture of a new network (None when fine-tuning or continuing a model)."""
         choice = self.model_combo.currentText()
-        if choice.startswith("fine-tune"):
+        if choice in (CONTINUE, FINE_TUNE):
             return None
         if choice in MODEL_CHOICES[:2]:
             return PRESETS["small"]

@@ -38,7 +38,7 @@ from ._common import (
 )
 from ._dock import wait_until, worker_returned
 from ._preview import LivePreview
-from ._train_form import TrainForm
+from ._train_form import CONTINUE, NO_SESSION_MODEL, TrainForm
 from .annotate import layer_mode, training_plane_list
 
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
@@ -56,6 +56,10 @@ def stop_training(job: TrainJob, worker) -> None:
 class TrainWidget(TrainForm):
     """Train, cancel, resume and save; the result becomes the "model just trained".
 
+    "continue: model just trained" fine-tunes that model (via its model file, as "fine-tune
+    model file..." does) on every annotated plane; the plot draws the new steps after the
+    earlier curve.
+
     Training runs in a napari ``thread_worker`` over :meth:`Trainer.run` (see ``_train_job``);
     the GUI thread only receives small messages: events for the progress bar and the plot (the
     plot redraws at most every 0.5 s) and, every few seconds, a predicted crop of the plane on
@@ -70,6 +74,7 @@ class TrainWidget(TrainForm):
         self.events: list[TrainEvent] = []
         self.last_checkpoint: Path | None = None
         self.result = None  # (model, metadata) of the last finished or cancelled run
+        self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
         self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
         self.preview = LivePreview(viewer)
         self._started = time.perf_counter()
@@ -118,6 +123,18 @@ class TrainWidget(TrainForm):
                 self.progress.setFormat("")
             return None
 
+    def continue_training(self, steps: int | None = None):
+        """Continue the model just trained: choose "continue: model just trained" and start.
+
+        ``steps``: the run's steps (None: the field's, i.e. ``default_steps(True)`` unless the
+        user typed another). Returns the worker, or None when the run did not start (the reason
+        is a notification and the status line, e.g. no model trained yet in this session).
+        """
+        self.model_combo.setCurrentText(CONTINUE)
+        if steps is not None:
+            self.steps.setValue(steps)
+        return self.start_training()
+
     def stop_workers(self) -> None:
         """The widget is closing: cancel a run and wait until its worker thread has returned."""
         try:
@@ -136,7 +153,11 @@ class TrainWidget(TrainForm):
         else:
             job = self._new_job()
             self.events.clear()
-        self.plot.start(job.config.steps, keep=resume)
+        # a continued model's curve goes on from its parent's, if the plot shows that one
+        parent_plotted = job.steps_before > 0 and self._plotted is _session.trained()
+        self.plot.start(job.config.steps, keep=resume or parent_plotted, offset=job.steps_before)
+        if not resume:
+            self._plotted = None  # until this run finishes and becomes the model just trained
         self.job = job
         if not resume:
             self.last_checkpoint = None  # Resume continues this run, never an older one
@@ -171,8 +192,14 @@ class TrainWidget(TrainForm):
                 f"every annotated plane ({plane_names(annotated)}) is held out: leave at least "
                 "one for training"
             )
-        model_path = None
-        if self.architecture() is None:
+        model_path, steps_before = None, 0
+        if self.is_continuing():
+            entry = _session.trained()
+            if entry is None:
+                raise InputError(NO_SESSION_MODEL)
+            model_path = entry.model_file(self.checkpoint_dir)  # the parent, named in the file
+            steps_before = entry.chain_steps
+        elif self.architecture() is None:
             model_path = self.model_path.text().strip()
             if not model_path:
                 raise InputError("choose the model file to fine-tune")
@@ -196,6 +223,7 @@ class TrainWidget(TrainForm):
             recipe=recipe,
             preview_every_s=self.preview_every.value(),
             cpu_threads=self.cpu_threads(),
+            steps_before=steps_before,
         )
 
     def cancel(self) -> None:
@@ -304,14 +332,28 @@ class TrainWidget(TrainForm):
             self.last_checkpoint = None  # finished: Resume would retrain an older state
             self.progress.setValue(step)
             self.progress.setFormat("step %v/%m   done")
-            name = self.image_combo.currentText()
-            _session.set_trained(model, metadata, f"trained on {name!r}, {step} steps")
+            self._plotted = _session.set_trained(
+                model,
+                metadata,
+                self._description(step, metadata),
+                chain_steps=self.job.steps_before + step,
+                stem=Path(self.job.recipe.checkpoint).stem,
+            )
             took = time.perf_counter() - self._started
             self.status.setText(
                 f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
                 "tiles/s); use 4 Segment or Save model"
             )
         self.plot.redraw_if_needed()
+
+    def _description(self, step: int, metadata) -> str:
+        """How 4 Segment names the model just trained, e.g. "trained on 'cells', 2000 steps"."""
+        name = self.image_combo.currentText()
+        before = self.job.steps_before
+        if not before:
+            return f"trained on {name!r}, {step} steps"
+        parent = metadata.provenance.get("parent_model") or "the model trained before"
+        return f"trained on {name!r}, {before} + {step} steps (continued from {parent})"
 
     def _on_worker_error(self, exc: Exception) -> None:
         report_error(exc)
