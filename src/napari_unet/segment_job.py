@@ -1,22 +1,30 @@
 """Segmentation work that the Segment widget runs in a worker thread (no Qt in here).
 
-Both functions return a tuple instead of raising: ``("plane", index, labels, probability,
-uncertainty)``, ``("stack", labels)``, ``("cancelled",)`` or ``("error", exception)``.
+The functions return a tuple instead of raising: ``("plane", index, labels, probability,
+uncertainty)``, ``("stack", labels)``, ``("ranked", scores, disagreement)``, ``("cancelled",)``
+or ``("error", exception)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .annotations import Normalization, normalize_plane
-from .batch import SegmentConfig, labels_from_probabilities, segment_plane, segment_stack
+from .batch import (
+    SegmentConfig,
+    labels_from_probabilities,
+    plane_layout,
+    segment_plane,
+    segment_stack,
+)
 from .errors import Cancelled, InputError
 from .planes import read_plane
 from .predict import load_predictor, predict_plane_with_uncertainty
+from .suggest import PlaneUncertainty, SuggestConfig, rank_planes
 from .threads import limited_threads
 
 
@@ -125,6 +133,48 @@ def segment_whole(
                     model, metadata, image, config, progress=progress, cancelled=cancelled
                 ),
             )
+    except Cancelled:
+        return ("cancelled",)
+    except Exception as exc:  # noqa: BLE001 - shown on the main thread
+        return ("error", exc)
+
+
+def rank_whole(
+    source: ModelSource,
+    device: str,
+    image,
+    config: SuggestConfig,
+    exclude: Iterable[tuple[int, ...]],
+    progress: Callable[[int, int], None],
+    cancelled: Callable[[], bool],
+    threads: int | None = None,
+):
+    """Rank the planes of ``image`` not in ``exclude``, least sure first (:func:`rank_planes`).
+
+    Returns ``("ranked", scores, disagreement)``: the :class:`~napari_unet.suggest.PlaneScore`
+    list and a float32 array of the image's plane shape (..., Y, X) holding each scored plane's
+    disagreement map (0 on the planes not scored).
+    """
+    try:
+        with limited_threads(threads):
+            model, metadata = source.load(device)
+            lead, yx = plane_layout(tuple(image.shape), model, config.segment.channel_axis)
+            maps = np.zeros(lead + yx, np.float32)
+
+            def keep(index: tuple[int, ...], result: PlaneUncertainty) -> None:
+                maps[index] = result.disagreement_map
+
+            scores = rank_planes(
+                model,
+                metadata,
+                image,
+                config,
+                exclude=exclude,
+                progress=progress,
+                cancelled=cancelled,
+                on_plane=keep,
+            )
+            return ("ranked", scores, maps)
     except Cancelled:
         return ("cancelled",)
     except Exception as exc:  # noqa: BLE001 - shown on the main thread

@@ -23,6 +23,7 @@ META_PLANES = "napari_unet_planes"  # planes marked "annotated" explicitly (list
 META_MODE = "napari_unet_mode"  # label schema: instances / scribbles / classes
 META_WEIGHTMAP = "napari_unet_weightmap"  # WeightMapConfig fields chosen in the weight-map widget
 META_CHANNEL_AXIS = "napari_unet_channel_axis"  # image axis holding channels (None: none / RGB)
+META_INSTANCES = "napari_unet_instances"  # a segmentation result numbers objects (else classes)
 
 
 # ----------------------------------------------------------------------------- messages

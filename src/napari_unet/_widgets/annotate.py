@@ -27,6 +27,7 @@ from ._common import (
     META_MODE,
     META_PLANES,
     LayerCombo,
+    channel_axis,
     current_plane,
     form,
     go_to_plane,
@@ -57,6 +58,26 @@ def layer_mode(layer: Labels | None) -> str:
     """The label schema of an annotation layer (``instances`` unless recorded otherwise)."""
     mode = layer.metadata.get(META_MODE, "instances") if layer is not None else "instances"
     return mode if mode in MODES else "instances"
+
+
+def add_annotation_layer(
+    viewer, image: Image, mode: str = "instances", axis: int | None = None
+) -> Labels:
+    """Add an empty annotation layer "<image> annotations" matching ``image``.
+
+    Its shape is the image's without the channel ``axis`` (default: the recorded one, or RGB),
+    with the image's scale and translation, the schema's colours and no annotated plane yet.
+    """
+    axis = channel_axis(image) if axis is None else axis
+    layer = viewer.add_labels(
+        np.zeros(spatial_shape(image, axis), np.uint16),
+        name=f"{image.name} annotations",
+        metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
+        **spatial_transform(image, axis),
+    )
+    layer.colormap = schema_colormap(mode)
+    layer.brush_size = 6
+    return layer
 
 
 class AnnotateWidget(DockWidget):
@@ -207,15 +228,7 @@ class AnnotateWidget(DockWidget):
         axis = None if image.rgb else self.channel_combo.currentData()
         if image is self.image_combo.layer() and not image.rgb:
             image.metadata[META_CHANNEL_AXIS] = axis
-        shape = spatial_shape(image, axis)
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint16),
-            name=f"{image.name} annotations",
-            metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
-            **spatial_transform(image, axis),
-        )
-        layer.colormap = schema_colormap(mode)
-        layer.brush_size = 6
+        layer = add_annotation_layer(self.viewer, image, mode, axis)
         self.labels_combo.set_layer(layer)
         return layer
 
