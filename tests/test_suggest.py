@@ -310,12 +310,12 @@ def test_train_init_without_steps_runs_the_continue_budget(trained, capsys):
     assert provenance["training"]["steps"] == CONTINUE_STEPS
     assert provenance["parent_model"] == "model.safetensors"
 
-    # a resumed run without --steps aims at DEFAULT_STEPS, as before (--minutes ends it at once)
+    # a resumed run without --steps aims at the target it was started with (300, not 2000)
     resumed = folder / "resumed.safetensors"
     ckpt = child.with_suffix(".ckpt")
     args = ["train", str(image), str(labels), "--resume", str(ckpt), "--out", str(resumed)]
     assert main([*args, "--minutes", "0.0001", *TINY_TRAIN]) == 0
-    assert f"steps {CONTINUE_STEPS}->{DEFAULT_STEPS}" in capsys.readouterr().err
+    assert f"steps {CONTINUE_STEPS}->{CONTINUE_STEPS}" in capsys.readouterr().err
 
     # a new model without --steps aims at DEFAULT_STEPS (--minutes ends it after a step or two)
     scratch = folder / "scratch.safetensors"

@@ -62,6 +62,19 @@ def _planes_of(labels: np.ndarray, text: str | None):
     return [(i,) for i in indices]
 
 
+def _default_train_steps(args, default_steps) -> int:
+    """Steps without ``--steps``: a resumed run aims at the target it was started with (an
+    interrupted ``--init`` run resumes to its 300 steps, not 2000); otherwise the default for a
+    new or a continued model."""
+    if args.resume is not None:
+        from .train import read_checkpoint_metadata
+
+        training = read_checkpoint_metadata(args.resume).provenance.get("training") or {}
+        if isinstance(training.get("steps"), int) and training["steps"] > 0:
+            return training["steps"]
+    return default_steps(args.init is not None)
+
+
 def run_train(args) -> int:
     from .annotations import AnnotationConfig
     from .augment import AugmentConfig
@@ -82,7 +95,7 @@ def run_train(args) -> int:
         for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding))
         if v
     }
-    steps = args.steps if args.steps is not None else default_steps(args.init is not None)
+    steps = args.steps if args.steps is not None else _default_train_steps(args, default_steps)
     config = TrainConfig(
         steps=steps,
         minutes=args.minutes,

@@ -272,7 +272,8 @@ class TrainForm(DockWidget):
         label = self.rows.labelForField(self._path_row)
         for widget in (self.model_path, self.browse_button, label):
             widget.setVisible(fine_tune)
-        continuing = choice == CONTINUE
+        # fine-tuning a model (the session's or a file) gets the short budget, as `train --init`
+        continuing = choice in (CONTINUE, FINE_TUNE)
         if continuing != self._continuing:  # default_steps(True) to continue, else (False)
             self._steps_of[self._continuing] = self.steps.value()
             self.steps.setValue(self._steps_of[continuing])
