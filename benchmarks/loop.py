@@ -1,0 +1,303 @@
+"""Human in the loop, simulated: does "annotate next" beat adding planes in order or at random?
+
+A simulated annotator "corrects" a plane by replacing it with its ground truth. Every strategy
+starts from the same model, trained with the product's defaults (``TrainingRecipe()``) on one
+annotated plane of a pool. Each round adds one plane of the pool -- the one the tool suggests
+(:func:`napari_unet.suggest.rank_planes`, least sure first), the next one in order, or a random
+one (several seeds) -- continues training from the current model with the short default budget
+(``defaults.default_steps(continuing=True)``, what ``train --init`` and the Train widget's
+"continue" do), and scores the model on held-out planes. Sets:
+
+* ``synthetic``: a pool of 12 fluorescence-like planes (256²) whose cell size, density, blur and
+  noise vary from plane to plane (``sample_data.random_modality_config``), 6 held-out planes
+  drawn the same way; SEG.
+* ``phc``: PhC-U373 -- pool: the 15 annotated frames of sequence 01; held out: the 19 of
+  sequence 02; SEG.
+* ``isbi``: ISBI 2012 -- pool: slices 0-19 (a 20-plane 512² stack); held out: 20-29; adapted
+  Rand error (lower is better).
+
+It also measures which uncertainty measure predicts a plane's error best: after the first
+training, the Spearman correlation over the pool's unannotated planes between each measure and
+the plane's error (1 - SEG, or the adapted Rand error) of the TTA segmentation.
+
+Results: ``benchmarks/results/loop.json`` and ``docs/images/loop.png``; docs/benchmarks.md,
+"Human in the loop", states them. Real data are read from ``../shared/data`` (or
+``$NAPARI_UNET_DATA``); sets whose data are absent are skipped.
+
+    python benchmarks/loop.py                      # all sets, ~1.5 h on a 2-core CPU
+    python benchmarks/loop.py --sets synthetic --rounds 2 --random-seeds 1 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy.stats import spearmanr
+
+from napari_unet.batch import SegmentConfig, segment_stack
+from napari_unet.defaults import default_steps
+from napari_unet.metrics import adapted_rand_error, instances_from_binary, seg_score_planes
+from napari_unet.predict import PredictConfig
+from napari_unet.recipe import TrainingRecipe, prepare_run
+from napari_unet.sample_data import make_cells, random_modality_config
+from napari_unet.suggest import MEASURES, SuggestConfig, rank_planes
+from napari_unet.train import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import cpu_name  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "loop.json"
+PLOT = ROOT / "docs" / "images" / "loop.png"
+
+
+@dataclass
+class LoopSet:
+    """A pool to annotate from, held-out planes to score on, and the score."""
+
+    name: str
+    pool_images: np.ndarray
+    pool_truth: np.ndarray  # instance labels (scoring)
+    pool_labels: np.ndarray  # what the annotator paints (training)
+    test_images: np.ndarray
+    test_truth: np.ndarray
+    score_name: str
+    higher_is_better: bool
+
+    def score(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        if self.score_name == "seg":
+            return seg_score_planes(pred, truth)
+        return float(np.mean([adapted_rand_error(p, t) for p, t in zip(pred, truth, strict=True)]))
+
+    def plane_error(self, pred: np.ndarray, truth: np.ndarray) -> float:
+        """Error of one plane (higher = worse) for the measure-vs-error correlation."""
+        value = self.score(pred[None], truth[None])
+        return 1.0 - value if self.higher_is_better else value
+
+
+def data_root() -> Path | None:
+    for cand in (os.environ.get("NAPARI_UNET_DATA"), ROOT.parent / "shared" / "data"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+def synthetic_set(quick: bool) -> LoopSet:
+    rng = np.random.default_rng(2026)
+    size = (128, 128) if quick else (256, 256)
+    planes = [make_cells(random_modality_config(rng, size, "fluorescence"), seed=100 + i)
+              for i in range(6 if quick else 18)]  # fmt: skip
+    images = np.stack([p[0] for p in planes])
+    truth = np.stack([p[1] for p in planes]).astype(np.int32)
+    pool = len(planes) * 2 // 3
+    return LoopSet("synthetic", images[:pool], truth[:pool], truth[:pool], images[pool:],
+                   truth[pool:], "seg", True)  # fmt: skip
+
+
+def phc_set(root: Path) -> LoopSet:
+    def load(seq: str):
+        frames = sorted((root / "phc-u373" / f"{seq}_GT" / "SEG").glob("man_seg*.tif"))
+        index = [int(f.stem[7:]) for f in frames]
+        images = [tifffile.imread(root / "phc-u373" / seq / f"t{i:03d}.tif") for i in index]
+        return np.stack(images), np.stack([tifffile.imread(f) for f in frames]).astype(np.int32)
+
+    pool_images, pool_truth = load("01")
+    test_images, test_truth = load("02")
+    return LoopSet("phc-u373", pool_images, pool_truth, pool_truth, test_images, test_truth,
+                   "seg", True)  # fmt: skip
+
+
+def isbi_set(root: Path) -> LoopSet:
+    volume = tifffile.imread(root / "isbi2012" / "train-volume.tif")
+    cells = (tifffile.imread(root / "isbi2012" / "train-labels.tif") > 0).astype(np.uint8)
+    truth = np.stack([instances_from_binary(plane) for plane in cells])
+    return LoopSet("isbi2012", volume[:20], truth[:20], cells[:20], volume[20:], truth[20:],
+                   "rand_error", False)  # fmt: skip
+
+
+def train_round(loop: LoopSet, annotated: list[int], init: Path | None, steps: int | None,
+                device: str, out: Path):  # fmt: skip
+    """Train (init None: a new model with the defaults) on the annotated pool planes."""
+    labels = np.zeros_like(loop.pool_labels)
+    for z in annotated:
+        labels[z] = loop.pool_labels[z]
+    training = TrainConfig(seed=0, device=device)
+    if steps is not None:
+        training = replace(training, steps=steps)
+    recipe = TrainingRecipe(training=training, init=init)
+    start = time.perf_counter()
+    trainer = prepare_run(loop.pool_images, labels, recipe)
+    for _ in trainer.run():
+        pass
+    seconds = time.perf_counter() - start
+    trainer.save_model(out)
+    return trainer, seconds
+
+
+def test_score(loop: LoopSet, trainer) -> tuple[float, float]:
+    config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+    start = time.perf_counter()
+    pred = segment_stack(trainer.model, trainer.metadata(), loop.test_images, config)
+    return loop.score(pred, loop.test_truth), time.perf_counter() - start
+
+
+def rank(loop: LoopSet, trainer, annotated: list[int], measure: str):
+    """Ranking of the unannotated pool planes, their TTA labels and seconds taken."""
+    config = SuggestConfig(
+        measure=measure, segment=SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+    )
+    labels: dict[int, np.ndarray] = {}
+    start = time.perf_counter()
+
+    def keep_labels(index, result) -> None:
+        labels[index[0]] = result.labels
+
+    ranking = rank_planes(trainer.model, trainer.metadata(), loop.pool_images, config,
+                          exclude=[(z,) for z in annotated], on_plane=keep_labels)  # fmt: skip
+    return ranking, labels, time.perf_counter() - start
+
+
+def measure_correlations(loop: LoopSet, ranking, labels) -> dict[str, float]:
+    """Spearman correlation of each measure with the plane's error over the ranked planes."""
+    errors = [loop.plane_error(labels[s.index[0]], loop.pool_truth[s.index[0]]) for s in ranking]
+    out = {}
+    for name in MEASURES:
+        values = [s.scores[name] for s in ranking]
+        rho = spearmanr(values, errors).statistic if len(set(values)) > 1 else float("nan")
+        out[name] = round(float(rho), 3)
+    return out
+
+
+def run_set(loop: LoopSet, args, work: Path) -> dict:
+    print(f"[{loop.name}] pool {loop.pool_images.shape}, held out {loop.test_images.shape}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    first = work / f"{loop.name}-round0.safetensors"
+    trainer, seconds = train_round(loop, [0], None, args.first_steps, args.device, first)
+    score, seg_s = test_score(loop, trainer)
+    ranking, labels, rank_s = rank(loop, trainer, [0], args.measure)
+    correlations = measure_correlations(loop, ranking, labels)
+    print(f"[{loop.name}] round 0: {loop.score_name} {score:.3f} ({seconds:.0f} s); "
+          f"measure-error correlation {correlations}", file=sys.stderr, flush=True)  # fmt: skip
+    result = {"set": loop.name, "score_name": loop.score_name,
+              "higher_is_better": loop.higher_is_better, "pool": len(loop.pool_images),
+              "first": {"score": score, "train_s": round(seconds, 1), "start": trainer.start_note},
+              "correlations": correlations, "strategies": {}}  # fmt: skip
+    strategies = [("suggested", None), ("in order", None)]
+    strategies += [(f"random (seed {s})", s) for s in args.random_seeds]
+    continue_steps = args.continue_steps or default_steps(True)
+    for name, seed in strategies:
+        annotated, model, first_ranking = [0], first, ranking
+        order = [z for z in range(1, len(loop.pool_images))]
+        if seed is not None:
+            order = list(np.random.default_rng(seed).permutation(order))
+        points = [{"planes": 1, "score": score, "train_s": round(seconds, 1), "round_s": None}]
+        total_train = seconds
+        for r in range(1, args.rounds + 1):
+            if name == "suggested":
+                pick = first_ranking[0].index[0]
+            else:
+                pick = next(int(z) for z in order if z not in annotated)
+            annotated.append(int(pick))
+            out = work / f"{loop.name}-{name.split()[0]}-{seed}-{r}.safetensors"
+            trainer, train_s = train_round(loop, annotated, model, continue_steps, args.device, out)
+            model, total_train = out, total_train + train_s
+            value, _ = test_score(loop, trainer)
+            round_s = train_s
+            if name == "suggested" and r < args.rounds:
+                # the round as a user lives it: continue training, then re-segment and re-rank
+                first_ranking, _, rank_s = rank(loop, trainer, annotated, args.measure)
+                round_s += rank_s
+            points.append({"planes": len(annotated), "plane": int(pick), "score": value,
+                           "train_s": round(total_train, 1),
+                           "round_s": round(round_s, 1)})  # fmt: skip
+            print(f"[{loop.name}] {name}: +plane {pick} → {len(annotated)} planes, "
+                  f"{loop.score_name} {value:.3f}; round {round_s:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        result["strategies"][name] = points
+    return result
+
+
+def plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 6.5), squeeze=False)
+    for column, result in enumerate(results):
+        for name, points in result["strategies"].items():
+            style = {"suggested": "-o", "in order": "--s"}.get(name, ":^")
+            x = [p["planes"] for p in points]
+            y = [p["score"] for p in points]
+            axes[0, column].plot(x, y, style, label=name)
+            axes[1, column].plot([p["train_s"] / 60 for p in points], y, style, label=name)
+        axes[0, column].set_title(result["set"])
+        axes[0, column].set_xlabel("annotated planes")
+        axes[1, column].set_xlabel("total training time (min, CPU)")
+        for row in (0, 1):
+            axes[row, column].set_ylabel(
+                result["score_name"] + (" ↑" if result["higher_is_better"] else " ↓")
+            )
+        axes[0, column].legend(fontsize=7)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="synthetic,phc,isbi")
+    parser.add_argument("--rounds", type=int, default=4, help="planes added (default: 4, to 5)")
+    parser.add_argument("--random-seeds", default="1,2")
+    parser.add_argument("--measure", default="disagreement", choices=MEASURES)
+    parser.add_argument(
+        "--first-steps", type=int, help="steps of the first model (default: the product's)"
+    )
+    parser.add_argument(
+        "--continue-steps", type=int, help="steps per round (default: the product's)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny synthetic images (a smoke run)")
+    parser.add_argument("--merge", action="store_true", help="keep other sets' earlier results")
+    args = parser.parse_args()
+    args.random_seeds = [int(s) for s in args.random_seeds.split(",") if s]
+    root = data_root()
+    makers = {"synthetic": lambda: synthetic_set(args.quick),
+              "phc": lambda: phc_set(root), "isbi": lambda: isbi_set(root)}  # fmt: skip
+    results = []
+    with tempfile.TemporaryDirectory(prefix="napari-unet-loop-") as work:
+        for name in [s for s in args.sets.split(",") if s]:
+            if name != "synthetic" and root is None:
+                print(f"[{name}] skipped: no shared data", file=sys.stderr)
+                continue
+            results.append(run_set(makers[name](), args, Path(work)))
+            save(results, args)
+    plot(results if not args.merge else json.loads(RESULTS.read_text())["results"])
+    return 0
+
+
+def save(results: list[dict], args) -> None:
+    if args.merge and RESULTS.exists():
+        earlier = [r for r in json.loads(RESULTS.read_text())["results"]
+                   if r["set"] not in {x["set"] for x in results}]  # fmt: skip
+        results = earlier + results
+    import torch
+
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    meta = {"date": str(date.today()), "machine": machine, "command": " ".join(sys.argv)}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
