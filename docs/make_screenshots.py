@@ -1,13 +1,17 @@
 """Make the screenshots of docs/user-guide.md with a real napari viewer.
 
-Run from the repository root (takes one to three minutes on a laptop CPU)::
+Run from the repository root (takes four to five minutes on two CPU cores)::
 
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
 
 It opens the "Touching cells stack" sample, drives the four widgets the way a user would (through
 their methods, opened from the plugin manifest) and saves ``annotate.png``, ``weightmap.png``,
 ``train.png``, ``segment.png`` and ``all-widgets.png`` (the four docked at once) to
-``docs/images/``. Not part of the test run.
+``docs/images/``; then it plays one human-in-the-loop round (issue #14) and saves
+``loop-rank.png`` (the "Annotate next" ranking and the uncertainty layer after the whole-stack
+run), ``loop-continue.png`` (3 Train continuing the model just trained: the loss curve goes on)
+and ``loop-next.png`` (segmented and ranked again with the new model; the corrected plane has
+left the list). Not part of the test run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import napari
+from napari._qt.dialogs.qt_notification import NapariQtNotification
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).parent / "images"
@@ -42,8 +48,10 @@ def settle(seconds: float = 0.5) -> None:
 
 
 def shoot(viewer, name: str) -> None:
-    """Save a screenshot of the whole window (the image fitted to the canvas)."""
+    """Save a screenshot of the whole window (the image fitted to the canvas, no toasts)."""
     settle()
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()  # e.g. "plane 7 ... is now an annotated plane": it covers the canvas
     viewer.reset_view()
     settle()
     image = viewer.screenshot(canvas_only=False, flash=False)
@@ -56,6 +64,32 @@ def only(viewer, name: str):
     viewer.window.remove_dock_widget("all")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
     return widget
+
+
+def show_only(viewer, *widgets) -> None:
+    """Show the docks of ``widgets`` and hide the plugin's other docks.
+
+    Unlike :func:`only`, a hidden widget stays alive: the Train widget keeps its plot for
+    "continue", the Segment widget keeps its ranking and segments again when training ends.
+    """
+    for widget in viewer.window.dock_widgets.values():
+        widget.parent().setVisible(any(widget is w for w in widgets))
+
+
+def to_bottom(viewer, widget) -> None:
+    """Show ``widget``'s (hidden) dock again, below the other docks of the right area."""
+    window, dock = viewer.window._qt_window, widget.parent()
+    window.removeDockWidget(dock)  # the widget stays in its dock: it is not closed
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    dock.show()
+
+
+def click_first(segment) -> tuple[int, ...]:
+    """Click the first row of "Annotate next" (the viewer goes to that plane); its index."""
+    item = segment.next_list.item(0)
+    segment.next_list.setCurrentItem(item)
+    segment.next_list.itemClicked.emit(item)
+    return tuple(item.data(Qt.ItemDataRole.UserRole))
 
 
 def go_to(viewer, layer, plane: int) -> None:
@@ -106,21 +140,70 @@ def main() -> None:
     wait(lambda: not train.is_running)
     print(train.status.text(), file=sys.stderr)
 
-    # 4 Segment the whole stack with the model just trained
-    segment = only(viewer, "4 Segment")
-    viewer.layers["cells stack live prediction"].visible = False
+    # 4 Segment the whole stack with the model just trained (3 Train stays open, hidden: the
+    # loop round below continues its model and its plot)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "4 Segment")
+    show_only(viewer, segment)
+    preview = viewer.layers["cells stack live prediction"]
+    preview.visible = False
     segment.image_combo.set_layer(image)
     segment.scope.setCurrentText("whole stack")  # every other setting: the defaults
     segment.run()
-    wait(lambda: not segment.is_running)
-    go_to(viewer, image, 6)
-    viewer.layers["cells stack segmentation"].contour = 2
-    shoot(viewer, "segment.png")
+    wait(lambda: not segment.is_running)  # segmented, then ranked (rank_after is on)
     print(segment.status.text(), file=sys.stderr)
+    result = viewer.layers["cells stack segmentation"]
+    uncertainty = viewer.layers["cells stack uncertainty"]
+    uncertainty.visible = False  # shown in the loop round below
+    go_to(viewer, image, 6)
+    result.contour = 2
+    shoot(viewer, "segment.png")
     # all four docked at once on the 1600 x 1000 screen: each scrolls, the window fits
-    for name in ("1 Annotate", "2 Weight map", "3 Train"):
+    for name in ("1 Annotate", "2 Weight map"):
         viewer.window.add_plugin_dock_widget("napari-unet", name)
+    to_bottom(viewer, train)
+    settle()
+    train.share_height()
     shoot(viewer, "all-widgets.png")
+
+    # the human-in-the-loop round (#14), as the benchmark's simulated annotator plays it
+    # 1 go to the plane the model is least sure of (first row of Annotate next)
+    show_only(viewer, segment)
+    viewer.layers.move(viewer.layers.index(uncertainty), viewer.layers.index(result))
+    uncertainty.visible = True  # under the outlines: bright where the model hesitates
+    uncertainty.gamma, uncertainty.opacity = 1.5, 0.6  # the hot spots, not a haze over the cells
+    viewer.layers.selection.active = result  # the label tools, to correct the plane
+    plane = click_first(segment)
+    shoot(viewer, "loop-rank.png")
+    # "correct" it: its ground truth replaces its segmentation, then Use plane as annotation
+    result.data[plane] = truth.data[plane]
+    result.refresh()
+    # the annotation layer must be visible: napari's Labels.data_setitem fails on a hidden one
+    labels.visible = True
+    settle()
+    segment.use_plane_as_annotation()
+    labels.visible = False
+    print(segment.status.text(), file=sys.stderr)
+    ranked = segment.ranking
+
+    # 2 continue the model just trained on every annotated plane (the short default budget)
+    show_only(viewer, train)
+    result.visible = uncertainty.visible = False
+    preview.visible = True  # what the network now predicts for the corrected plane
+    train.continue_training()
+    wait(lambda: train.progress.value() >= 200 or not train.is_running)
+    settle(1.5)
+    shoot(viewer, "loop-continue.png")
+    wait(lambda: not train.is_running)
+    print(train.status.text(), file=sys.stderr)
+
+    # 3 4 Segment segments the stack again with the new model and ranks it again by itself
+    wait(lambda: segment.ranking is not ranked and not segment.is_running)
+    print(segment.status.text(), file=sys.stderr)
+    show_only(viewer, segment)
+    preview.visible = False
+    result.visible = uncertainty.visible = True
+    click_first(segment)
+    shoot(viewer, "loop-next.png")
     if len(sys.argv) > 1:  # keep the model, e.g. to try post-processing settings
         train.save_model(sys.argv[1])
     viewer.close()
