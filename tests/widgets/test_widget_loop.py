@@ -207,6 +207,13 @@ def test_use_plane_replaces_creates_and_refuses(viewer, cells, tiny_model, qtbot
     annotations.undo()
     assert np.array_equal(np.asarray(annotations.data[2]), truth.data[2])
 
+    # the annotation layer hidden (as one hides it to correct the result): copied all the same
+    annotations.visible = False
+    viewer.dims.set_point(0, 3.0)
+    widget.use_plane_as_annotation()
+    assert np.array_equal(np.asarray(annotations.data[3]) > 0, np.asarray(result.data[3]) > 0)
+    assert not annotations.visible
+
     # shape mismatch: one clear notification, nothing changed
     viewer.layers.remove(result)
     viewer.add_labels(np.zeros((4, 64, 64), np.uint32), name="cells segmentation")

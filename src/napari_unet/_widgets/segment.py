@@ -665,7 +665,14 @@ class SegmentWidget(DockWidget):
         changed = np.nonzero(old != new)
         if changed[0].size:
             where = tuple(np.full(changed[0].size, i, np.intp) for i in index) + changed
-            target.data_setitem(where, new[changed])
+            # napari 0.9 gives a hidden labels layer an empty slice, and data_setitem's display
+            # update then fails: show the layer for the write (users hide it to correct)
+            hidden = not target.visible
+            target.visible = True
+            try:
+                target.data_setitem(where, new[changed])
+            finally:
+                target.visible = not hidden
         if not new.any():  # an empty plane is annotated only when marked
             target.metadata[META_PLANES] = [
                 list(p) for p in sorted(explicit_planes(target) | {index})
