@@ -50,6 +50,7 @@ from napari_unet.metrics import adapted_rand_error, instances_from_binary, seg_s
 from napari_unet.predict import PredictConfig
 from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cells, random_modality_config
+from napari_unet.starting_model import starting_model_path
 from napari_unet.suggest import MEASURES, SuggestConfig, rank_planes
 from napari_unet.train import TrainConfig
 
@@ -254,6 +255,47 @@ def plot(results: list[dict]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+def time_round(args) -> dict:
+    """One loop round as a user lives it, timed alone: continue training for the default budget
+    on 2 annotated planes of a 20-plane 512² stack (ISBI 2012 slices 0-19; synthetic planes
+    when the data are absent), segment all 20 planes, rank the 18 others. The shipped starting
+    model stands in for the user's current model (the time does not depend on its weights)."""
+    root = data_root()
+    if root is not None:
+        images = tifffile.imread(root / "isbi2012" / "train-volume.tif")[:20]
+        cells = (tifffile.imread(root / "isbi2012" / "train-labels.tif")[:20] > 0).astype(np.uint8)
+        source = "ISBI 2012 slices 0-19"
+    else:
+        rng = np.random.default_rng(0)
+        planes = [make_cells(random_modality_config(rng, (512, 512), "fluorescence"), seed=i)
+                  for i in range(20)]  # fmt: skip
+        images, cells = np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes])
+        source = "20 synthetic 512² planes"
+    labels = np.zeros_like(cells)
+    labels[:2] = cells[:2]
+    steps = default_steps(True)
+    recipe = TrainingRecipe(training=TrainConfig(steps=steps, seed=0, device=args.device),
+                            init=starting_model_path())  # fmt: skip
+    start = time.perf_counter()
+    trainer = prepare_run(images, labels, recipe)
+    for _ in trainer.run():
+        pass
+    train_s = time.perf_counter() - start
+    config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+    start = time.perf_counter()
+    segment_stack(trainer.model, trainer.metadata(), images, config)
+    segment_s = time.perf_counter() - start
+    start = time.perf_counter()
+    rank_planes(trainer.model, trainer.metadata(), images, SuggestConfig(segment=config),
+                exclude=[(0,), (1,)])  # fmt: skip
+    rank_s = time.perf_counter() - start
+    result = {"stack": source, "steps": steps, "train_s": round(train_s, 1),
+              "segment_s": round(segment_s, 1), "rank_s": round(rank_s, 1),
+              "round_s": round(train_s + segment_s + rank_s, 1)}  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="synthetic,phc,isbi")
@@ -269,7 +311,14 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic images (a smoke run)")
     parser.add_argument("--merge", action="store_true", help="keep other sets' earlier results")
+    parser.add_argument("--time-round", action="store_true",
+                        help="only time one round on a 20-plane 512² stack")  # fmt: skip
     args = parser.parse_args()
+    if args.time_round:
+        result = time_round(args)
+        path = RESULTS.with_name("loop_round.json")
+        path.write_text(json.dumps({"meta": meta_of(), "result": result}, indent=1))
+        return 0
     args.random_seeds = [int(s) for s in args.random_seeds.split(",") if s]
     root = data_root()
     makers = {"synthetic": lambda: synthetic_set(args.quick),
@@ -286,15 +335,19 @@ def main() -> int:
     return 0
 
 
+def meta_of() -> dict:
+    import torch
+
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return {"date": str(date.today()), "machine": machine, "command": " ".join(sys.argv)}
+
+
 def save(results: list[dict], args) -> None:
     if args.merge and RESULTS.exists():
         earlier = [r for r in json.loads(RESULTS.read_text())["results"]
                    if r["set"] not in {x["set"] for x in results}]  # fmt: skip
         results = earlier + results
-    import torch
-
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    meta = {"date": str(date.today()), "machine": machine, "command": " ".join(sys.argv)}
+    meta = meta_of()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
