@@ -195,6 +195,7 @@ def run_set(loop: LoopSet, args, work: Path) -> dict:
               "correlations": correlations, "strategies": {}}  # fmt: skip
     strategies = [("suggested", None), ("in order", None)]
     strategies += [(f"random (seed {s})", s) for s in args.random_seeds]
+    strategies = [(n, s) for n, s in strategies if n.split()[0] in args.strategies]
     continue_steps = args.continue_steps or default_steps(True)
     for name, seed in strategies:
         annotated, model, first_ranking = [0], first, ranking
@@ -308,6 +309,8 @@ def main() -> int:
     parser.add_argument(
         "--continue-steps", type=int, help="steps per round (default: the product's)"
     )
+    parser.add_argument("--strategies", default="suggested,in,random",
+                        help="which to run: suggested, in (order), random")  # fmt: skip
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic images (a smoke run)")
     parser.add_argument("--merge", action="store_true", help="keep other sets' earlier results")
@@ -320,6 +323,7 @@ def main() -> int:
         path.write_text(json.dumps({"meta": meta_of(), "result": result}, indent=1))
         return 0
     args.random_seeds = [int(s) for s in args.random_seeds.split(",") if s]
+    args.strategies = args.strategies.split(",")
     root = data_root()
     makers = {"synthetic": lambda: synthetic_set(args.quick),
               "phc": lambda: phc_set(root), "isbi": lambda: isbi_set(root)}  # fmt: skip
