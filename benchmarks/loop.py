@@ -316,6 +316,7 @@ def main() -> int:
     parser.add_argument("--merge", action="store_true", help="keep other sets' earlier results")
     parser.add_argument("--time-round", action="store_true",
                         help="only time one round on a 20-plane 512² stack")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args()
     if args.time_round:
         result = time_round(args)
@@ -335,7 +336,8 @@ def main() -> int:
                 continue
             results.append(run_set(makers[name](), args, Path(work)))
             save(results, args)
-    plot(results if not args.merge else json.loads(RESULTS.read_text())["results"])
+    if args.out == RESULTS:
+        plot(results if not args.merge else json.loads(RESULTS.read_text())["results"])
     return 0
 
 
@@ -347,13 +349,13 @@ def meta_of() -> dict:
 
 
 def save(results: list[dict], args) -> None:
-    if args.merge and RESULTS.exists():
-        earlier = [r for r in json.loads(RESULTS.read_text())["results"]
+    if args.merge and args.out.exists():
+        earlier = [r for r in json.loads(args.out.read_text())["results"]
                    if r["set"] not in {x["set"] for x in results}]  # fmt: skip
         results = earlier + results
     meta = meta_of()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
 if __name__ == "__main__":
