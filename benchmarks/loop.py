@@ -47,6 +47,7 @@ from scipy.stats import spearmanr
 from napari_unet.batch import SegmentConfig, segment_stack
 from napari_unet.defaults import default_steps
 from napari_unet.metrics import adapted_rand_error, instances_from_binary, seg_score_planes
+from napari_unet.modelfile import load_model
 from napari_unet.predict import PredictConfig
 from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cells, random_modality_config
@@ -60,6 +61,7 @@ from _machine import cpu_name  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "loop.json"
 PLOT = ROOT / "docs" / "images" / "loop.png"
+CACHE = ROOT / "benchmarks" / "models"  # first models of each set (not committed)
 
 
 @dataclass
@@ -145,17 +147,21 @@ def train_round(loop: LoopSet, annotated: list[int], init: Path | None, steps: i
     return trainer, seconds
 
 
-def test_score(loop: LoopSet, trainer) -> tuple[float, float]:
-    config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+def test_score(loop: LoopSet, fitted) -> tuple[float, float]:
+    """Score on the held-out planes of a (model, metadata) pair, and seconds taken."""
+    model, metadata = fitted
+    config = SegmentConfig(predict=PredictConfig(device=str(next(model.parameters()).device)))
     start = time.perf_counter()
-    pred = segment_stack(trainer.model, trainer.metadata(), loop.test_images, config)
+    pred = segment_stack(model, metadata, loop.test_images, config)
     return loop.score(pred, loop.test_truth), time.perf_counter() - start
 
 
-def rank(loop: LoopSet, trainer, annotated: list[int], measure: str):
+def rank(loop: LoopSet, fitted, annotated: list[int], measure: str):
     """Ranking of the unannotated pool planes, their TTA labels and seconds taken."""
+    model, metadata = fitted
+    device = str(next(model.parameters()).device)
     config = SuggestConfig(
-        measure=measure, segment=SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+        measure=measure, segment=SegmentConfig(predict=PredictConfig(device=device))
     )
     labels: dict[int, np.ndarray] = {}
     start = time.perf_counter()
@@ -163,7 +169,7 @@ def rank(loop: LoopSet, trainer, annotated: list[int], measure: str):
     def keep_labels(index, result) -> None:
         labels[index[0]] = result.labels
 
-    ranking = rank_planes(trainer.model, trainer.metadata(), loop.pool_images, config,
+    ranking = rank_planes(model, metadata, loop.pool_images, config,
                           exclude=[(z,) for z in annotated], on_plane=keep_labels)  # fmt: skip
     return ranking, labels, time.perf_counter() - start
 
@@ -182,16 +188,22 @@ def measure_correlations(loop: LoopSet, ranking, labels) -> dict[str, float]:
 def run_set(loop: LoopSet, args, work: Path) -> dict:
     print(f"[{loop.name}] pool {loop.pool_images.shape}, held out {loop.test_images.shape}",
           file=sys.stderr, flush=True)  # fmt: skip
-    first = work / f"{loop.name}-round0.safetensors"
-    trainer, seconds = train_round(loop, [0], None, args.first_steps, args.device, first)
-    score, seg_s = test_score(loop, trainer)
-    ranking, labels, rank_s = rank(loop, trainer, [0], args.measure)
+    # the first model is the same for every strategy and measure: kept between runs
+    steps_tag = args.first_steps or "default"
+    first = CACHE / f"loop-{loop.name}-{'quick-' if args.quick else ''}{steps_tag}.safetensors"
+    if not first.exists():
+        train_round(loop, [0], None, args.first_steps, args.device, first)
+    fitted = load_model(first, device=args.device)
+    seconds = float(fitted[1].provenance.get("train_seconds", 0.0))
+    start_note = f"fine-tuned from {fitted[1].provenance.get('parent_model') or 'random weights'}"
+    score, _ = test_score(loop, fitted)
+    ranking, labels, _ = rank(loop, fitted, [0], args.measure)
     correlations = measure_correlations(loop, ranking, labels)
     print(f"[{loop.name}] round 0: {loop.score_name} {score:.3f} ({seconds:.0f} s); "
           f"measure-error correlation {correlations}", file=sys.stderr, flush=True)  # fmt: skip
     result = {"set": loop.name, "score_name": loop.score_name,
               "higher_is_better": loop.higher_is_better, "pool": len(loop.pool_images),
-              "first": {"score": score, "train_s": round(seconds, 1), "start": trainer.start_note},
+              "first": {"score": score, "train_s": round(seconds, 1), "start": start_note},
               "correlations": correlations, "strategies": {}}  # fmt: skip
     strategies = [("suggested", None), ("in order", None)]
     strategies += [(f"random (seed {s})", s) for s in args.random_seeds]
@@ -213,11 +225,12 @@ def run_set(loop: LoopSet, args, work: Path) -> dict:
             out = work / f"{loop.name}-{name.split()[0]}-{seed}-{r}.safetensors"
             trainer, train_s = train_round(loop, annotated, model, continue_steps, args.device, out)
             model, total_train = out, total_train + train_s
-            value, _ = test_score(loop, trainer)
+            fitted = (trainer.model, trainer.metadata())
+            value, _ = test_score(loop, fitted)
             round_s = train_s
             if name == "suggested" and r < args.rounds:
                 # the round as a user lives it: continue training, then re-segment and re-rank
-                first_ranking, _, rank_s = rank(loop, trainer, annotated, args.measure)
+                first_ranking, _, rank_s = rank(loop, fitted, annotated, args.measure)
                 round_s += rank_s
             points.append({"planes": len(annotated), "plane": int(pick), "score": value,
                            "train_s": round(total_train, 1),
@@ -329,6 +342,7 @@ def main() -> int:
     makers = {"synthetic": lambda: synthetic_set(args.quick),
               "phc": lambda: phc_set(root), "isbi": lambda: isbi_set(root)}  # fmt: skip
     results = []
+    CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="napari-unet-loop-") as work:
         for name in [s for s in args.sets.split(",") if s]:
             if name != "synthetic" and root is None:
