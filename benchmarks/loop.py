@@ -330,7 +330,12 @@ def main() -> int:
     parser.add_argument("--time-round", action="store_true",
                         help="only time one round on a 20-plane 512² stack")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--table", type=Path, nargs="*",
+                        help="print the markdown tables of these files and stop")  # fmt: skip
     args = parser.parse_args()
+    if args.table is not None:
+        print(markdown(args.table or [RESULTS]))
+        return 0
     if args.time_round:
         result = time_round(args)
         path = RESULTS.with_name("loop_round.json")
@@ -370,6 +375,54 @@ def save(results: list[dict], args) -> None:
     meta = meta_of()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+def markdown(paths: list[Path]) -> str:
+    """Tables for docs/benchmarks.md from result files (later files add strategies to a set)."""
+    sets: dict[str, dict] = {}
+    for path in paths:
+        for result in json.loads(path.read_text())["results"]:
+            entry = sets.setdefault(result["set"], {**result, "strategies": {}})
+            measure = json.loads(path.read_text())["meta"]["command"]
+            tag = "boundary_per_object" if "boundary_per_object" in measure else "disagreement"
+            tag = "entropy" if "entropy" in measure else tag
+            for name, points in result["strategies"].items():
+                label = f"suggested ({tag})" if name == "suggested" else name
+                entry["strategies"][label] = points
+    lines = ["| set (score) | strategy | 1 plane | 2 | 3 | 4 | 5 | planes added |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    verdicts = []
+    for name, entry in sets.items():
+        arrow = "↑" if entry["higher_is_better"] else "↓"
+        better = (lambda a, b: a >= b) if entry["higher_is_better"] else (lambda a, b: a <= b)
+        randoms = [p for k, p in entry["strategies"].items() if k.startswith("random")]
+        for label, points in entry["strategies"].items():
+            cells = [f"{p['score']:.3f}" for p in points] + [""] * (5 - len(points))
+            added = ", ".join(str(p["plane"]) for p in points[1:])
+            lines.append(f"| {name} ({entry['score_name']} {arrow}) | {label} | "
+                         + " | ".join(cells) + f" | {added} |")  # fmt: skip
+        if randoms and all(len(p) >= 5 for p in randoms):
+            target = float(np.mean([p[4]["score"] for p in randoms]))
+            for label, points in entry["strategies"].items():
+                if label.startswith("suggested"):
+                    reach = next((p["planes"] for p in points if better(p["score"], target)), None)
+                    verdicts.append(f"| {name} | {target:.3f} | {label} | "
+                                    f"{reach if reach else 'not within 5'} |")  # fmt: skip
+    out = "\n".join(lines)
+    if verdicts:
+        out += ("\n\n| set | random, 5 planes (mean of seeds) | strategy | planes to reach it |\n"
+                "|---|---|---|---|\n" + "\n".join(verdicts))  # fmt: skip
+    corr = ["| set | " + " | ".join(MEASURES) + " |", "|---|" + "---|" * len(MEASURES)]
+    for name, entry in sets.items():
+        corr.append(
+            f"| {name} | " + " | ".join(f"{entry['correlations'][m]:+.2f}" for m in MEASURES) + " |"
+        )
+    return (
+        out
+        + "\n\nSpearman correlation after the first model, each measure against the plane's"
+        + " error:\n\n"
+        + "\n".join(corr)
+    )
 
 
 if __name__ == "__main__":
