@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from qtpy.QtCore import Qt
-from widget_helpers import TINY, TINY_TILE, add_cells, wait_idle
+from widget_helpers import TINY, TINY_TILE, add_cells, configure_tiny, wait_idle
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import META_PLANES, current_plane
+from napari_unet._widgets._train_form import CONTINUE
 from napari_unet._widgets.annotate import AnnotateWidget, training_plane_list
 from napari_unet._widgets.segment import (
     MAX_OBJECTS,
@@ -269,3 +270,50 @@ def test_cancel_and_close_stop_the_ranking(viewer, cells, tiny_model, qtbot, not
     assert len(_session.changed) == listeners - 2
     qtbot.waitUntil(lambda: not widget.is_running, timeout=10000)
     assert "long uncertainty" not in viewer.layers
+
+
+def test_one_loop_round_through_the_three_widgets(viewer, cells, qtbot, notifications):
+    """As a user: train, segment the stack, go to the least sure plane, correct it, use it as
+    annotation, continue training in 3 Train; 4 Segment segments and ranks again by itself."""
+    image, truth = add_cells(viewer, cells)
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "1 Annotate")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3 Train")
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "4 Segment")
+    annotate.import_labels(truth, [0])
+    annotations = annotate.annotation_layer()
+    configure_tiny(train, steps=6)
+    train.start_training()
+    wait_idle(qtbot, train)
+    first = _session.trained()
+    assert first is not None
+
+    segment.image_combo.set_layer(image)
+    segment.run("whole stack")
+    wait_idle(qtbot, segment)
+    assert sorted(_ranked_planes(segment)) == [1, 2, 3]
+    top = _ranked_planes(segment)[0]
+    item = segment.next_list.item(0)
+    rect = segment.next_list.visualItemRect(item)
+    qtbot.mouseClick(segment.next_list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    result = viewer.layers["cells segmentation"]
+    assert current_plane(viewer, result, 1) == (top,)
+
+    # the correction: the plane's true objects (what a careful annotator would paint)
+    where = np.nonzero(np.ones(truth.data[top].shape, bool))
+    result.data_setitem((np.full(where[0].size, top),) + where, truth.data[top][where])
+    segment.use_plane_button.click()
+    assert not _errors(notifications)
+    assert np.array_equal(np.asarray(annotations.data[top]) > 0, truth.data[top] > 0)
+
+    train.model_combo.setCurrentText(CONTINUE)
+    assert train.continue_training(steps=4) is not None
+    wait_idle(qtbot, train)
+    second = _session.trained()
+    assert second is not first and second.chain_steps == 6 + 4
+    assert train.plot.steps[-1] == 10  # the loss curve went on
+    # the continued model trained on both annotated planes, and 4 Segment followed it
+    assert second.metadata.provenance["planes"] == 2
+    qtbot.waitUntil(lambda: segment._last_run is not None and segment._last_run.model is second)
+    wait_idle(qtbot, segment)
+    assert not _errors(notifications)
+    assert sorted(_ranked_planes(segment)) == sorted({1, 2, 3} - {top})
