@@ -52,7 +52,7 @@ from napari_unet.predict import PredictConfig
 from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cells, random_modality_config
 from napari_unet.starting_model import starting_model_path
-from napari_unet.suggest import MEASURES, SuggestConfig, rank_planes
+from napari_unet.suggest import DEFAULT_MEASURE, MEASURES, SuggestConfig, rank_planes
 from napari_unet.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -315,7 +315,7 @@ def main() -> int:
     parser.add_argument("--sets", default="synthetic,phc,isbi")
     parser.add_argument("--rounds", type=int, default=4, help="planes added (default: 4, to 5)")
     parser.add_argument("--random-seeds", default="1,2")
-    parser.add_argument("--measure", default="disagreement", choices=MEASURES)
+    parser.add_argument("--measure", default=DEFAULT_MEASURE, choices=MEASURES)
     parser.add_argument(
         "--first-steps", type=int, help="steps of the first model (default: the product's)"
     )

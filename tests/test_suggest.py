@@ -121,8 +121,10 @@ def test_a_plane_like_the_training_data_ranks_below_unfamiliar_ones(trained):
         ranking = rank_planes(model, metadata, stack, SuggestConfig(measure=measure))
         order = [names[entry.index[0]] for entry in ranking]
         assert order[-1] == "familiar", (measure, order)
+    disagreement = SuggestConfig(measure="disagreement")
     by_disagreement = {
-        names[entry.index[0]]: entry.score for entry in rank_planes(model, metadata, stack)
+        names[entry.index[0]]: entry.score
+        for entry in rank_planes(model, metadata, stack, disagreement)
     }
     assert by_disagreement["noise"] > 2 * by_disagreement["familiar"], by_disagreement
 

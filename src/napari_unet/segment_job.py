@@ -1,7 +1,7 @@
 """Segmentation work that the Segment widget runs in a worker thread (no Qt in here).
 
 The functions return a tuple instead of raising: ``("plane", index, labels, probability,
-uncertainty)``, ``("stack", labels)``, ``("ranked", scores, disagreement)``, ``("cancelled",)``
+uncertainty)``, ``("stack", labels)``, ``("ranked", scores, maps)``, ``("cancelled",)``
 or ``("error", exception)``.
 """
 
@@ -13,18 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import Normalization, normalize_plane
 from .batch import (
     SegmentConfig,
-    labels_from_probabilities,
     plane_layout,
     segment_plane,
     segment_stack,
 )
 from .errors import Cancelled, InputError
 from .planes import read_plane
-from .predict import load_predictor, predict_plane_with_uncertainty
-from .suggest import PlaneUncertainty, SuggestConfig, rank_planes
+from .predict import load_predictor
+from .suggest import (
+    DEFAULT_MEASURE,
+    PlaneUncertainty,
+    SuggestConfig,
+    plane_uncertainty,
+    rank_planes,
+)
 from .threads import limited_threads
 
 
@@ -76,7 +80,8 @@ def segment_current(
     cancelled: Callable[[], bool],
     threads: int | None = None,
 ):
-    """Segment one plane; optionally its foreground probability and TTA disagreement."""
+    """Segment one plane; optionally its foreground probability and its uncertainty map (the
+    per-pixel map of the default ranking measure, as the whole-stack ranking shows it)."""
     try:
         with limited_threads(threads):
             return _segment_current(
@@ -103,11 +108,9 @@ def _segment_current(
     raw = read_plane(image, index, channel_axis)
     unc = None
     if uncertainty:
-        norm = Normalization.from_dict(metadata.normalization)
-        probs, unc = predict_plane_with_uncertainty(
-            model, normalize_plane(raw, norm), config.predict
-        )
-        labels = labels_from_probabilities(probs, metadata, config)
+        result = plane_uncertainty(model, metadata, raw, config)
+        labels, probs = result.labels, result.probabilities
+        unc = result.map_for(DEFAULT_MEASURE)
     else:
         labels, probs = segment_plane(model, metadata, raw, config, cancelled)
     prob = _foreground(probs, config) if probability else None
@@ -151,9 +154,10 @@ def rank_whole(
 ):
     """Rank the planes of ``image`` not in ``exclude``, least sure first (:func:`rank_planes`).
 
-    Returns ``("ranked", scores, disagreement)``: the :class:`~napari_unet.suggest.PlaneScore`
-    list and a float32 array of the image's plane shape (..., Y, X) holding each scored plane's
-    disagreement map (0 on the planes not scored).
+    Returns ``("ranked", scores, maps)``: the :class:`~napari_unet.suggest.PlaneScore` list and
+    a float32 array of the image's plane shape (..., Y, X) holding each scored plane's map of
+    the ranking measure (:meth:`~napari_unet.suggest.PlaneUncertainty.map_for`; 0 on the planes
+    not scored).
     """
     try:
         with limited_threads(threads):
@@ -162,7 +166,7 @@ def rank_whole(
             maps = np.zeros(lead + yx, np.float32)
 
             def keep(index: tuple[int, ...], result: PlaneUncertainty) -> None:
-                maps[index] = result.disagreement_map
+                maps[index] = result.map_for(config.measure)
 
             scores = rank_planes(
                 model,

@@ -15,7 +15,9 @@ transforms (:func:`napari_unet.predict.predict_plane_with_uncertainty`) with thr
 
 All three come from one set of 8 forward passes per plane. Which of them predicts a plane's
 segmentation error best is measured by ``benchmarks/loop.py`` (docs/benchmarks.md, "Human in
-the loop"); :data:`DEFAULT_MEASURE` is that measure.
+the loop"); :data:`DEFAULT_MEASURE` is that measure: ``entropy`` (see
+:data:`napari_unet.defaults.DEFAULT_SUGGEST_MEASURE` for the figures). Each measure has a
+per-pixel map (:meth:`PlaneUncertainty.map_for`), shown as the uncertainty layer.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ import numpy as np
 
 from .annotations import Normalization, normalize_plane
 from .batch import SegmentConfig, iter_planes, labels_from_probabilities, plane_layout
+from .defaults import DEFAULT_SUGGEST_MEASURE, SUGGEST_MEASURES
 from .errors import Cancelled, InputError
 from .model import UNet
 from .modelfile import ModelMetadata
 from .predict import PredictConfig, predict_plane_with_uncertainty
 
 Measure = Literal["disagreement", "entropy", "boundary_per_object"]
-MEASURES: tuple[str, ...] = ("disagreement", "entropy", "boundary_per_object")
-DEFAULT_MEASURE: Measure = "disagreement"
+MEASURES: tuple[str, ...] = SUGGEST_MEASURES
+DEFAULT_MEASURE: Measure = DEFAULT_SUGGEST_MEASURE  # type: ignore[assignment]
 UNSURE_BAND = (0.2, 0.8)  # averaged foreground probability counted as an unsure border
 
 
@@ -77,12 +80,23 @@ class PlaneScore:
 
 @dataclass(frozen=True)
 class PlaneUncertainty:
-    """Everything one plane's 8 passes give: scores, the per-pixel disagreement map, labels."""
+    """Everything one plane's 8 passes give: scores, per-pixel maps (Y, X) and the labels."""
 
     scores: dict[str, float]
     objects: int
     disagreement_map: np.ndarray
+    entropy_map: np.ndarray
+    unsure_map: np.ndarray  # 1 where the averaged foreground probability is in UNSURE_BAND
     labels: np.ndarray
+    probabilities: np.ndarray  # (K, Y, X), averaged over the 8 transforms
+
+    def map_for(self, measure: str) -> np.ndarray:
+        """The per-pixel map (float32) whose plane mean or count makes ``measure``'s score."""
+        return {
+            "disagreement": self.disagreement_map,
+            "entropy": self.entropy_map,
+            "boundary_per_object": self.unsure_map,
+        }[measure]
 
 
 def plane_uncertainty(
@@ -100,14 +114,17 @@ def plane_uncertainty(
     entropy = -(clipped * np.log(clipped)).sum(axis=0) / np.log(max(classes, 2))
     foreground = mean[1:].sum(axis=0)
     low, high = UNSURE_BAND
-    unsure = int(((foreground > low) & (foreground < high)).sum())
+    unsure_map = ((foreground > low) & (foreground < high)).astype(np.float32)
+    unsure = int(unsure_map.sum())
     objects = int(len(np.unique(labels[labels > 0]))) if config.instances else int(labels.max())
     scores = {
         "disagreement": float(disagreement.mean()),
         "entropy": float(entropy.mean()),
         "boundary_per_object": unsure / (objects + 1),
     }
-    return PlaneUncertainty(scores, objects, disagreement, labels)
+    return PlaneUncertainty(
+        scores, objects, disagreement, entropy.astype(np.float32), unsure_map, labels, mean
+    )
 
 
 def rank_planes(
