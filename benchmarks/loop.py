@@ -204,7 +204,7 @@ def run_set(loop: LoopSet, args, work: Path) -> dict:
     result = {"set": loop.name, "score_name": loop.score_name,
               "higher_is_better": loop.higher_is_better, "pool": len(loop.pool_images),
               "first": {"score": score, "train_s": round(seconds, 1), "start": start_note},
-              "correlations": correlations, "strategies": {}}  # fmt: skip
+              "correlations": correlations, "measure": args.measure, "strategies": {}}  # fmt: skip
     strategies = [("suggested", None), ("in order", None)]
     strategies += [(f"random (seed {s})", s) for s in args.random_seeds]
     strategies = [(n, s) for n, s in strategies if n.split()[0] in args.strategies]
@@ -243,6 +243,7 @@ def run_set(loop: LoopSet, args, work: Path) -> dict:
 
 
 def plot(results: list[dict]) -> None:
+    """Score against annotated planes (top) and against training time (bottom), per set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,7 +252,7 @@ def plot(results: list[dict]) -> None:
     fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 6.5), squeeze=False)
     for column, result in enumerate(results):
         for name, points in result["strategies"].items():
-            style = {"suggested": "-o", "in order": "--s"}.get(name, ":^")
+            style = "-o" if name.startswith("suggested") else "--s" if name == "in order" else ":^"
             x = [p["planes"] for p in points]
             y = [p["score"] for p in points]
             axes[0, column].plot(x, y, style, label=name)
@@ -331,10 +332,12 @@ def main() -> int:
                         help="only time one round on a 20-plane 512² stack")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     parser.add_argument("--table", type=Path, nargs="*",
-                        help="print the markdown tables of these files and stop")  # fmt: skip
+                        help="print the tables of these files, redraw the plot, stop")  # fmt: skip
     args = parser.parse_args()
     if args.table is not None:
-        print(markdown(args.table or [RESULTS]))
+        paths = args.table or [RESULTS]
+        print(markdown(paths))
+        plot(list(merged(paths).values()))
         return 0
     if args.time_round:
         result = time_round(args)
@@ -377,18 +380,26 @@ def save(results: list[dict], args) -> None:
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
-def markdown(paths: list[Path]) -> str:
-    """Tables for docs/benchmarks.md from result files (later files add strategies to a set)."""
+def merged(paths: list[Path]) -> dict[str, dict]:
+    """The sets of several result files; a later file adds its strategies to a set, and the
+    suggested strategy is named by its measure (e.g. ``suggested (entropy)``)."""
     sets: dict[str, dict] = {}
     for path in paths:
-        for result in json.loads(path.read_text())["results"]:
+        data = json.loads(path.read_text())
+        words = data["meta"]["command"].split()
+        given = words[words.index("--measure") + 1] if "--measure" in words else "disagreement"
+        for result in data["results"]:
             entry = sets.setdefault(result["set"], {**result, "strategies": {}})
-            measure = json.loads(path.read_text())["meta"]["command"]
-            tag = "boundary_per_object" if "boundary_per_object" in measure else "disagreement"
-            tag = "entropy" if "entropy" in measure else tag
+            measure = result.get("measure", given)
             for name, points in result["strategies"].items():
-                label = f"suggested ({tag})" if name == "suggested" else name
+                label = f"suggested ({measure})" if name == "suggested" else name
                 entry["strategies"][label] = points
+    return sets
+
+
+def markdown(paths: list[Path]) -> str:
+    """Tables for docs/benchmarks.md from result files (see :func:`merged`)."""
+    sets = merged(paths)
     lines = ["| set (score) | strategy | 1 plane | 2 | 3 | 4 | 5 | planes added |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     verdicts = []
