@@ -15,7 +15,7 @@ transforms (:func:`napari_unet.predict.predict_plane_with_uncertainty`) with thr
 
 All three come from one set of 8 forward passes per plane. Which of them predicts a plane's
 segmentation error best is measured by ``benchmarks/loop.py`` (docs/benchmarks.md, "Human in
-the loop"); :data:`DEFAULT_MEASURE` is that measure: ``entropy`` (see
+the loop"); :data:`DEFAULT_MEASURE` is ``disagreement`` (see
 :data:`napari_unet.defaults.DEFAULT_SUGGEST_MEASURE` for the figures). Each measure has a
 per-pixel map (:meth:`PlaneUncertainty.map_for`), shown as the uncertainty layer.
 """

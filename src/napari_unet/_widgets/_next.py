@@ -136,11 +136,11 @@ class AnnotateNext:
             self.rank_after: "after segmenting the whole stack, rank its planes not annotated "
             "yet (8 flipped/rotated predictions per plane)",
             self.rank_button: "rank the planes not annotated yet by how unsure the model is "
-            "(the entropy of its 8 flipped/rotated predictions averaged); fills '<image> "
-            "uncertainty' with that entropy per pixel",
+            "(the disagreement of its 8 flipped/rotated predictions); fills '<image> "
+            "uncertainty' with that disagreement per pixel",
             self.next_list: "planes not annotated yet, least sure first: plane, score (mean "
-            "entropy of the averaged predictions, 0..1, higher = less sure), objects found; "
-            "click one to go there",
+            "disagreement of the 8 predictions, higher = less sure), objects found; click one "
+            "to go there",
         }
 
     def _connect_next(self) -> None:

@@ -224,9 +224,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
             "same rule as the command line; 0 keeps every object, specks included",
             self.probability: "also add the foreground probability (0..1) of the current plane "
             "as an image layer",
-            self.uncertainty: "also add the uncertainty of the current plane (the entropy of "
-            "its 8 flipped/rotated predictions averaged, 0..1: where the model is unsure) as "
-            "an image layer",
+            self.uncertainty: "also add the uncertainty of the current plane (the disagreement "
+            "of its 8 flipped/rotated predictions: where the model is unsure) as an image layer",
             self.run_button: "segment; results become layers '<image> segmentation' "
             "(and probability / uncertainty) aligned with the image",
             self.cancel_button: "stop after the current tile (or plane, when ranking); no layer "
