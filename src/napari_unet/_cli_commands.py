@@ -62,10 +62,12 @@ def _planes_of(labels: np.ndarray, text: str | None):
     return [(i,) for i in indices]
 
 
-def _default_train_steps(args, default_steps) -> int:
+def _default_train_steps(args) -> int:
     """Steps without ``--steps``: a resumed run aims at the target it was started with (an
     interrupted ``--init`` run resumes to its 300 steps, not 2000); otherwise the default for a
     new or a continued model."""
+    from .defaults import default_steps
+
     if args.resume is not None:
         from .train import read_checkpoint_metadata
 
@@ -78,7 +80,6 @@ def _default_train_steps(args, default_steps) -> int:
 def run_train(args) -> int:
     from .annotations import AnnotationConfig
     from .augment import AugmentConfig
-    from .defaults import default_steps
     from .files import read_array
     from .model import PRESETS
     from .recipe import TrainingRecipe, prepare_run
@@ -95,7 +96,7 @@ def run_train(args) -> int:
         for k, v in (("width", args.width), ("depth", args.depth), ("padding", args.padding))
         if v
     }
-    steps = args.steps if args.steps is not None else _default_train_steps(args, default_steps)
+    steps = args.steps if args.steps is not None else _default_train_steps(args)
     config = TrainConfig(
         steps=steps,
         minutes=args.minutes,

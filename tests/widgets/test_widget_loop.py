@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from qtpy.QtCore import Qt
-from widget_helpers import TINY, TINY_TILE, add_cells, configure_tiny, wait_idle
+from widget_helpers import add_cells, configure_tiny, train_tiny_model, wait_idle
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import META_PLANES, current_plane
@@ -25,11 +25,7 @@ from napari_unet._widgets.segment import (
     SegmentWidget,
     plane_as_annotation,
 )
-from napari_unet.annotations import training_planes
 from napari_unet.errors import AnnotationError
-from napari_unet.model import UNet
-from napari_unet.threads import gui_cpu_threads, limited_threads
-from napari_unet.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.viewer
 
@@ -39,17 +35,7 @@ ROW = re.compile(r"^plane (\d+)   (\d+\.\d{3})   \((\d+) objects?\)$")
 @pytest.fixture(scope="module")
 def tiny_model(cells):
     """A tiny network trained for a few steps with the library (once per module)."""
-    image, truth = cells
-    planes, classes = training_planes(image[[0, 2]], truth[[0, 2]])
-    trainer = Trainer(
-        UNet(TINY.with_(num_classes=classes)),
-        planes,
-        TrainConfig(steps=8, tile=TINY_TILE, lr=3e-3, val_every=0, checkpoint_every=0),
-    )
-    with limited_threads(gui_cpu_threads()):
-        for _ in trainer.run():
-            pass
-    return trainer.model, trainer.metadata()
+    return train_tiny_model(cells, steps=8)
 
 
 def _retrained(model):

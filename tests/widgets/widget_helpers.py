@@ -21,6 +21,27 @@ def add_cells(viewer, cells, scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, -5.0))
     return image_layer, truth_layer
 
 
+def train_tiny_model(cells, steps: int):
+    """A tiny network trained ``steps`` steps on planes 0 and 2 of ``cells`` with the library:
+    (model, metadata)."""
+    from napari_unet.annotations import training_planes
+    from napari_unet.model import UNet
+    from napari_unet.threads import gui_cpu_threads, limited_threads
+    from napari_unet.train import TrainConfig, Trainer
+
+    image, truth = cells
+    planes, classes = training_planes(image[[0, 2]], truth[[0, 2]])
+    trainer = Trainer(
+        UNet(TINY.with_(num_classes=classes)),
+        planes,
+        TrainConfig(steps=steps, tile=TINY_TILE, lr=3e-3, val_every=0, checkpoint_every=0),
+    )
+    with limited_threads(gui_cpu_threads()):
+        for _ in trainer.run():
+            pass
+    return trainer.model, trainer.metadata()
+
+
 def configure_tiny(train_widget, steps: int = 40) -> None:
     """Settings of the tiny, fast run used by the tests."""
     train_widget.set_custom_architecture(TINY)

@@ -153,10 +153,7 @@ class AnnotateNext:
 
     def _stop_next(self) -> None:
         """The widget is closing: no more new models from the session, nothing pending."""
-        try:
-            _session.changed.disconnect(self._on_session_changed)
-        except Exception:  # noqa: BLE001 - already disconnected
-            pass
+        _session.changed.disconnect(self._on_session_changed)  # psygnal: a no-op if gone
         self._drop_pending()
 
     def _drop_pending(self) -> None:

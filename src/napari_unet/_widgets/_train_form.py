@@ -301,10 +301,7 @@ class TrainForm(DockWidget):
 
     def stop_workers(self) -> None:
         """The widget is closing: stop following the session, then stop the workers."""
-        try:
-            _session.changed.disconnect(self._on_session_changed)
-        except Exception:  # noqa: BLE001 - already disconnected
-            pass
+        _session.changed.disconnect(self._on_session_changed)  # psygnal: a no-op if gone
         super().stop_workers()
 
     def is_continuing(self) -> bool:

@@ -238,10 +238,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
-        try:
-            _session.changed.disconnect(self._update_info)
-        except Exception:  # noqa: BLE001 - already disconnected
-            pass
+        _session.changed.disconnect(self._update_info)  # psygnal: a no-op if gone
         self._stop_next()
         super().stop_workers()
 
