@@ -1,7 +1,8 @@
 """Make the generalist starting model that ships in ``src/napari_unet/models/``.
 
-New models fine-tune this network by default (``napari-unet train`` without ``--init``, the
-Train widget's "new: from the starting model", the demo). Run from the repository root::
+New models fine-tune this network when asked (``napari-unet train --from-starting-model``, the
+Train widget's "new: from the starting model"); by default they start from random weights
+(docs/benchmarks.md, "Starting model", says why). Run from the repository root::
 
     .venv/bin/python scripts/make_starting_model.py                  # the shipped file
     .venv/bin/python scripts/make_starting_model.py --leave-out isbi \\

@@ -1,4 +1,4 @@
-"""The shipped starting model: a safe model file, the default start of every new model, and a
+"""The shipped starting model: a safe model file, one choice away for every new model, and a
 better start than random weights."""
 
 from __future__ import annotations
@@ -48,9 +48,16 @@ def test_the_file_ships_and_loads_without_code():
     assert metadata.postprocess == {}  # fine-tuning derives it from the user's annotations
 
 
-def test_a_new_model_starts_from_it_by_default(cells):
+def test_a_new_model_starts_from_scratch_by_default(cells):
     image, labels, _ = cells
     trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT))
+    assert trainer.parent_model is None and trainer.start_note == "trained from scratch"
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
+
+
+def test_a_new_model_starts_from_it_when_asked(cells):
+    image, labels, _ = cells
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
     assert trainer.parent_model == STARTING_MODEL_FILE
     assert trainer.start_note == "fine-tuned from the starting model"
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)  # fine-tuning rate
@@ -66,48 +73,57 @@ def test_a_new_model_starts_from_it_by_default(cells):
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ({"start": "scratch"}, "asked for"),
         ({"architecture": PRESETS["small"].with_(width=8)}, "another architecture"),
         ({"annotation": AnnotationConfig(mode="classes")}, "2 classes; these data have 3"),
     ],
 )
-def test_scratch_when_asked_or_when_the_data_do_not_fit(cells, change, why):
+def test_scratch_when_the_data_do_not_fit(cells, change, why):
     image, labels, _ = cells
     if "annotation" in change:
         labels = np.where(labels > 0, np.where(labels % 2, 1, 2), 0).astype(labels.dtype)
-    trainer = prepare_run(image, labels, replace(TrainingRecipe(training=SHORT), **change))
+    recipe = replace(TrainingRecipe(training=SHORT, start="starting-model"), **change)
+    trainer = prepare_run(image, labels, recipe)
     assert trainer.parent_model is None
-    assert trainer.start_note.startswith("trained from scratch") and why in trainer.start_note
+    assert trainer.start_note.startswith("trained from scratch: ") and why in trainer.start_note
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
 
 
 def test_two_channels_start_from_scratch(cells):
     image, labels, _ = cells
     two = np.stack([image, image[:, ::-1]], axis=1)  # (Z, C, Y, X)
-    recipe = TrainingRecipe(training=SHORT, channel_axis=1)
+    recipe = TrainingRecipe(training=SHORT, channel_axis=1, start="starting-model")
     trainer = prepare_run(two, labels, recipe)
     assert "1 channel; these data have 2" in trainer.start_note
 
 
-def test_cli_default_and_from_scratch(cells, tmp_path):
+def _cli_train(tmp_path, name, *extra):
+    out = tmp_path / f"{name}.safetensors"
+    command = [sys.executable, "-m", "napari_unet.cli", "train", str(tmp_path / "image.tif"),
+               str(tmp_path / "labels.tif"), "--out", str(out), "--steps", "2", "--quiet",
+               *extra]  # fmt: skip
+    return out, subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_default_and_from_starting_model(cells, tmp_path):
     import tifffile
 
     image, labels, _ = cells
     tifffile.imwrite(tmp_path / "image.tif", image)
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     outputs = {}
-    for name, extra in (("default", []), ("scratch", ["--from-scratch"])):
-        out = tmp_path / f"{name}.safetensors"
-        command = [sys.executable, "-m", "napari_unet.cli", "train", str(tmp_path / "image.tif"),
-                   str(tmp_path / "labels.tif"), "--out", str(out), "--steps", "2", "--quiet",
-                   *extra]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    for name, extra in (("default", []), ("starting", ["--from-starting-model"])):
+        out, done = _cli_train(tmp_path, name, *extra)
         assert done.returncode == 0, done.stderr
         outputs[name] = (read_metadata(out).provenance["parent_model"], done.stderr)
-    assert outputs["default"][0] == STARTING_MODEL_FILE
-    assert "fine-tuned from the starting model" in outputs["default"][1]
-    assert outputs["scratch"][0] == ""
-    assert "trained from scratch (asked for)" in outputs["scratch"][1]
+    assert outputs["default"][0] == ""
+    assert "trained from scratch" in outputs["default"][1]
+    assert outputs["starting"][0] == STARTING_MODEL_FILE
+    assert "fine-tuned from the starting model" in outputs["starting"][1]
+    out, done = _cli_train(tmp_path, "both", "--from-starting-model", "--from-scratch")
+    assert done.returncode != 0 and not out.exists()
+    assert done.stderr.strip().splitlines() == [
+        "napari-unet: error: give either --from-starting-model or --from-scratch, not both"
+    ]
 
 
 def test_it_starts_better_than_random_weights(cells):

@@ -89,6 +89,9 @@ def run_train(args) -> int:
     if not out.parent.is_dir():
         state = "is not a folder" if out.parent.exists() else "does not exist"
         raise InputError(f"{out}: the folder {out.parent} {state}")
+    if args.from_starting_model and (args.from_scratch or args.init or args.resume):
+        other = "--from-scratch" if args.from_scratch else "--init" if args.init else "--resume"
+        raise InputError(f"give either --from-starting-model or {other}, not both")
     image = read_array(args.image)
     labels = np.asarray(read_array(args.labels))
     overrides = {
@@ -113,7 +116,7 @@ def run_train(args) -> int:
         annotation=AnnotationConfig(mode=args.mode, partial=args.partial),
         training=config,
         architecture=PRESETS[args.preset].with_(**overrides),
-        start="scratch" if args.from_scratch else "starting-model",
+        start="starting-model" if args.from_starting_model else "scratch",
         init=args.init,
         resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),

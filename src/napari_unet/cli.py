@@ -85,13 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--init",
-        help="fine-tune this model file (default: the shipped starting model, when the "
-        "architecture is the small preset and the data have one channel and two classes)",
+        help="fine-tune this model file (default: a new network from random weights)",
+    )
+    train.add_argument(
+        "--from-starting-model",
+        action="store_true",
+        help="fine-tune the shipped starting model instead of starting from random weights "
+        "(small preset, one channel, two classes; see docs/benchmarks.md for when it helps)",
     )
     train.add_argument(
         "--from-scratch",
         action="store_true",
-        help="start from random weights instead of the shipped starting model",
+        help="start from random weights (the default; kept for scripts that say so)",
     )
     train.add_argument(
         "--preset",

@@ -14,7 +14,7 @@ def default_steps(continuing: bool) -> int:
 
     ``continuing`` is True when the run fine-tunes a model the user trained (``--init`` on the
     command line, a loaded model in the Train widget): :data:`CONTINUE_STEPS`. A new model,
-    including one started from the shipped starting model, gets :data:`DEFAULT_STEPS`.
+    including one fine-tuned from the shipped starting model, gets :data:`DEFAULT_STEPS`.
 
     Why fewer steps when continuing: in the human-in-the-loop cycle (segment, correct the
     plane the model is least sure of, continue training, segment again) the model already

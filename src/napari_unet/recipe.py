@@ -17,10 +17,12 @@ on their own:
    unless set explicitly.
 5. **Settings derived from the annotations** (:func:`napari_unet.derived.derive_settings`):
    the post-processing the model file recommends, e.g. the smallest object size kept.
-6. **Where a new network starts**: from the shipped starting model
+6. **Where a new network starts**: from seeded random weights (``start="scratch"``, the
+   default), or with ``start="starting-model"`` from the shipped starting model
    (:mod:`napari_unet.starting_model`) when the recipe asks for the default architecture and the
-   data fit it (one channel, two classes, the default normalisation), else from seeded random
-   weights (``start="scratch"`` asks for that). The trainer's ``start_note`` says which, and why.
+   data fit it (one channel, two classes, the default normalisation). From scratch is the
+   default because it scored better on data the starting model had not seen (docs/benchmarks.md,
+   "Starting model"). The trainer's ``start_note`` says which, and why.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ class TrainingRecipe:
     training : steps, time budget, batch, optimiser, augmentation, seed, device.
     architecture : the network to build when neither ``init`` nor ``resume`` is given
         (channels and classes are filled in from the data).
-    start : for a new network (no ``init``, no ``resume``): ``starting-model`` fine-tunes the
-        shipped starting model when the architecture is the default and the data fit it;
-        ``scratch`` always starts from seeded random weights.
+    start : for a new network (no ``init``, no ``resume``): ``scratch`` (default) starts from
+        seeded random weights; ``starting-model`` fine-tunes the shipped starting model when the
+        architecture is the default and the data fit it (else it starts from scratch too).
     init : a model file to fine-tune (its architecture, normalisation and class names are kept).
     resume : a training checkpoint to continue.
     checkpoint : where checkpoints are written (None: no checkpoints).
@@ -71,7 +73,7 @@ class TrainingRecipe:
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     architecture: UNetConfig = STARTING_ARCHITECTURE
-    start: Literal["starting-model", "scratch"] = "starting-model"
+    start: Literal["starting-model", "scratch"] = "scratch"
     init: str | Path | None = None
     resume: str | Path | None = None
     checkpoint: str | Path | None = None
@@ -123,7 +125,7 @@ def _model_parent(path: str | Path) -> _Parent:
 def _starting_parent(recipe: TrainingRecipe, annotation, channels: int, classes: int):
     """The starting model as parent of a new run, or None; and the sentence saying which."""
     if recipe.start == "scratch":
-        return None, "trained from scratch (asked for)"
+        return None, "trained from scratch"
     path, why = starting_model_for(recipe.architecture, channels, classes)
     if path is None:
         return None, f"trained from scratch: {why}"

@@ -1,7 +1,10 @@
 """The generalist starting model that ships inside the package.
 
-A new model is, by default, *fine-tuned* from this network rather than trained from random
-weights: the U-Net paper's promise of few annotations goes furthest from a good start. The file
+A new model can be *fine-tuned* from this network instead of trained from random weights
+(``TrainingRecipe(start="starting-model")``, ``train --from-starting-model``, the Train widget's
+"new: from the starting model"). It is not the default: on a set it had not seen (ISBI 2012
+EM) fine-tuning it scored worse than training from scratch with the same budget, and on the
+demo's synthetic set too (docs/benchmarks.md, "Starting model"). The file
 ``models/starting-model.safetensors`` is a model file like any other (safetensors weights + JSON
 metadata, loaded without running code): the small preset (16 channels, depth 3, batch norm),
 one input channel normalised by percentiles (1, 99.8), two classes (background, object).

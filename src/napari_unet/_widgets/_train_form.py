@@ -33,15 +33,17 @@ from ._plot import LivePlot
 from .annotate import layer_mode
 
 #: The model choices, in the order shown: the new networks, then (after a separator) the two
-#: ways to go on from a trained one. The first is the default.
+#: ways to go on from a trained one. The first is the default: from scratch, which beat the
+#: starting model on data it had not seen (docs/benchmarks.md, "Starting model").
 MODEL_CHOICES = (
-    "new: from the starting model",
     "new: small preset, from scratch",
+    "new: from the starting model",
     "new: paper U-Net",
     "new: custom (Advanced)",
     "continue: model just trained",
     "fine-tune model file...",
 )
+STARTING = MODEL_CHOICES[1]
 CUSTOM = MODEL_CHOICES[3]
 #: Fine-tune the session's model just trained (the human-in-the-loop round: segment, correct a
 #: plane, continue, segment again); offered once a run has finished in this session.
@@ -211,14 +213,15 @@ class TrainForm(DockWidget):
             "planes are used (import ground truth there to train on it)",
             self.schema: "how the annotation values are read (set in 1 Annotate): instances, "
             "scribbles or classes; see docs/annotations.md",
-            self.model_combo: "from the starting model (the default): fine-tune the generalist "
-            "small network shipped with the plugin (16 base channels, depth 3; needs one "
-            "channel and two classes, else it starts from scratch); small preset from scratch: "
-            "the same network from random weights; paper U-Net: 64 channels, depth 4, 31 M "
-            "parameters (use a GPU); custom: width/depth/padding from Advanced; continue: train "
-            "the model just trained further on every annotated plane (after correcting its "
-            f"segmentation; {default_steps(True)} steps by default, the plot goes on); "
-            "fine-tune: start from a model file of yours",
+            self.model_combo: "small preset from scratch (the default): 16 base channels, depth "
+            "3, from random weights; from the starting model: fine-tune the same network as "
+            "shipped with the plugin, pretrained on synthetic and public cell images (needs one "
+            "channel and two classes, else it starts from scratch; better on phase contrast, "
+            "worse on EM than from scratch in our benchmarks); paper U-Net: 64 channels, "
+            "depth 4, 31 M parameters (use a GPU); custom: width/depth/padding from Advanced; "
+            "continue: train the model just trained further on every annotated plane (after "
+            f"correcting its segmentation; {default_steps(True)} steps by default, the plot goes "
+            "on); fine-tune: start from a model file of yours",
             self.model_path: "the model file (.safetensors) to fine-tune; its architecture, "
             "normalisation and classes are kept",
             self.browse_button: "choose the model file to fine-tune",
@@ -339,9 +342,8 @@ class TrainForm(DockWidget):
         )
 
     def start(self) -> str:
-        """Where a new network starts: ``starting-model`` (the default choice) or ``scratch``."""
-        choice = self.model_combo.currentText()
-        return "starting-model" if choice == MODEL_CHOICES[0] else "scratch"
+        """Where a new network starts: ``scratch`` (the default choice) or ``starting-model``."""
+        return "starting-model" if self.model_combo.currentText() == STARTING else "scratch"
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""
