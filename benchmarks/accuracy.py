@@ -14,15 +14,17 @@ model file recommends. No per-dataset option exists here.
   ``--partial`` (``AnnotationConfig(partial=True)``), which is how a user says so.
 * synthetic (the demo's data): 2 annotated planes of ``make_cell_stack(8)``, SEG on the other 6.
 
-Where a run starts (``--start``): ``scratch`` (random weights, as ``train --from-scratch``) or
-``starting-model``: fine-tuned, as ``train`` without options does, but from a starting model
+Where a run starts (``--start``): ``scratch`` (random weights, as ``train`` without options) or
+``starting-model``: fine-tuned, as ``train --from-starting-model`` does, but from a starting model
 that has *not* seen the set scored -- ``benchmarks/models/starting-without-<set>.safetensors``,
 made by ``scripts/make_starting_model.py --leave-out <set>`` (run here when missing). The
 synthetic set uses the shipped starting model (its synthetic training data come from the same
 generator, with other seeds and looks). ``both`` runs each.
 
 Each run also records a learning curve: the model is scored at a quarter, half and
-three-quarters of its run (snapshots of the same run, not shorter runs).
+three-quarters of its run (snapshots of the same run, not shorter runs); ``--no-curves`` scores
+only the final model. ``--results FILE`` and ``--threads N`` let two runs share a machine; join
+their rows with ``--from-rows``.
 
 Writes benchmarks/results/accuracy.json, docs/images/accuracy-curves.png,
 docs/images/accuracy-failures.png and the "Accuracy" section of docs/benchmarks.md.
@@ -140,7 +142,7 @@ def train(image, labels, args, seed: int, planes=None, partial=False, init=None)
         start="scratch" if init is None else "starting-model", init=init,
     )  # fmt: skip
     trainer = prepare_run(image, labels, recipe)
-    marks = {int(training.steps * f) for f in (0.25, 0.5, 0.75)}
+    marks = {int(training.steps * f) for f in (0.25, 0.5, 0.75)} if args.curves else set()
     snapshots = []
     start = time.perf_counter()
     for event in trainer.run():
@@ -161,7 +163,11 @@ def _segment(trainer, images, instances=True):
 
 
 def _curve(trainer, snapshots, seconds, score):
-    """(minutes, score) at each snapshot and at the end; restores the final weights."""
+    """(minutes, score) at each snapshot and at the end; restores the final weights.
+
+    No snapshots (``--no-curves``): no curve, and no second scoring of the final model."""
+    if not snapshots:
+        return []
     final = copy.deepcopy(trainer.model.state_dict())
     points = []
     for t, state in snapshots:
@@ -391,6 +397,7 @@ def write_doc(rows: list[dict], meta: dict) -> None:
 
 
 def main() -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="isbi,phc,synthetic")
     parser.add_argument("--isbi-shots", default="1,3,20")
@@ -414,6 +421,16 @@ def main() -> int:
     )
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument(
+        "--no-curves", dest="curves", action="store_false", help="score only the final model"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where the rows go (another file lets two runs share a machine)",
+    )
+    parser.add_argument(
         "--from-rows",
         type=Path,
         help="only redraw the plots and the doc from saved rows (a JSON list, e.g. "
@@ -432,6 +449,9 @@ def main() -> int:
     args.phc_shots = [int(s) for s in args.phc_shots.split(",") if s]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.partial_shots = [int(s) for s in args.partial_shots.split(",") if s]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RESULTS = args.results
     root = data_root()
     from napari_unet.devices import resolve_device
 
