@@ -419,7 +419,9 @@ def main() -> int:
         default="small",
         help="network (small: the default; paper: the 2015 network, for GPUs)",
     )
-    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="do not touch docs/benchmarks.md or its pictures"
+    )
     parser.add_argument(
         "--no-curves", dest="curves", action="store_false", help="score only the final model"
     )
@@ -489,10 +491,10 @@ def main() -> int:
         seeds = sorted({r["seed"] for r in rows})
         meta["seeds"] = ", ".join(str(s) for s in seeds)
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    plot_curves(rows)
-    if root is not None:
-        plot_failures(root)
-    if not args.no_doc:
+    if not args.no_doc:  # the pictures belong to the doc's section
+        plot_curves(rows)
+        if root is not None:
+            plot_failures(root)
         write_doc(rows, meta)
     return 0
 
