@@ -26,7 +26,10 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.annotations import AnnotationConfig, normalize_plane, training_planes
+from napari_unet.annotation.schema import AnnotationConfig, training_planes
+from napari_unet.annotation.weightmap import WeightMapConfig
+from napari_unet.inference.postprocess import PostprocessConfig, instance_labels
+from napari_unet.inference.predictor import PredictConfig, predict_plane
 from napari_unet.metrics import (
     adapted_rand_error,
     instances_from_binary,
@@ -34,10 +37,8 @@ from napari_unet.metrics import (
     seg_score_planes,
 )
 from napari_unet.model import PRESETS, UNet
-from napari_unet.postprocess import PostprocessConfig, instance_labels
-from napari_unet.predict import PredictConfig, predict_plane
-from napari_unet.train import TrainConfig, Trainer
-from napari_unet.weightmap import WeightMapConfig
+from napari_unet.normalization import normalize_plane
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -1,8 +1,10 @@
 """Accuracy with the product's defaults: what `napari-unet train` + `predict --instances` give.
 
-Every run goes through :func:`napari_unet.recipe.prepare_run` with ``TrainingRecipe()`` defaults
+Every run goes through :func:`napari_unet.training.recipe.prepare_run` with ``TrainingRecipe()``
+defaults
 (only the seed and, with ``--steps``/``--minutes``, the length change) and is segmented by
-:func:`napari_unet.batch.segment_stack` with ``SegmentConfig()``, i.e. the post-processing the
+:func:`napari_unet.inference.batch.segment_stack` with ``SegmentConfig()``, i.e. the
+post-processing the
 model file recommends. No per-dataset option exists here.
 
 * ISBI 2012 EM: train on slices 0..n-1, score slices 20-29: adapted Rand error of our instance
@@ -54,8 +56,9 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.annotations import AnnotationConfig
-from napari_unet.batch import SegmentConfig, segment_stack
+from napari_unet.annotation.schema import AnnotationConfig
+from napari_unet.inference.batch import SegmentConfig, segment_stack
+from napari_unet.inference.predictor import PredictConfig
 from napari_unet.metrics import (
     adapted_rand_error,
     instances_from_binary,
@@ -63,11 +66,10 @@ from napari_unet.metrics import (
     seg_score_planes,
 )
 from napari_unet.model import PRESETS
-from napari_unet.predict import PredictConfig
-from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cell_stack
-from napari_unet.starting_model import starting_model_path
-from napari_unet.train import TrainConfig
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.starting_model import starting_model_path
+from napari_unet.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"

@@ -31,13 +31,13 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from napari_unet.annotations import Normalization, normalize_plane
-from napari_unet.derived import postprocess_config
+from napari_unet.annotation.derived import postprocess_config
+from napari_unet.inference.postprocess import instance_labels, semantic_labels
+from napari_unet.inference.predictor import predict_plane
+from napari_unet.io.modelfile import load_model
 from napari_unet.metrics import adapted_rand_error, instances_from_binary, seg_score
-from napari_unet.modelfile import load_model
-from napari_unet.postprocess import instance_labels, semantic_labels
-from napari_unet.predict import predict_plane
-from napari_unet.recipe import TrainingRecipe, prepare_run
+from napari_unet.normalization import Normalization, normalize_plane
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import write_json  # noqa: E402

@@ -3,7 +3,8 @@
 A simulated annotator "corrects" a plane by replacing it with its ground truth. Every strategy
 starts from the same model, trained with the product's defaults (``TrainingRecipe()``) on one
 annotated plane of a pool. Each round adds one plane of the pool -- the one the tool suggests
-(:func:`napari_unet.suggest.rank_planes`, least sure first), the next one in order, or a random
+(:func:`napari_unet.inference.suggest.rank_planes`, least sure first), the next one in order, or a
+random
 one (several seeds) -- continues training from the current model with the short default budget
 (``defaults.default_steps(continuing=True)``, what ``train --init`` and the Train widget's
 "continue" do), and scores the model on held-out planes. Sets:
@@ -44,16 +45,16 @@ import numpy as np
 import tifffile
 from scipy.stats import spearmanr
 
-from napari_unet.batch import SegmentConfig, segment_stack
 from napari_unet.defaults import default_steps
+from napari_unet.inference.batch import SegmentConfig, segment_stack
+from napari_unet.inference.predictor import PredictConfig
+from napari_unet.inference.suggest import DEFAULT_MEASURE, MEASURES, SuggestConfig, rank_planes
+from napari_unet.io.modelfile import load_model
 from napari_unet.metrics import adapted_rand_error, instances_from_binary, seg_score_planes
-from napari_unet.modelfile import load_model
-from napari_unet.predict import PredictConfig
-from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cells, random_modality_config
-from napari_unet.starting_model import starting_model_path
-from napari_unet.suggest import DEFAULT_MEASURE, MEASURES, SuggestConfig, rank_planes
-from napari_unet.train import TrainConfig
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.starting_model import starting_model_path
+from napari_unet.training.trainer import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_name  # noqa: E402

@@ -9,7 +9,8 @@ Contenders, all on the same synthetic cell image (float32, normalised) and the s
 interleaved (A, B, C, A, B, C, ...; the order rotates every round) and the best time of each kept,
 so that other load on the machine hits all of them alike:
 
-* ``ours``: :func:`napari_unet.predict.predict_plane` with automatic tile and batch on the paper's
+* ``ours``: :func:`napari_unet.inference.predictor.predict_plane` with automatic tile and batch on
+the paper's
   network ``UNet(UNetConfig())`` (untrained, eval). On CUDA it uses bf16 autocast and channels_last,
   on CPU fp32 and channels_last.
 * ``naive``: the paper's protocol done naively with the same network and weights: mirror-pad the
@@ -49,10 +50,10 @@ import numpy as np
 import torch
 from _machine import cpu_name, write_json
 
-from napari_unet.annotations import Normalization, normalize_plane
 from napari_unet.devices import resolve_device
+from napari_unet.inference.predictor import PredictConfig, _batch_size, predict_plane, tile_shape
 from napari_unet.model import PRESETS, UNet, UNetConfig, border
-from napari_unet.predict import PredictConfig, _batch_size, predict_plane, tile_shape
+from napari_unet.normalization import Normalization, normalize_plane
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MONAI_FALLBACK = "/tmp/monai-pkg"
@@ -165,7 +166,7 @@ def ours_work(
 ) -> tuple[int, float, tuple, int]:
     """Input pixels and GFLOP through the network, the tile (h, w) and the batch our predictor
     picks."""
-    from napari_unet.predict import _tile_count
+    from napari_unet.inference.predictor import _tile_count
 
     tile = tile_shape(model.config, shape, pconfig, device)
     n = _tile_count(model.config, tile[0], shape[0]) * _tile_count(model.config, tile[1], shape[1])

@@ -114,9 +114,9 @@ def write_stack(path: Path, fmt: str, n_planes: int, size: int) -> float:
 def save_untrained_model(path: Path) -> None:
     import torch
 
-    from napari_unet.annotations import Normalization
+    from napari_unet.io.modelfile import ModelMetadata, save_model
     from napari_unet.model import PRESETS, UNet
-    from napari_unet.modelfile import ModelMetadata, save_model
+    from napari_unet.normalization import Normalization
 
     torch.manual_seed(0)
     config = PRESETS["small"]
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         # 1. baseline: imports + model load
         print("baseline (imports + model load) ...", flush=True)
         baseline = run_python(
-            "from napari_unet.predict import load_predictor\n"
-            "import napari_unet.batch, napari_unet.files\n"
+            "from napari_unet.inference.predictor import load_predictor\n"
+            "import napari_unet.inference.batch, napari_unet.io.files\n"
             f"load_predictor({str(model_path)!r}, 'auto')\n"
         )
         # 2. every plane read through read_array's lazy path, as iter_planes does
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         reading = run_python(
             "import numpy as np, time\n"
-            "from napari_unet.files import read_array\n"
+            "from napari_unet.io.files import read_array\n"
             f"arr = read_array({str(stack)!r})\n"
             "print('type', type(arr).__module__, type(arr).__name__, 'shape', arr.shape, "
             "'chunks', getattr(arr, 'chunksize', None))\n"

@@ -1,4 +1,5 @@
-"""Training speed: optimiser steps of :class:`napari_unet.train.Trainer`, augmentation, weight maps.
+"""Training speed: optimiser steps of :class:`napari_unet.training.trainer.Trainer`, augmentation,
+weight maps.
 
     python benchmarks/train_speed.py            # best of 3 interleaved rounds (CPU), 5 (GPU)
     python benchmarks/train_speed.py --quick    # 1 round, fewer steps, paper net 1 step
@@ -34,13 +35,13 @@ import numpy as np
 import torch
 from _machine import cpu_name, write_json
 
-from napari_unet.annotations import training_planes
-from napari_unet.augment import AugmentConfig, augment_batch
+from napari_unet.annotation.schema import training_planes
+from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
 from napari_unet.devices import resolve_device
 from napari_unet.model import PRESETS, UNet, border
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
-from napari_unet.train import TrainConfig, Trainer, default_tile
-from napari_unet.weightmap import WeightMapConfig, weight_map
+from napari_unet.training.augment import AugmentConfig, augment_batch
+from napari_unet.training.trainer import TrainConfig, Trainer, default_tile
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

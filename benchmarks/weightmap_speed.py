@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import expand_labels
 
-from napari_unet.weightmap import (
+from napari_unet.annotation.weightmap import (
     WeightMapConfig,
     separate_touching,
     weight_map,

@@ -54,14 +54,14 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.annotations import AnnotationConfig, training_planes
+from napari_unet.annotation.schema import AnnotationConfig, training_planes
+from napari_unet.io.modelfile import save_model
 from napari_unet.metrics import instances_from_binary
 from napari_unet.model import UNet
-from napari_unet.modelfile import save_model
 from napari_unet.sample_data import MODALITIES, make_cells, random_modality_config
-from napari_unet.starting_model import STARTING_ARCHITECTURE, STARTING_MODEL_FILE
 from napari_unet.threads import limited_threads
-from napari_unet.train import TrainConfig, Trainer
+from napari_unet.training.starting_model import STARTING_ARCHITECTURE, STARTING_MODEL_FILE
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / STARTING_MODEL_FILE

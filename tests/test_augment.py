@@ -1,4 +1,4 @@
-"""Tests for napari_unet.augment."""
+"""Tests for napari_unet.training.augment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.augment import (
+from napari_unet.errors import InputError
+from napari_unet.training.augment import (
     AugmentConfig,
     augment_batch,
     augment_preview,
@@ -16,7 +17,6 @@ from napari_unet.augment import (
     sampling_grid,
     warp,
 )
-from napari_unet.errors import InputError
 
 
 def _batch(n: int = 4, size: int = 64, channels: int = 1, seed: int = 0):

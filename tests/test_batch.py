@@ -7,12 +7,12 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet.batch import SegmentConfig, segment_stack, segment_stack_distributed
 from napari_unet.errors import Cancelled
-from napari_unet.files import read_array
+from napari_unet.inference.batch import SegmentConfig, segment_stack, segment_stack_distributed
+from napari_unet.inference.predictor import PredictConfig
+from napari_unet.io.files import read_array
+from napari_unet.io.modelfile import ModelMetadata, save_model
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.modelfile import ModelMetadata, save_model
-from napari_unet.predict import PredictConfig
 
 CFG = SegmentConfig(predict=PredictConfig(device="cpu"))
 
@@ -101,7 +101,7 @@ def test_a_finished_plane_is_recorded_in_one_metadata_write(tmp_path, monkeypatc
     metadata writes once left a resumed run continuing from a stale offset (every id shifted)."""
     from zarr.storage import LocalStore
 
-    from napari_unet.files import StackWriter
+    from napari_unet.io.files import StackWriter
 
     writer = StackWriter(tmp_path / "o.zarr", (3, 8, 8), run="fingerprint")
     writes: list[str] = []

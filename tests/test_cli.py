@@ -1,7 +1,8 @@
 """The ``napari-unet`` command end to end.
 
 A few real subprocesses (``python -m napari_unet.cli``) prove the command works as installed and
-that nothing but one line reaches stderr; the rest calls :func:`napari_unet.cli.main` in-process
+that nothing but one line reaches stderr; the rest calls :func:`napari_unet.cli.app.main`
+in-process
 (importing torch costs seconds per subprocess). Everything is tiny: 3 planes of 96 x 96, a
 4-wide depth-2 network, 5 training steps.
 """
@@ -104,8 +105,8 @@ def test_no_command_prints_help(capsys):
 
 
 def test_train_writes_model_and_checkpoint(work):
-    from napari_unet.modelfile import read_metadata
-    from napari_unet.train import read_checkpoint_metadata
+    from napari_unet.io.modelfile import read_metadata
+    from napari_unet.training.checkpoint import read_checkpoint_metadata
 
     meta = read_metadata(work / "model.safetensors")
     assert (meta.architecture.width, meta.architecture.depth, meta.architecture.in_channels) == (
@@ -288,7 +289,7 @@ def test_export_bioimageio_with_the_users_words(work, capsys, monkeypatch):
 
     import yaml
 
-    from napari_unet import export
+    from napari_unet.io import export
 
     monkeypatch.setattr(export, "_missing_onnx", lambda: ["onnx"])
     out = work / "model.zip"

@@ -81,8 +81,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
+    from napari_unet.io.modelfile import ModelMetadata, save_model
     from napari_unet.model import UNet, UNetConfig
-    from napari_unet.modelfile import ModelMetadata, save_model
     from napari_unet.sample_data import CellSampleConfig, make_cell_stack
 
     folder = tmp_path_factory.mktemp("crash")
@@ -134,10 +134,11 @@ def reference(data) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- training
 def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(data, tmp_path, capsys):
-    from napari_unet.annotations import training_planes
+    from napari_unet.annotation.schema import training_planes
+    from napari_unet.io.modelfile import read_metadata
     from napari_unet.model import UNet
-    from napari_unet.modelfile import read_metadata
-    from napari_unet.train import TrainConfig, Trainer, read_checkpoint_metadata
+    from napari_unet.training.checkpoint import read_checkpoint_metadata
+    from napari_unet.training.trainer import TrainConfig, Trainer
 
     ckpt, out = tmp_path / "run.ckpt", tmp_path / "model.safetensors"
     proc = start(
@@ -196,7 +197,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(data,
 
 
 def test_sigterm_during_training_writes_a_checkpoint(data, tmp_path):
-    from napari_unet.train import read_checkpoint_metadata
+    from napari_unet.training.checkpoint import read_checkpoint_metadata
 
     ckpt, out = tmp_path / "m.ckpt", tmp_path / "m.safetensors"
     proc = start(
@@ -238,7 +239,7 @@ def test_sigkill_during_zarr_prediction_then_rerun_gives_identical_labels(
 ):
     import zarr
 
-    import napari_unet.batch as batch
+    import napari_unet.inference.batch as batch
 
     out = tmp_path / "labels.zarr"
     args = ["predict", data / "model.safetensors", data / "stack.tif", "--out", out, *PREDICT]

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.export: TorchScript, ONNX and bioimage.io packages.
+"""Tests for napari_unet.io.export: TorchScript, ONNX and bioimage.io packages.
 
 ONNX files are run by onnxruntime, bioimage.io packages are checked by the bioimage.io tools
 themselves (bioimageio.spec's validator and bioimageio.core's model test). These packages come
@@ -22,12 +22,12 @@ import pytest
 import torch
 import yaml
 
-from napari_unet import export
-from napari_unet.annotations import normalize_plane
 from napari_unet.errors import InputError, ModelFileError, TileSizeError
-from napari_unet.export import default_tile, export_model, export_summary
+from napari_unet.io import export
+from napari_unet.io.export import default_tile, export_model, export_summary
+from napari_unet.io.modelfile import ModelMetadata, save_model
 from napari_unet.model import PRESETS, UNet, UNetConfig, border, min_input_size
-from napari_unet.modelfile import ModelMetadata, save_model
+from napari_unet.normalization import normalize_plane
 
 VALID = UNetConfig(width=4, depth=2, norm="batch", dropout=0.2)
 SMALL = PRESETS["small"]  # width 16, depth 3, valid padding, batch norm

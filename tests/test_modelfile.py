@@ -1,4 +1,4 @@
-"""Tests for napari_unet.modelfile: safetensors + JSON model files, never pickle."""
+"""Tests for napari_unet.io.modelfile: safetensors + JSON model files, never pickle."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from napari_unet import modelfile
 from napari_unet.errors import DeviceError, InputError, ModelFileError
-from napari_unet.model import UNet, UNetConfig, count_parameters, min_input_size
-from napari_unet.modelfile import (
+from napari_unet.io import modelfile
+from napari_unet.io.modelfile import (
     FORMAT,
     ModelMetadata,
     load_model,
@@ -28,6 +27,7 @@ from napari_unet.modelfile import (
     save_model,
     save_tensors,
 )
+from napari_unet.model import UNet, UNetConfig, count_parameters, min_input_size
 
 TINY = UNetConfig(width=4, depth=2, norm="batch", dropout=0.1)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet.errors import InputError
-from napari_unet.postprocess import (
+from napari_unet.inference.postprocess import (
     PostprocessConfig,
     foreground_mask,
     instance_labels,
@@ -135,7 +135,7 @@ def test_bad_input_raises_input_error():
 
 
 def test_close_gaps_gives_back_the_learned_separation_gap():
-    from napari_unet.weightmap import separate_touching
+    from napari_unet.annotation.weightmap import separate_touching
 
     truth = np.zeros((30, 40), np.int32)
     truth[5:25, 5:20] = 1
@@ -154,7 +154,7 @@ def test_close_gaps_gives_back_the_learned_separation_gap():
 def test_cores_split_cells_joined_by_a_faint_border():
     """The default post-processing splits two cells that share an uncertain border (p ~ 0.6)
     and keeps a cell whole, including one with no confident core."""
-    from napari_unet.postprocess import PostprocessConfig, instance_labels
+    from napari_unet.inference.postprocess import PostprocessConfig, instance_labels
 
     p = np.zeros((60, 100), np.float32)
     p[10:50, 10:45] = 0.999  # cell A

@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from napari_unet.errors import InputError, TileSizeError
+from napari_unet.inference.predictor import (
+    PredictConfig,
+    predict_plane,
+    predict_plane_with_uncertainty,
+)
 from napari_unet.model import UNet, UNetConfig, border
-from napari_unet.predict import PredictConfig, predict_plane, predict_plane_with_uncertainty
 
 TINY = UNetConfig(width=4, depth=2, dropout=0.0)
 

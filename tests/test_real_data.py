@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.annotations import training_planes
-from napari_unet.batch import SegmentConfig, segment_stack
-from napari_unet.files import read_array
+from napari_unet.annotation.schema import training_planes
+from napari_unet.inference.batch import SegmentConfig, segment_stack
+from napari_unet.inference.predictor import PredictConfig
+from napari_unet.io.files import read_array
 from napari_unet.metrics import evaluate
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.predict import PredictConfig
-from napari_unet.train import TrainConfig, Trainer
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 
 def test_isbi_binary_membrane_labels_train_and_segment(shared_data):

@@ -10,15 +10,16 @@ import tifffile
 import torch
 from safetensors.torch import load_file
 
-from napari_unet.annotations import AnnotationConfig, Normalization, normalize_plane, plane_targets
-from napari_unet.batch import SegmentConfig, labels_from_probabilities
+from napari_unet.annotation.derived import derive_settings, postprocess_config
+from napari_unet.annotation.schema import AnnotationConfig, plane_targets
 from napari_unet.cli import main
-from napari_unet.derived import derive_settings, postprocess_config
+from napari_unet.inference.batch import SegmentConfig, labels_from_probabilities
+from napari_unet.io.modelfile import load_model, read_metadata
 from napari_unet.model import PRESETS, UNetConfig
-from napari_unet.modelfile import load_model, read_metadata
-from napari_unet.recipe import TrainingRecipe, prepare_run
+from napari_unet.normalization import Normalization, normalize_plane
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
-from napari_unet.train import TrainConfig
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.trainer import TrainConfig
 
 TINY = UNetConfig(width=4, depth=2, norm="batch", dropout=0.2)
 SAMPLE = CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10)
@@ -89,7 +90,7 @@ def test_same_seed_gives_identical_cli_models(stack):
 
 
 def test_cli_gui_job_and_library_give_the_same_model(stack, tmp_path):
-    from napari_unet.train_job import TrainJob, run_job
+    from napari_unet.training.job import TrainJob, run_job
 
     image, labels, folder = stack
     cli = _cli_train(folder, "cli.safetensors")
@@ -175,7 +176,7 @@ def test_min_size_follows_the_smallest_annotated_object():
     labels[40:50, 40:50] = 2  # 100 px, the smallest
     labels[0:5, 60:80] = 3  # 100 px but cut by the edge: not counted
     target, weight, _ = plane_targets(labels, AnnotationConfig())
-    from napari_unet.annotations import TrainingPlane
+    from napari_unet.annotation.schema import TrainingPlane
 
     plane = TrainingPlane(np.zeros((1, 80, 80), np.float32), target, weight, ())
     derived = derive_settings([plane], AnnotationConfig())

@@ -2,7 +2,7 @@
 correctly or stop with ONE clear line on stderr, a non-zero exit code, no traceback and nothing
 half-written. docs/reliability.md lists every case with the test that checks it.
 
-Most cases call :func:`napari_unet.cli.main` in-process (a subprocess costs seconds of torch
+Most cases call :func:`napari_unet.cli.app.main` in-process (a subprocess costs seconds of torch
 start-up); a few real subprocesses prove that the same holds for the installed command.
 """
 
@@ -26,13 +26,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_unet.annotations import IGNORE_LABEL, check_labels, training_planes
-from napari_unet.batch import SegmentConfig, StackWriter, segment_stack
+from napari_unet.annotation.schema import IGNORE_LABEL, check_labels, training_planes
 from napari_unet.cli import main
 from napari_unet.errors import AnnotationError, InputError
+from napari_unet.inference.batch import SegmentConfig, StackWriter, segment_stack
+from napari_unet.inference.predictor import PredictConfig, predict_plane
+from napari_unet.io.modelfile import ModelMetadata, load_model, save_model
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.modelfile import ModelMetadata, load_model, save_model
-from napari_unet.predict import PredictConfig, predict_plane
 
 TRAIN = [
     "--steps",
@@ -601,7 +601,7 @@ def test_bad_model_files(capsys, tmp_path, data, kind, message):
     elif kind == "folder":
         path.mkdir()
     elif kind == "checkpoint":
-        from napari_unet.modelfile import save_tensors
+        from napari_unet.io.modelfile import save_tensors
 
         save_tensors(path, {"w": torch.zeros(2)}, {"step": 1})
     out = tmp_path / "l.tif"
@@ -939,7 +939,7 @@ def test_disk_full_on_a_zarr_output_then_resume(capsys, tmp_path, data, monkeypa
 
 
 def test_disk_full_while_saving_the_model(capsys, tmp_path, data, monkeypatch):
-    import napari_unet.modelfile as modelfile
+    import napari_unet.io.modelfile as modelfile
 
     def partial(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -1123,7 +1123,7 @@ def _oom(*args, **kwargs):
 
 
 def test_prediction_retries_with_smaller_tiles_after_oom(monkeypatch):
-    import napari_unet.predict as predict
+    import napari_unet.inference.predictor as predict
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(width=2, depth=2, dropout=0.0)).eval()
@@ -1171,7 +1171,7 @@ def test_prediction_retries_with_smaller_tiles_after_oom(monkeypatch):
 def test_cli_prediction_out_of_memory_even_at_the_smallest_tile(
     capsys, tmp_path, data, monkeypatch
 ):
-    import napari_unet.predict as predict
+    import napari_unet.inference.predictor as predict
 
     monkeypatch.setattr(predict, "_predict_tiled", _oom)
     out = tmp_path / "l.tif"
@@ -1224,7 +1224,7 @@ def test_training_halves_the_batch_after_oom(capsys, tmp_path, data, monkeypatch
     assert rc == 0, err
     assert "warning: out of cpu memory at step 0 with 4 tiles per step; continuing with 2" in err
     assert "continuing with 1" in err and "Traceback" not in err
-    from napari_unet.modelfile import read_metadata
+    from napari_unet.io.modelfile import read_metadata
 
     assert read_metadata(out).provenance["training"]["batch_size"] == 1
     # out of memory even with one tile: checkpoint kept, one error line, no model
@@ -1275,7 +1275,7 @@ def test_tiling_round_trip(height, width, tiles, seed):
 
 
 def test_warnings_reach_the_cli_as_single_lines(capsys, tmp_path, data, monkeypatch):
-    import napari_unet._cli_commands as commands
+    import napari_unet.cli.commands as commands
 
     def noisy(args):
         warnings.warn("first line\nsecond line", stacklevel=2)

@@ -10,19 +10,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_unet.annotations import AnnotationConfig
-from napari_unet.batch import SegmentConfig, segment_plane
+from napari_unet.annotation.schema import AnnotationConfig
+from napari_unet.inference.batch import SegmentConfig, segment_plane
+from napari_unet.io.modelfile import load_model, read_metadata
 from napari_unet.metrics import seg_score_planes
 from napari_unet.model import PRESETS
-from napari_unet.modelfile import load_model, read_metadata
-from napari_unet.recipe import TrainingRecipe, prepare_run
 from napari_unet.sample_data import make_cell_stack
-from napari_unet.starting_model import (
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.starting_model import (
     STARTING_ARCHITECTURE,
     STARTING_MODEL_FILE,
     starting_model_path,
 )
-from napari_unet.train import TrainConfig
+from napari_unet.training.trainer import TrainConfig
 
 SHORT = TrainConfig(steps=2, val_every=0, checkpoint_every=0)
 

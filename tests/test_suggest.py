@@ -27,8 +27,8 @@ from napari_unet.defaults import (
     default_steps,
 )
 from napari_unet.errors import Cancelled, InputError
+from napari_unet.inference.suggest import DEFAULT_MEASURE, MEASURES, SuggestConfig, rank_planes
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
-from napari_unet.suggest import DEFAULT_MEASURE, MEASURES, SuggestConfig, rank_planes
 
 CELLS = CellSampleConfig(shape=(96, 96), n_cells=8, cell_radius=10)
 TRAINED_STEPS = 500  # enough for the tiny network to segment fluorescence planes like its own
@@ -42,8 +42,8 @@ def trained(tmp_path_factory, one_torch_thread):
     """A tiny network trained from scratch on planes 0 and 1 of a 4-plane fluorescence stack,
     saved with the stack and its annotations (planes 0 and 1 labelled) as files."""
     from napari_unet.model import UNetConfig
-    from napari_unet.recipe import TrainingRecipe, prepare_run
-    from napari_unet.train import TrainConfig
+    from napari_unet.training.recipe import TrainingRecipe, prepare_run
+    from napari_unet.training.trainer import TrainConfig
 
     folder = tmp_path_factory.mktemp("suggest")
     image, labels = make_cell_stack(4, CELLS, seed=0)
@@ -257,7 +257,7 @@ def test_suggest_refuses_bad_input_in_one_line(trained, capsys, tmp_path):
 
 def test_suggest_interrupted_by_sigterm_exits_130(trained, capsys):
     """SIGTERM (like Ctrl+C) mid-ranking: 'interrupted' on stderr, exit 130, no JSON."""
-    from napari_unet import cli
+    from napari_unet.cli import app as cli
 
     model, image = trained[3] / "model.safetensors", trained[3] / "long.npy"
     np.save(image, np.tile(trained[2], (100, 1, 1)))  # 400 planes: far more than the wait below
@@ -296,7 +296,7 @@ def test_default_steps_are_short_only_when_continuing_a_model():
 
 
 def test_train_init_without_steps_runs_the_continue_budget(trained, capsys):
-    from napari_unet.modelfile import read_metadata
+    from napari_unet.io.modelfile import read_metadata
 
     folder = trained[3]
     image, labels = folder / "image.tif", folder / "annotations.tif"

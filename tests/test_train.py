@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.annotations import AnnotationConfig, training_planes
-from napari_unet.augment import AugmentConfig
+from napari_unet.annotation.schema import AnnotationConfig, training_planes
 from napari_unet.errors import AnnotationError, InputError
+from napari_unet.io.modelfile import load_model
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.modelfile import load_model
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
-from napari_unet.train import TrainConfig, Trainer, read_checkpoint_metadata
+from napari_unet.training.augment import AugmentConfig
+from napari_unet.training.checkpoint import read_checkpoint_metadata
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 TINY = UNetConfig(width=4, depth=2, norm="batch", dropout=0.2)
 

@@ -1,4 +1,4 @@
-"""Tests of napari_unet.weightmap: hand-checked values, fast vs. reference, bad input."""
+"""Tests of napari_unet.annotation.weightmap: hand-checked values, fast vs. reference, bad input."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.segmentation import expand_labels
 
-from napari_unet.errors import InputError
-from napari_unet.weightmap import (
+from napari_unet.annotation.weightmap import (
     WeightMapConfig,
     border_distances,
     separate_touching,
     weight_map,
     weight_map_reference,
 )
+from napari_unet.errors import InputError
 
 FALK = WeightMapConfig(variant="falk")
 

@@ -26,7 +26,8 @@ def default_steps(continuing: bool) -> int:
     return CONTINUE_STEPS if continuing else DEFAULT_STEPS
 
 
-#: The uncertainty measures that rank planes for annotation (:mod:`napari_unet.suggest`) and the
+#: The uncertainty measures that rank planes for annotation (:mod:`napari_unet.inference.suggest`)
+#: and the
 #: default one, ``disagreement`` (docs/benchmarks.md, "Human in the loop"): it and ``entropy``
 #: predict a plane's segmentation error about equally (Spearman rho 0.66 / 0.41 / 0.80 and
 #: 0.69 / 0.46 / 0.82 on synthetic / PhC-U373 / ISBI 2012; ``boundary_per_object``: 0.84 /

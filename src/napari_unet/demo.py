@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import SegmentConfig, segment_stack
-from .files import write_array
-from .metrics import iou, seg_score_planes
-from .recipe import TrainingRecipe, prepare_run
-from .sample_data import make_cell_stack
-from .train import TrainConfig
+from napari_unet.inference.batch import SegmentConfig, segment_stack
+from napari_unet.io.files import write_array
+from napari_unet.metrics import iou, seg_score_planes
+from napari_unet.sample_data import make_cell_stack
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.trainer import TrainConfig
 
 IOU_BAR = 0.8
 

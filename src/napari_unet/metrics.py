@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
 from skimage.segmentation import relabel_sequential
 
-from .errors import InputError
+from napari_unet.errors import InputError
 
 METRIC_NAMES: tuple[str, ...] = ("iou", "seg", "ap50", "rand", "pixel")
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())

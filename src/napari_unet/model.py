@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .errors import InputError, TileSizeError
+from napari_unet.errors import InputError, TileSizeError
 
 Padding = Literal["valid", "same"]
 Norm = Literal["none", "batch", "group"]

@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label
 
-from .errors import InputError
+from napari_unet.errors import InputError
 
 __all__ = [
     "MODALITIES",

@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 from widget_helpers import add_cells
 
 from napari_unet._widgets.annotate import AnnotateWidget
-from napari_unet.annotations import IGNORE_LABEL
+from napari_unet.annotation.schema import IGNORE_LABEL
 
 pytestmark = pytest.mark.viewer
 

@@ -25,9 +25,9 @@ from widget_helpers import TINY, add_cells, configure_tiny, wait_idle
 from napari_unet._widgets import _session
 from napari_unet._widgets._preview import LivePreview
 from napari_unet._widgets.train import TrainWidget
-from napari_unet.batch import SegmentConfig, segment_plane
+from napari_unet.inference.batch import SegmentConfig, segment_plane
+from napari_unet.io.modelfile import ModelMetadata
 from napari_unet.model import UNet
-from napari_unet.modelfile import ModelMetadata
 
 pytestmark = pytest.mark.viewer
 

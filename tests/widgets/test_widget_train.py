@@ -13,8 +13,8 @@ from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
-from napari_unet.modelfile import read_metadata
-from napari_unet.train import read_checkpoint_metadata
+from napari_unet.io.modelfile import read_metadata
+from napari_unet.training.checkpoint import read_checkpoint_metadata
 
 pytestmark = pytest.mark.viewer
 

@@ -8,8 +8,8 @@ from widget_helpers import add_cells
 
 from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
-from napari_unet.annotations import IGNORE_LABEL
-from napari_unet.weightmap import WeightMapConfig, weight_map
+from napari_unet.annotation.schema import IGNORE_LABEL
+from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
 
 pytestmark = pytest.mark.viewer
 

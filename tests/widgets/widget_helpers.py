@@ -24,10 +24,10 @@ def add_cells(viewer, cells, scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, -5.0))
 def train_tiny_model(cells, steps: int):
     """A tiny network trained ``steps`` steps on planes 0 and 2 of ``cells`` with the library:
     (model, metadata)."""
-    from napari_unet.annotations import training_planes
+    from napari_unet.annotation.schema import training_planes
     from napari_unet.model import UNet
     from napari_unet.threads import gui_cpu_threads, limited_threads
-    from napari_unet.train import TrainConfig, Trainer
+    from napari_unet.training.trainer import TrainConfig, Trainer
 
     image, truth = cells
     planes, classes = training_planes(image[[0, 2]], truth[[0, 2]])

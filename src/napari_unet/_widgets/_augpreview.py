@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..annotations import AnnotationConfig, normalize_plane, plane_targets
-from ..augment import AugmentConfig, augment_preview
-from ..planes import read_plane
-from ._common import channel_axis, layer_data
+from napari_unet._widgets._common import channel_axis, layer_data
+from napari_unet.annotation.schema import AnnotationConfig, plane_targets
+from napari_unet.io.planes import read_plane
+from napari_unet.normalization import normalize_plane
+from napari_unet.training.augment import AugmentConfig, augment_preview
 
 PREVIEW_EDGE = 256  # samples are cut around the annotated pixels to at most this size
 GAP = 8  # pixels between samples

@@ -12,8 +12,8 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
-from ..errors import NapariUnetError
-from ..planes import parse_plane_list
+from napari_unet.errors import NapariUnetError
+from napari_unet.io.plane_lists import parse_plane_list
 
 log = logging.getLogger("napari_unet")
 
@@ -227,7 +227,7 @@ def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
 
 
 def parse_planes(text: str, n_lead: int) -> list[tuple[int, ...]]:
-    """Plane indices typed into a widget (:func:`napari_unet.planes.parse_plane_list`)."""
+    """Plane indices typed into a widget (:func:`napari_unet.io.plane_lists.parse_plane_list`)."""
     return parse_plane_list(text, n_lead)
 
 

@@ -4,7 +4,8 @@
 closes the loop after a segmentation:
 
 * "Annotate next" ranks the planes not annotated yet by how unsure the model is
-  (:mod:`napari_unet.suggest`, in the widget's worker), lists them least sure first and fills
+  (:mod:`napari_unet.inference.suggest`, in the widget's worker), lists them least sure first and
+  fills
   the "<image> uncertainty" layer; clicking a row goes to that plane;
 * "Use plane as annotation" copies the corrected plane of "<image> segmentation" into the
   image's annotation layer (:func:`plane_as_annotation`; one Ctrl+Z undoes it);
@@ -32,12 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..annotations import IGNORE_LABEL
-from ..errors import AnnotationError, InputError
-from ..segment_job import rank_whole
-from ..suggest import PlaneScore, SuggestConfig
-from . import _session
-from ._common import (
+from napari_unet._widgets import _session
+from napari_unet._widgets._common import (
     META_IMAGE,
     META_INSTANCES,
     META_PLANES,
@@ -52,7 +49,16 @@ from ._common import (
     report_error,
     spatial_shape,
 )
-from .annotate import add_annotation_layer, explicit_planes, layer_mode, training_plane_list
+from napari_unet._widgets.annotate import (
+    add_annotation_layer,
+    explicit_planes,
+    layer_mode,
+    training_plane_list,
+)
+from napari_unet.annotation.schema import IGNORE_LABEL
+from napari_unet.errors import AnnotationError, InputError
+from napari_unet.inference.job import rank_whole
+from napari_unet.inference.suggest import PlaneScore, SuggestConfig
 
 MAX_OBJECTS = IGNORE_LABEL - 1  # ids an annotation plane can hold (65535 = ignore)
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from ._common import current_plane
+from napari_unet._widgets._common import current_plane
 
 MAX_EDGE = 1024  # a plane up to this size is predicted whole; larger ones in a window this big
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap, label_colormap
 
-from ..annotations import IGNORE_LABEL
+from napari_unet.annotation.schema import IGNORE_LABEL
 
 N_CYCLIC = 1023  # instance ids 1..N_CYCLIC get napari's usual cycling colours
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from psygnal import Signal
 
-from ..model import UNet
-from ..modelfile import ModelMetadata, save_model
+from napari_unet.io.modelfile import ModelMetadata, save_model
+from napari_unet.model import UNet
 
 
 @dataclass

@@ -20,17 +20,24 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible, QLabeledDoubleSlider
 
-from ..augment import AugmentConfig
-from ..defaults import default_steps
-from ..devices import available_devices
-from ..model import PRESETS, UNetConfig
-from ..threads import gui_cpu_threads
-from ..train import TrainConfig
-from . import _session
-from ._common import META_IMAGE, LayerCombo, form, hint, is_annotation_layer, set_tooltips
-from ._dock import DockWidget
-from ._plot import LivePlot
-from .annotate import layer_mode
+from napari_unet._widgets import _session
+from napari_unet._widgets._common import (
+    META_IMAGE,
+    LayerCombo,
+    form,
+    hint,
+    is_annotation_layer,
+    set_tooltips,
+)
+from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets._plot import LivePlot
+from napari_unet._widgets.annotate import layer_mode
+from napari_unet.defaults import default_steps
+from napari_unet.devices import available_devices
+from napari_unet.model import PRESETS, UNetConfig
+from napari_unet.threads import gui_cpu_threads
+from napari_unet.training.augment import AugmentConfig
+from napari_unet.training.trainer import TrainConfig
 
 #: The model choices, in the order shown: the new networks, then (after a separator) the two
 #: ways to go on from a trained one. The first is the default: from scratch, which beat the

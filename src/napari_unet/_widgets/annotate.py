@@ -19,9 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..annotations import IGNORE_LABEL, MODES, annotated_planes
-from ..errors import AnnotationError, InputError
-from ._common import (
+from napari_unet._widgets._common import (
     META_CHANNEL_AXIS,
     META_IMAGE,
     META_MODE,
@@ -40,8 +38,15 @@ from ._common import (
     spatial_shape,
     spatial_transform,
 )
-from ._dock import DockWidget
-from ._schema import background_value, object_value, schema_colormap, schema_html
+from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets._schema import (
+    background_value,
+    object_value,
+    schema_colormap,
+    schema_html,
+)
+from napari_unet.annotation.schema import IGNORE_LABEL, MODES, annotated_planes
+from napari_unet.errors import AnnotationError, InputError
 
 
 def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:

@@ -33,15 +33,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..batch import SegmentConfig, plane_layout
-from ..derived import postprocess_config
-from ..devices import available_devices
-from ..errors import InputError
-from ..predict import PredictConfig
-from ..segment_job import ModelSource, segment_current, segment_whole
-from ..threads import gui_cpu_threads
-from . import _session
-from ._common import (
+from napari_unet._widgets import _session
+from napari_unet._widgets._common import (
     META_INSTANCES,
     LayerCombo,
     channel_axis,
@@ -54,14 +47,23 @@ from ._common import (
     set_tooltips,
     spatial_transform,
 )
-from ._dock import DockWidget
-from ._next import (  # MAX_OBJECTS, NOTHING_TO_RANK, plane_as_annotation: re-exported
+from napari_unet._widgets._dock import DockWidget
+
+# MAX_OBJECTS, NOTHING_TO_RANK, plane_as_annotation: re-exported
+from napari_unet._widgets._next import (
     MAX_OBJECTS,  # noqa: F401
     NOTHING_TO_RANK,  # noqa: F401
     AnnotateNext,
     Job,
     plane_as_annotation,  # noqa: F401
 )
+from napari_unet.annotation.derived import postprocess_config
+from napari_unet.devices import available_devices
+from napari_unet.errors import InputError
+from napari_unet.inference.batch import SegmentConfig, plane_layout
+from napari_unet.inference.job import ModelSource, segment_current, segment_whole
+from napari_unet.inference.predictor import PredictConfig
+from napari_unet.threads import gui_cpu_threads
 
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 SOURCES = ("model just trained", "model file...")
@@ -311,7 +313,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         """Prediction and post-processing settings shown in the widget.
 
         "auto" settings come from ``metadata`` (the model's recommendation); without it they are
-        resolved by the segmentation itself (:func:`napari_unet.batch.postprocess_for`).
+        resolved by the segmentation itself (:func:`napari_unet.inference.batch.postprocess_for`).
         """
         min_size = self.min_size.value()
         post = None

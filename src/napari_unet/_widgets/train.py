@@ -12,18 +12,9 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from ..annotations import AnnotationConfig
-from ..augment import AugmentConfig
-from ..errors import AnnotationError, InputError
-from ..model import PRESETS
-from ..modelfile import save_model
-from ..recipe import TrainingRecipe
-from ..train import TrainEvent
-from ..train_job import TrainJob, run_job, warm_up
-from ..weightmap import WeightMapConfig
-from . import _session
-from ._augpreview import show_augmentation_preview
-from ._common import (
+from napari_unet._widgets import _session
+from napari_unet._widgets._augpreview import show_augmentation_preview
+from napari_unet._widgets._common import (
     META_WEIGHTMAP,
     channel_axis,
     current_plane,
@@ -36,10 +27,19 @@ from ._common import (
     report_error,
     spatial_shape,
 )
-from ._dock import wait_until, worker_returned
-from ._preview import LivePreview
-from ._train_form import CONTINUE, NO_SESSION_MODEL, TrainForm
-from .annotate import layer_mode, training_plane_list
+from napari_unet._widgets._dock import wait_until, worker_returned
+from napari_unet._widgets._preview import LivePreview
+from napari_unet._widgets._train_form import CONTINUE, NO_SESSION_MODEL, TrainForm
+from napari_unet._widgets.annotate import layer_mode, training_plane_list
+from napari_unet.annotation.schema import AnnotationConfig
+from napari_unet.annotation.weightmap import WeightMapConfig
+from napari_unet.errors import AnnotationError, InputError
+from napari_unet.io.modelfile import save_model
+from napari_unet.model import PRESETS
+from napari_unet.training.augment import AugmentConfig
+from napari_unet.training.job import TrainJob, run_job, warm_up
+from napari_unet.training.recipe import TrainingRecipe
+from napari_unet.training.trainer import TrainEvent
 
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 

@@ -18,10 +18,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..annotations import AnnotationConfig, plane_targets
-from ..errors import AnnotationError
-from ..weightmap import WeightMapConfig
-from ._common import (
+from napari_unet._widgets._common import (
     META_WEIGHTMAP,
     LayerCombo,
     current_plane,
@@ -33,8 +30,11 @@ from ._common import (
     report_error,
     set_tooltips,
 )
-from ._dock import DockWidget
-from .annotate import layer_mode, training_plane_list
+from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets.annotate import layer_mode, training_plane_list
+from napari_unet.annotation.schema import AnnotationConfig, plane_targets
+from napari_unet.annotation.weightmap import WeightMapConfig
+from napari_unet.errors import AnnotationError
 
 
 def _spin(value: float, low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:

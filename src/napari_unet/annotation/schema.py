@@ -27,29 +27,19 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import AnnotationError, InputError
-from .weightmap import WeightMapConfig, separate_touching, weight_map
+from napari_unet.annotation.weightmap import (
+    WeightMapConfig,
+    class_balance_weights,
+    separate_touching,
+    weight_map,
+)
+from napari_unet.errors import AnnotationError, InputError
+from napari_unet.io.planes import guess_channel_axis, split_channels
+from napari_unet.normalization import Normalization, normalize_plane
 
 IGNORE_LABEL = 65535
 Mode = Literal["instances", "scribbles", "classes"]
 MODES: tuple[str, ...] = ("instances", "scribbles", "classes")
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-plane, per-channel percentile scaling to roughly [0, 1]."""
-
-    low: float = 1.0
-    high: float = 99.8
-
-    def to_dict(self) -> dict[str, float | str]:
-        return {"method": "percentile", "low": self.low, "high": self.high}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Normalization:
-        if data.get("method", "percentile") != "percentile":
-            raise InputError(f"unknown normalisation method {data.get('method')!r}")
-        return cls(low=float(data.get("low", 1.0)), high=float(data.get("high", 99.8)))
 
 
 @dataclass(frozen=True)
@@ -82,68 +72,6 @@ class TrainingPlane:
     target: np.ndarray  # int64 (Y, X), class index per pixel (0 where ignored)
     weight: np.ndarray  # float32 (Y, X), loss weight; 0 = ignored
     index: tuple[int, ...]  # position of the plane in the leading axes of the source
-
-
-def split_channels(image, channel_axis: int | None = None):
-    """The image with its channel axis moved right before (Y, X): shape (..., C, Y, X).
-
-    numpy input gives a numpy view; dask, zarr and other array-likes stay lazy (a dask array),
-    so that planes can be read one at a time.
-    """
-    if not isinstance(image, np.ndarray):
-        import dask.array as da
-
-        image = image if hasattr(image, "dask") else da.asarray(image)
-        move = da.moveaxis
-    else:
-        move = np.moveaxis
-    if channel_axis is None:
-        return image[..., None, :, :]
-    axis = channel_axis % image.ndim
-    if axis >= image.ndim - 2:
-        if axis == image.ndim - 1 and image.ndim >= 3:
-            return move(image, -1, -3)
-        raise InputError("the channel axis cannot be one of the two image (Y, X) axes")
-    return move(image, axis, -3)
-
-
-def guess_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> int | None:
-    """The image axis that the labels lack (RGB last, else the first extra axis), or None."""
-    if tuple(image_shape) == tuple(labels_shape):
-        return None
-    if len(image_shape) != len(labels_shape) + 1:
-        raise InputError(
-            f"image shape {tuple(image_shape)} and labels shape {tuple(labels_shape)} do not match"
-        )
-    if image_shape[-1] in (3, 4) and tuple(image_shape[:-1]) == tuple(labels_shape):
-        return len(image_shape) - 1
-    for axis in range(len(image_shape)):
-        if tuple(np.delete(np.array(image_shape), axis)) == tuple(labels_shape):
-            return axis
-    raise InputError(
-        f"image shape {tuple(image_shape)} and labels shape {tuple(labels_shape)} do not match"
-    )
-
-
-def normalize_plane(plane: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:
-    """Scale a (C, Y, X) plane to float32, each channel by its own robust percentiles."""
-    norm = normalization or Normalization()
-    kind = np.asarray(plane).dtype.kind
-    if kind not in "biuf":
-        raise InputError(f"the image holds {np.asarray(plane).dtype} values; expected real numbers")
-    data = np.asarray(plane, dtype=np.float32)
-    if data.ndim == 2:
-        data = data[None]
-    if not np.all(np.isfinite(data)):
-        raise InputError("the image holds NaN or infinite pixel values; replace them first")
-    out = np.empty(data.shape, np.float32)
-    for c, channel in enumerate(data):
-        lo, hi = np.percentile(channel, [norm.low, norm.high])
-        if hi - lo < 1e-6:
-            lo, hi = float(channel.min()), float(channel.max())
-        scale = 1.0 / (hi - lo) if hi - lo > 1e-6 else 1.0
-        out[c] = (channel - lo) * scale
-    return out
 
 
 def check_labels(labels: np.ndarray) -> np.ndarray:
@@ -224,20 +152,14 @@ def _far_from_objects(instances: np.ndarray) -> np.ndarray:
 
 
 def _balanced_weights(classes: np.ndarray, balance: bool) -> np.ndarray:
-    """Inverse-frequency class weights over pixels with class >= 0; 0 where class is -1."""
-    weight = np.zeros(classes.shape, np.float32)
-    valid = classes >= 0
-    if not valid.any():
-        return weight
-    counts = np.bincount(classes[valid].ravel())
-    present = counts > 0
-    if balance:
-        per_class = np.zeros(len(counts), np.float32)
-        per_class[present] = valid.sum() / (present.sum() * counts[present])
-    else:
-        per_class = np.ones(len(counts), np.float32)
-    weight[valid] = per_class[classes[valid]]
-    return weight
+    """Loss weights for dense classes (``-1`` = ignored, weight 0): w_c when ``balance``."""
+    ignore = classes < 0
+    target = np.where(ignore, 0, classes)
+    weight = (
+        class_balance_weights(target, ignore) if balance else np.ones(classes.shape, np.float32)
+    )
+    weight[ignore] = 0
+    return weight.astype(np.float32)
 
 
 def training_planes(

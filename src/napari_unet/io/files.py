@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelFileError, NapariUnetError
+from napari_unet.errors import InputError, ModelFileError, NapariUnetError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".zarr")
 LAZY_BYTES = (

@@ -20,7 +20,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from .model import PRESETS, UNetConfig
+from napari_unet.model import PRESETS, UNetConfig
 
 STARTING_MODEL_FILE = "starting-model.safetensors"
 #: The architecture new networks get by default: the starting model's (the small preset).

@@ -2,7 +2,8 @@
 
 The human-in-the-loop round is: segment a stack, correct the plane the model is least sure of,
 continue training, repeat. This module scores each plane from the 8 dihedral test-time
-transforms (:func:`napari_unet.predict.predict_plane_with_uncertainty`) with three measures:
+transforms (:func:`napari_unet.inference.predictor.predict_plane_with_uncertainty`) with three
+measures:
 
 * ``disagreement`` -- mean over the plane of the standard deviation, over the 8 transforms, of
   the probability of the class finally chosen (the transforms disagree where the network has
@@ -28,13 +29,18 @@ from typing import Literal
 
 import numpy as np
 
-from .annotations import Normalization, normalize_plane
-from .batch import SegmentConfig, iter_planes, labels_from_probabilities, plane_layout
-from .defaults import DEFAULT_SUGGEST_MEASURE, SUGGEST_MEASURES
-from .errors import Cancelled, InputError
-from .model import UNet
-from .modelfile import ModelMetadata
-from .predict import PredictConfig, predict_plane_with_uncertainty
+from napari_unet.defaults import DEFAULT_SUGGEST_MEASURE, SUGGEST_MEASURES
+from napari_unet.errors import Cancelled, InputError
+from napari_unet.inference.batch import (
+    SegmentConfig,
+    iter_planes,
+    labels_from_probabilities,
+    plane_layout,
+)
+from napari_unet.inference.predictor import PredictConfig, predict_plane_with_uncertainty
+from napari_unet.io.modelfile import ModelMetadata
+from napari_unet.model import UNet
+from napari_unet.normalization import Normalization, normalize_plane
 
 Measure = Literal["disagreement", "entropy", "boundary_per_object"]
 MEASURES: tuple[str, ...] = SUGGEST_MEASURES
@@ -139,7 +145,8 @@ def rank_planes(
 ) -> list[PlaneScore]:
     """Score every plane of ``image`` not in ``exclude`` and return them, least sure first.
 
-    ``image`` is (..., [C,] Y, X) like :func:`napari_unet.batch.segment_stack`'s (numpy, dask
+    ``image`` is (..., [C,] Y, X) like :func:`napari_unet.inference.batch.segment_stack`'s (numpy,
+    dask
     or zarr; read one plane at a time). ``exclude`` holds the leading-axis indices of planes
     already annotated. ``progress(done, total)`` follows the scored planes; ``cancelled()``
     returning True stops with :class:`~napari_unet.errors.Cancelled`; ``on_plane(index,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .annotations import TrainingPlane
-from .derived import postprocess_config
-from .metrics import iou, matching
-from .model import UNet
-from .postprocess import instance_labels, semantic_labels
-from .predict import PredictConfig, predict_plane
+from napari_unet.annotation.derived import postprocess_config
+from napari_unet.annotation.schema import TrainingPlane
+from napari_unet.inference.postprocess import instance_labels, semantic_labels
+from napari_unet.inference.predictor import PredictConfig, predict_plane
+from napari_unet.metrics import iou, matching
+from napari_unet.model import UNet
 
 
 def validate(

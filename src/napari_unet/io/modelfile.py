@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save_file as _st_save_file
 
-from .devices import resolve_device
-from .errors import DeviceError, InputError, ModelFileError
-from .files import atomic_write
-from .model import UNet, UNetConfig
+from napari_unet.devices import resolve_device
+from napari_unet.errors import DeviceError, InputError, ModelFileError
+from napari_unet.io.files import atomic_write
+from napari_unet.model import UNet, UNetConfig
 
 FORMAT = "napari-unet/1"
 MODEL_KEY = "napari_unet"
@@ -60,7 +60,8 @@ class ModelMetadata:
     class_names : one unique, non-empty name per output class.
     provenance : JSON-able mapping (steps, data shape, creation date, version, parent name, ...).
     postprocess : settings derived from the annotations that prediction uses without options
-        (``min_size``, ``fill_holes``, ``object_diameter``; see :mod:`napari_unet.derived`).
+        (``min_size``, ``fill_holes``, ``object_diameter``; see
+        :mod:`napari_unet.annotation.derived`).
         Files written before this field existed load with ``{}``.
     format_version : metadata format version (1).
     """

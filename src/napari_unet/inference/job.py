@@ -13,23 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import (
+from napari_unet.errors import Cancelled, InputError
+from napari_unet.inference.batch import (
     SegmentConfig,
     plane_layout,
     segment_plane,
     segment_stack,
 )
-from .errors import Cancelled, InputError
-from .planes import read_plane
-from .predict import load_predictor
-from .suggest import (
+from napari_unet.inference.predictor import load_predictor
+from napari_unet.inference.suggest import (
     DEFAULT_MEASURE,
     PlaneUncertainty,
     SuggestConfig,
     plane_uncertainty,
     rank_planes,
 )
-from .threads import limited_threads
+from napari_unet.io.planes import read_plane
+from napari_unet.threads import limited_threads
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ModelSource:
         if self.path is not None:
             if not Path(self.path).is_file():
                 raise InputError(f"model file {self.path} does not exist")
-            from .modelfile import read_metadata
+            from napari_unet.io.modelfile import read_metadata
 
             return read_metadata(self.path)
         return self.metadata
@@ -57,7 +57,7 @@ class ModelSource:
                 raise InputError(f"model file {self.path} does not exist")
             model, metadata, _ = load_predictor(self.path, device)
             return model, metadata
-        from .devices import resolve_device
+        from napari_unet.devices import resolve_device
 
         return self.model.to(resolve_device(device)).eval(), self.metadata
 
@@ -154,9 +154,11 @@ def rank_whole(
 ):
     """Rank the planes of ``image`` not in ``exclude``, least sure first (:func:`rank_planes`).
 
-    Returns ``("ranked", scores, maps)``: the :class:`~napari_unet.suggest.PlaneScore` list and
+    Returns ``("ranked", scores, maps)``: the :class:`~napari_unet.inference.suggest.PlaneScore`
+    list and
     a float32 array of the image's plane shape (..., Y, X) holding each scored plane's map of
-    the ranking measure (:meth:`~napari_unet.suggest.PlaneUncertainty.map_for`; 0 on the planes
+    the ranking measure (:meth:`~napari_unet.inference.suggest.PlaneUncertainty.map_for`; 0 on the
+    planes
     not scored).
     """
     try:

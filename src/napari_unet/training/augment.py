@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError
+from napari_unet.errors import InputError
 
 __all__ = [
     "AugmentConfig",
@@ -364,7 +364,7 @@ def augment_preview(
     ----------
     image : ``(H, W)`` or ``(C, H, W)``. Float data within about [0, 1] are used as they are;
         anything else is first normalised as for training
-        (:func:`napari_unet.annotations.normalize_plane`).
+        (:func:`napari_unet.normalization.normalize_plane`).
     target : ``(H, W)`` integer class or label image.
     weight : ``(H, W)`` loss weights (0 = ignored).
     config : the augmentation settings.
@@ -403,7 +403,7 @@ def augment_preview(
 
 def _normalise(img: np.ndarray) -> np.ndarray:
     """float32 copy; normalised as for training unless already float within about [0, 1]."""
-    from .annotations import normalize_plane
+    from napari_unet.normalization import normalize_plane
 
     out = img.astype(np.float32, copy=True)
     in_range = out.size and out.min() >= -0.1 and out.max() <= 1.1

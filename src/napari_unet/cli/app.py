@@ -13,9 +13,14 @@ import threading
 import warnings
 from collections.abc import Sequence
 
-from . import __version__
-from .defaults import CONTINUE_STEPS, DEFAULT_STEPS, DEFAULT_SUGGEST_MEASURE, SUGGEST_MEASURES
-from .errors import NapariUnetError, OutOfMemory
+from napari_unet import __version__
+from napari_unet.defaults import (
+    CONTINUE_STEPS,
+    DEFAULT_STEPS,
+    DEFAULT_SUGGEST_MEASURE,
+    SUGGEST_MEASURES,
+)
+from napari_unet.errors import NapariUnetError, OutOfMemory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -244,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from . import _cli_commands as commands
+    from napari_unet.cli import commands
 
     previous, show = _sigterm_as_interrupt(), warnings.showwarning
     warnings.showwarning = _show_warning
@@ -266,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     except RuntimeError as exc:  # torch.cuda.OutOfMemoryError & co.; anything else is a bug
-        from .devices import is_out_of_memory
+        from napari_unet.devices import is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
@@ -298,7 +303,3 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """The one way a training run is put together: what the CLI, the Train widget and the demo call.
 
 :func:`prepare_run` takes an image, its annotations and a :class:`TrainingRecipe` and returns a
-ready :class:`~napari_unet.train.Trainer`. It owns every decision the three fronts used to make
+ready :class:`~napari_unet.training.trainer.Trainer`. It owns every decision the three fronts used
+to make
 on their own:
 
 1. **Parent first.** When fine-tuning (``init``) or resuming (``resume``), the parent's
@@ -13,13 +14,16 @@ on their own:
 3. **Seeding**: ``torch.manual_seed(seed)`` right before the network is built, so the same
    inputs and seed give bit-identical initial weights and model files from every front.
 4. **Cadence**: validation and checkpoint intervals follow one rule
-   (:func:`napari_unet.train.validation_interval`, :func:`~napari_unet.train.checkpoint_interval`)
+   (:func:`napari_unet.training.trainer.validation_interval`,
+   :func:`~napari_unet.training.trainer.checkpoint_interval`)
    unless set explicitly.
-5. **Settings derived from the annotations** (:func:`napari_unet.derived.derive_settings`):
+5. **Settings derived from the annotations**
+(:func:`napari_unet.annotation.derived.derive_settings`):
    the post-processing the model file recommends, e.g. the smallest object size kept.
 6. **Where a new network starts**: from seeded random weights (``start="scratch"``, the
    default), or with ``start="starting-model"`` from the shipped starting model
-   (:mod:`napari_unet.starting_model`) when the recipe asks for the default architecture and the
+   (:mod:`napari_unet.training.starting_model`) when the recipe asks for the default architecture
+   and the
    data fit it (one channel, two classes, the default normalisation). From scratch is the
    default because it scored better on data the starting model had not seen (docs/benchmarks.md,
    "Starting model"). The trainer's ``start_note`` says which, and why.
@@ -34,19 +38,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .annotations import (
+from napari_unet.annotation.derived import derive_settings
+from napari_unet.annotation.schema import (
     AnnotationConfig,
-    Normalization,
     TrainingPlane,
     annotated_planes,
     training_planes,
 )
-from .derived import derive_settings
-from .errors import AnnotationError, InputError
-from .model import UNet, UNetConfig
-from .planes import read_plane
-from .starting_model import STARTING_ARCHITECTURE, starting_model_for
-from .train import TrainConfig, Trainer, read_checkpoint_metadata
+from napari_unet.errors import AnnotationError, InputError
+from napari_unet.io.planes import read_plane
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.normalization import Normalization
+from napari_unet.training.checkpoint import read_checkpoint_metadata
+from napari_unet.training.starting_model import STARTING_ARCHITECTURE, starting_model_for
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 PlaneIndex = tuple[int, ...]
 
@@ -110,7 +115,7 @@ def _parent(recipe: TrainingRecipe) -> _Parent:
 
 
 def _model_parent(path: str | Path) -> _Parent:
-    from .modelfile import load_model
+    from napari_unet.io.modelfile import load_model
 
     model, meta = load_model(path, device="cpu")
     return _Parent(
@@ -163,7 +168,7 @@ def gather_planes(
     if not planes:
         return [], 2
     if channel_axis is None:
-        from .annotations import guess_channel_axis
+        from napari_unet.io.planes import guess_channel_axis
 
         channel_axis = guess_channel_axis(tuple(np.shape(image)), tuple(np.shape(labels)))
     images = np.stack([read_plane(image, p, channel_axis) for p in planes])

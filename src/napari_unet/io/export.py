@@ -1,13 +1,13 @@
 """Export a napari-unet model file to TorchScript, ONNX or a bioimage.io model package.
 
-Every export takes a model file written by :func:`napari_unet.modelfile.save_model` and puts the
+Every export takes a model file written by :func:`napari_unet.io.modelfile.save_model` and puts the
 network in eval mode (dropout off, batch-norm running statistics). TorchScript and ONNX files
 map N x C x H x W float32 input, normalised as the model's metadata says, to raw class scores
 (logits, N x K x H' x W'); batch, height and width are free, for every valid tile size
 (:func:`valid_sizes_text`). A bioimage.io package (format 0.5) declares the normalisation as
 preprocessing and holds weights that end in a softmax over the classes, so that it maps a raw
 tile to the class probabilities napari-unet computes for it (normalisation, network, softmax:
-the forward pass of :mod:`napari_unet.predict` without test-time augmentation).
+the forward pass of :mod:`napari_unet.inference.predictor` without test-time augmentation).
 
 Libraries: torch (``torch.jit.trace``; ``torch.onnx`` with dynamo), onnx + onnxscript (ONNX)
 and, to check the results, onnxruntime, bioimageio.spec and bioimageio.core (all in the
@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import InputError, ModelFileError
-from .files import atomic_write
-from .model import (
+from napari_unet import __version__
+from napari_unet.errors import InputError, ModelFileError
+from napari_unet.io.files import atomic_write
+from napari_unet.io.modelfile import ModelMetadata, load_model, read_metadata
+from napari_unet.model import (
     UNet,
     UNetConfig,
     border,
@@ -48,7 +49,6 @@ from .model import (
     input_size_for_output,
     min_input_size,
 )
-from .modelfile import ModelMetadata, load_model, read_metadata
 
 ExportFormat = Literal["torchscript", "onnx", "bioimageio"]
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "bioimageio")

@@ -26,14 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .annotations import AnnotationConfig, TrainingPlane
-from .augment import AugmentConfig, augment_batch
-from .defaults import DEFAULT_STEPS
-from .devices import is_out_of_memory, release_memory, resolve_device
-from .errors import InputError, OutOfMemory
-from .model import UNet, border, check_input_size, input_size_for_output
-from .modelfile import ModelMetadata, save_model
+from napari_unet import __version__
+from napari_unet.annotation.schema import AnnotationConfig, TrainingPlane
+from napari_unet.defaults import DEFAULT_STEPS
+from napari_unet.devices import is_out_of_memory, release_memory, resolve_device
+from napari_unet.errors import InputError, ModelFileError, OutOfMemory
+from napari_unet.io.modelfile import ModelMetadata, save_model
+from napari_unet.model import UNet, border, check_input_size, input_size_for_output
+from napari_unet.training.augment import AugmentConfig, augment_batch
+from napari_unet.training.checkpoint import (
+    CheckpointState,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -414,8 +419,8 @@ class Trainer:
         return TrainEvent("warning", self.step, self.config.steps, message=message)
 
     def validate(self) -> dict[str, float]:
-        """Scores on the validation planes (:func:`napari_unet.validation.validate`)."""
-        from .validation import validate
+        """Scores on the validation planes (:func:`napari_unet.training.validation.validate`)."""
+        from napari_unet.training.validation import validate
 
         metrics = validate(self.model, self.val_planes, self.derived, self.device)
         self.model.train()
@@ -449,21 +454,58 @@ class Trainer:
         """Write the trained model file (weights + metadata)."""
         return save_model(path, self.model, self.metadata())
 
-    def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write weights, optimiser, step and RNG states atomically (:mod:`.checkpoint`)."""
-        from .checkpoint import save_checkpoint
+    def checkpoint_state(self) -> CheckpointState:
+        """Everything a resumed run needs (see :mod:`napari_unet.training.checkpoint`)."""
+        return CheckpointState(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            rng_torch=torch.get_rng_state(),
+            rng_augment=self.aug_generator.get_state(),
+            rng_numpy=self.rng.bit_generator.state,
+            step=self.step,
+            train_seconds=self.train_seconds,
+            tile=self.tile,
+            metadata=self.metadata(),
+            best=self.best,
+            history=self.history,
+        )
 
-        return save_checkpoint(self, Path(path or self.checkpoint_path))
+    def restore(self, state: CheckpointState) -> None:
+        """Continue from ``state``: weights, optimiser, step, time spent and every RNG."""
+        try:
+            self.model.load_state_dict(state.model)
+        except RuntimeError:
+            raise ModelFileError(
+                "the checkpoint was written for a different architecture"
+            ) from None
+        optimizer = {
+            "state": {
+                pid: {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in entry.items()}
+                for pid, entry in state.optimizer["state"].items()
+            },
+            "param_groups": state.optimizer["param_groups"],
+        }
+        self.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(state.rng_torch)
+        self.aug_generator.set_state(state.rng_augment)
+        self.rng.bit_generator.state = state.rng_numpy
+        self.step = state.step
+        self.train_seconds = state.train_seconds
+        self.best = state.best
+        self.history = list(state.history)
+        if state.tile != self.tile and self.config.tile is None:
+            check_input_size(self.model.config, state.tile)
+            self.tile = state.tile  # the run continues with the tile it started with
+            self._prepare_data()
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write weights, optimiser, step and RNG states atomically."""
+        return write_checkpoint(self.checkpoint_state(), Path(path or self.checkpoint_path))
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(self, path)
-
-
-def read_checkpoint_metadata(path: str | Path) -> ModelMetadata:
-    """The model metadata stored in a checkpoint (to rebuild the architecture before resuming)."""
-    from .checkpoint import read_checkpoint_metadata as read
-
-    return read(path)
+        state = read_checkpoint(path)
+        try:
+            self.restore(state)
+        except ModelFileError as error:
+            raise ModelFileError(f"{path}: {error}") from None

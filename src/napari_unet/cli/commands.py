@@ -1,4 +1,5 @@
-"""Implementations of the ``napari-unet`` subcommands (parsing lives in :mod:`napari_unet.cli`)."""
+"""Implementations of the ``napari-unet`` subcommands (parsing lives in
+:mod:`napari_unet.cli.app`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from napari_unet.errors import InputError
 
 
 class ProgressLine:
@@ -43,7 +44,7 @@ class ProgressLine:
 
 
 def _planes_of(labels: np.ndarray, text: str | None):
-    from .planes import parse_index_list
+    from napari_unet.io.plane_lists import parse_index_list
 
     indices = parse_index_list(text)
     if indices is None:
@@ -66,10 +67,10 @@ def _default_train_steps(args) -> int:
     """Steps without ``--steps``: a resumed run aims at the target it was started with (an
     interrupted ``--init`` run resumes to its 300 steps, not 2000); otherwise the default for a
     new or a continued model."""
-    from .defaults import default_steps
+    from napari_unet.defaults import default_steps
 
     if args.resume is not None:
-        from .train import read_checkpoint_metadata
+        from napari_unet.training.checkpoint import read_checkpoint_metadata
 
         training = read_checkpoint_metadata(args.resume).provenance.get("training") or {}
         if isinstance(training.get("steps"), int) and training["steps"] > 0:
@@ -78,12 +79,12 @@ def _default_train_steps(args) -> int:
 
 
 def run_train(args) -> int:
-    from .annotations import AnnotationConfig
-    from .augment import AugmentConfig
-    from .files import read_array
-    from .model import PRESETS
-    from .recipe import TrainingRecipe, prepare_run
-    from .train import TrainConfig
+    from napari_unet.annotation.schema import AnnotationConfig
+    from napari_unet.io.files import read_array
+    from napari_unet.model import PRESETS
+    from napari_unet.training.augment import AugmentConfig
+    from napari_unet.training.recipe import TrainingRecipe, prepare_run
+    from napari_unet.training.trainer import TrainConfig
 
     out = Path(args.out)
     if not out.parent.is_dir():
@@ -178,10 +179,10 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
 
 
 def run_predict(args) -> int:
-    from .batch import SegmentConfig, segment_stack, segment_stack_distributed
-    from .derived import postprocess_config
-    from .files import read_array, write_array
-    from .predict import PredictConfig, load_predictor
+    from napari_unet.annotation.derived import postprocess_config
+    from napari_unet.inference.batch import SegmentConfig, segment_stack, segment_stack_distributed
+    from napari_unet.inference.predictor import PredictConfig, load_predictor
+    from napari_unet.io.files import read_array, write_array
 
     model, metadata, device = load_predictor(args.model, args.device)
     post = (
@@ -204,7 +205,7 @@ def run_predict(args) -> int:
         if path is not None and path.resolve() in inputs:
             raise InputError(f"{path}: writing there would overwrite an input; choose another file")
     if args.tile:
-        from .model import check_input_size
+        from napari_unet.model import check_input_size
 
         check_input_size(model.config, args.tile)
     image = read_array(args.image)
@@ -243,7 +244,7 @@ def run_predict(args) -> int:
 def _excluded_planes(text: str | None, lead: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Planes named by ``--exclude`` (``0,3,5-7``; ``(0, 3); (1, 2)`` when the image has several
     leading axes), checked against the image's leading (plane) shape ``lead``."""
-    from .planes import parse_index_list, parse_plane_list
+    from napari_unet.io.plane_lists import parse_index_list, parse_plane_list
 
     if text is None or not text.strip():
         return []
@@ -267,8 +268,8 @@ def _excluded_planes(text: str | None, lead: tuple[int, ...]) -> list[tuple[int,
 
 def _annotated_planes_of(path: str, lead: tuple[int, ...], yx: tuple[int, int]):
     """The planes of an annotations file that hold any label, checked against the image."""
-    from .annotations import annotated_planes
-    from .files import read_array
+    from napari_unet.annotation.schema import annotated_planes
+    from napari_unet.io.files import read_array
 
     labels = read_array(path)
     if tuple(labels.shape) != lead + yx:
@@ -282,14 +283,14 @@ def _annotated_planes_of(path: str, lead: tuple[int, ...], yx: tuple[int, int]):
 
 def run_suggest(args) -> int:
     """Rank the planes of an image by the model's uncertainty; print the ranking as JSON."""
-    from .batch import SegmentConfig, plane_layout
-    from .files import read_array
-    from .predict import PredictConfig, load_predictor
-    from .suggest import DEFAULT_MEASURE, SuggestConfig, rank_planes
+    from napari_unet.inference.batch import SegmentConfig, plane_layout
+    from napari_unet.inference.predictor import PredictConfig, load_predictor
+    from napari_unet.inference.suggest import DEFAULT_MEASURE, SuggestConfig, rank_planes
+    from napari_unet.io.files import read_array
 
     model, metadata, device = load_predictor(args.model, args.device)
     if args.tile:
-        from .model import check_input_size
+        from napari_unet.model import check_input_size
 
         check_input_size(model.config, args.tile)
     config = SuggestConfig(
@@ -342,7 +343,7 @@ def _source_key(path: str) -> str:
 
 def _write_zarr(out: Path, labels: np.ndarray) -> None:
     """Write an in-memory labels stack to a zarr output, recording every plane as done."""
-    from .files import StackWriter
+    from napari_unet.io.files import StackWriter
 
     writer = StackWriter(out, labels.shape)
     lead = labels.shape[:-2]
@@ -352,9 +353,9 @@ def _write_zarr(out: Path, labels: np.ndarray) -> None:
 
 
 def _predict_with_probabilities(model, metadata, image, config, prob_path, progress):
-    from .batch import iter_planes, plane_layout, segment_plane
-    from .files import write_array
-    from .planes import offset_instances
+    from napari_unet.inference.batch import iter_planes, plane_layout, segment_plane
+    from napari_unet.io.files import write_array
+    from napari_unet.io.planes import offset_instances
 
     lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
     labels = np.zeros(lead + yx, np.uint32)
@@ -378,8 +379,8 @@ def print_json(data: dict) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .files import read_array
-    from .metrics import evaluate
+    from napari_unet.io.files import read_array
+    from napari_unet.metrics import evaluate
 
     # writable copies: .npy files are memory-mapped read-only, which skimage's relabelling refuses
     pred = np.array(read_array(args.pred))
@@ -390,9 +391,9 @@ def run_evaluate(args) -> int:
 
 
 def run_weightmap(args) -> int:
-    from .annotations import IGNORE_LABEL, check_labels
-    from .files import read_array, write_array
-    from .weightmap import WeightMapConfig, weight_map
+    from napari_unet.annotation.schema import IGNORE_LABEL, check_labels
+    from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
+    from napari_unet.io.files import read_array, write_array
 
     labels = check_labels(np.asarray(read_array(args.labels)))
     config = WeightMapConfig(variant=args.variant, w0=args.w0, sigma=args.sigma)
@@ -409,8 +410,8 @@ def run_weightmap(args) -> int:
 
 
 def run_export(args) -> int:
-    from .export import export_model, export_summary
-    from .files import read_array
+    from napari_unet.io.export import export_model, export_summary
+    from napari_unet.io.files import read_array
 
     if args.format != "bioimageio":
         given = [f"--{n.replace('_', '-')}" for n in ("training_data", "author", "sample")
@@ -432,8 +433,8 @@ def run_export(args) -> int:
 
 
 def run_demo(args) -> int:
-    from .demo import DemoConfig
-    from .demo import run_demo as demo
+    from napari_unet.demo import DemoConfig
+    from napari_unet.demo import run_demo as demo
 
     result = demo(
         DemoConfig(out=Path(args.out), device=args.device, steps=args.steps, seed=args.seed)

@@ -26,9 +26,9 @@ import psutil
 import torch
 from torch import nn
 
-from .devices import is_out_of_memory, resolve_device
-from .errors import InputError
-from .model import UNet, UNetConfig, border, check_input_size, input_size_for_output
+from napari_unet.devices import is_out_of_memory, resolve_device
+from napari_unet.errors import InputError
+from napari_unet.model import UNet, UNetConfig, border, check_input_size, input_size_for_output
 
 # 8 dihedral transforms as (k rotations by 90 degrees, flip x) pairs
 DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
@@ -280,7 +280,7 @@ def _predict_tiled(model, plane, tile, pconfig, device, cancelled) -> np.ndarray
         with _channels_last(model, _use_channels_last(pconfig, device)), torch.inference_mode():
             for start in range(0, len(origins), batch_size):
                 if cancelled is not None and cancelled():
-                    from .errors import Cancelled
+                    from napari_unet.errors import Cancelled
 
                     raise Cancelled("prediction cancelled")
                 chunk = origins[start : start + batch_size]
@@ -326,7 +326,7 @@ def predict_plane_with_uncertainty(
 
 def load_predictor(model_path, device: str = "auto"):
     """Load a model file onto a device: returns (model, metadata, device)."""
-    from .modelfile import load_model
+    from napari_unet.io.modelfile import load_model
 
     dev = resolve_device(device)
     model, metadata = load_model(model_path, device=dev)

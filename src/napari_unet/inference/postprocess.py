@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
 
-from .errors import InputError
+from napari_unet.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -260,8 +260,9 @@ def _prepare(
     return config, separated, target, ignore
 
 
-def _class_weights(target: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
-    """w_c per pixel: n_total / (n_present_classes * n_c) over the non-ignored pixels."""
+def class_balance_weights(target: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+    """The paper's w_c per pixel: n_total / (n_present_classes * n_c), counted over the pixels
+    that are not ignored (ignored pixels get their class's weight too; callers zero them)."""
     counted = target if ignore is None else target[~ignore]
     counts = np.bincount(counted.ravel(), minlength=int(target.max(initial=0)) + 1)
     present = counts > 0
@@ -283,7 +284,7 @@ def _combine(
     background = target == 0
     if config.variant == "paper":
         if config.class_balance:
-            weights = _class_weights(target, ignore)
+            weights = class_balance_weights(target, ignore)
         else:
             weights = np.ones(target.shape, dtype=np.float32)
         if config.w0 > 0:

@@ -10,7 +10,7 @@ biologist would otherwise tune by hand, so that prediction without options gives
   annotations contain holes on purpose (e.g. a ring-shaped object).
 * ``object_diameter`` -- median equivalent diameter in pixels, for the record and the GUI.
 
-These go to :class:`~napari_unet.postprocess.PostprocessConfig` through
+These go to :class:`~napari_unet.inference.postprocess.PostprocessConfig` through
 :func:`postprocess_config`; an explicit option always wins.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .annotations import AnnotationConfig, TrainingPlane
-from .postprocess import PostprocessConfig
+from napari_unet.annotation.schema import AnnotationConfig, TrainingPlane
+from napari_unet.inference.postprocess import PostprocessConfig
 
 MIN_SIZE_FRACTION = 0.25
 

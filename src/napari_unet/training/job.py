@@ -23,16 +23,16 @@ import torch
 # Imported here, i.e. on the GUI thread when the widget module loads: the trainer's validation
 # imports them lazily, and importing scipy/scikit-image extensions inside the worker would hold
 # the GIL (and so freeze the viewer) for a few hundred milliseconds.
-from . import metrics as _metrics  # noqa: F401
-from . import validation as _validation  # noqa: F401
-from .annotations import normalize_plane
-from .devices import release_memory
-from .planes import read_plane
-from .postprocess import semantic_labels
-from .predict import PredictConfig, predict_plane
-from .recipe import TrainingRecipe, prepare_run
-from .threads import limited_threads
-from .train import TrainConfig, Trainer
+from napari_unet import metrics as _metrics  # noqa: F401
+from napari_unet.devices import release_memory
+from napari_unet.inference.postprocess import semantic_labels
+from napari_unet.inference.predictor import PredictConfig, predict_plane
+from napari_unet.io.planes import read_plane
+from napari_unet.normalization import normalize_plane
+from napari_unet.threads import limited_threads
+from napari_unet.training import validation as _validation  # noqa: F401
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.trainer import TrainConfig, Trainer
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 _WARM = False

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import Normalization, normalize_plane
-from .derived import postprocess_config
-from .errors import Cancelled, InputError
-from .files import StackWriter
-from .model import UNet
-from .modelfile import ModelMetadata
-from .planes import offset_instances, read_plane
-from .postprocess import PostprocessConfig, instance_labels, semantic_labels
-from .predict import PredictConfig, predict_plane
+from napari_unet.annotation.derived import postprocess_config
+from napari_unet.errors import Cancelled, InputError
+from napari_unet.inference.postprocess import PostprocessConfig, instance_labels, semantic_labels
+from napari_unet.inference.predictor import PredictConfig, predict_plane
+from napari_unet.io.files import StackWriter
+from napari_unet.io.modelfile import ModelMetadata
+from napari_unet.io.planes import offset_instances, read_plane
+from napari_unet.model import UNet
+from napari_unet.normalization import Normalization, normalize_plane
 
 Progress = Callable[[int, int], None]
 
@@ -37,7 +37,7 @@ class SegmentConfig:
     """What to compute for every plane.
 
     ``postprocess=None`` (default) uses what the model file recommends, i.e. the settings derived
-    from its training annotations (:func:`napari_unet.derived.postprocess_config`).
+    from its training annotations (:func:`napari_unet.annotation.derived.postprocess_config`).
     """
 
     predict: PredictConfig = field(default_factory=PredictConfig)
@@ -215,7 +215,7 @@ def _segment_planes(
 # ----------------------------------------------------------------------------- dask.distributed
 @functools.lru_cache(maxsize=2)
 def _worker_model(model_path: str):
-    from .modelfile import load_model
+    from napari_unet.io.modelfile import load_model
 
     return load_model(model_path, device="cpu")
 
@@ -225,7 +225,7 @@ def _segment_task(
 ) -> np.ndarray:
     import dask
 
-    from .files import read_array
+    from napari_unet.io.files import read_array
 
     model, metadata = _worker_model(model_path)
     image = read_array(image_path, lazy=True)
@@ -251,8 +251,8 @@ def segment_stack_distributed(
     """
     from distributed import Client
 
-    from .files import read_array
-    from .modelfile import load_model
+    from napari_unet.io.files import read_array
+    from napari_unet.io.modelfile import load_model
 
     config = config or SegmentConfig()
     model, _ = load_model(model_path, device="cpu")
