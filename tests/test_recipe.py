@@ -178,16 +178,16 @@ def test_min_size_follows_the_smallest_annotated_object():
     target, weight, _ = plane_targets(labels, AnnotationConfig())
     from napari_unet.annotation.schema import TrainingPlane
 
-    plane = TrainingPlane(np.zeros((1, 80, 80), np.float32), target, weight, ())
+    plane = TrainingPlane(np.zeros((1, 80, 80), np.float32), target, weight, (), labels)
     derived = derive_settings([plane], AnnotationConfig())
     # objects are shrunk by nothing here (no contacts), so the smallest inner object is 100 px
     assert derived["min_size"] == 25
     assert derived["fill_holes"] is True
     # prediction without options drops a 10-px speck but keeps a 30-px object
-    probs = np.zeros((2, 40, 40), np.float32)
+    probs = np.zeros((3, 40, 40), np.float32)
     probs[0] = 1
-    probs[:, 2:4, 2:7] = [[[0]], [[1]]]  # 10 px
-    probs[:, 20:26, 20:25] = [[[0]], [[1]]]  # 30 px
+    probs[:, 2:4, 2:7] = [[[0]], [[1]], [[0]]]  # 10 px of interior
+    probs[:, 20:26, 20:25] = [[[0]], [[1]], [[0]]]  # 30 px
     meta = type("Meta", (), {"postprocess": derived})()
     out = labels_from_probabilities(probs, meta, SegmentConfig())
     assert out.max() == 1 and out[22, 22] == 1 and out[3, 3] == 0

@@ -1,17 +1,25 @@
 """Settings derived from the user's annotations, recorded in the model file.
 
-The annotations say how large the objects are. From them :func:`derive_settings` sets what a
-biologist would otherwise tune by hand, so that prediction without options gives clean objects:
+The annotations say how large the objects are and how the network was taught to part them.
+From them :func:`derive_settings` sets what a biologist would otherwise tune by hand, so that
+prediction without options gives clean objects:
 
+* ``method`` / ``foreground_classes`` -- how instances are formed: ``interiors`` (classes 1 and
+  2 are the object, interiors seed it) for three-class models, ``cores`` for the paper's two.
 * ``min_size`` -- objects smaller than a quarter of the smallest annotated object are specks and
-  are dropped. "Smallest" is robust: the 5th percentile of the areas of annotated objects that
-  are not cut by the plane's edge (all objects when every one touches an edge).
+  are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under a
+  tenth of the typical (area-weighted median) area -- a few pixels left by a brush or by the model's own output in a
+  corrected plane) and objects cut by the plane's edge do not count (all objects count when
+  every one touches an edge); of the rest, the 5th percentile when there are 20 or more, else
+  the smallest.
 * ``fill_holes`` -- on when no annotated object has a hole (cells rarely do); off when the
-  annotations contain holes on purpose (e.g. a ring-shaped object).
+  annotations contain holes on purpose (e.g. a ring-shaped object). Stray pieces do not count.
 * ``object_diameter`` -- median equivalent diameter in pixels, for the record and the GUI.
+* ``derived_from`` -- one sentence saying from what (shown by the CLI and the Segment widget).
 
 These go to :class:`~napari_unet.inference.postprocess.PostprocessConfig` through
-:func:`postprocess_config`; an explicit option always wins.
+:func:`postprocess_config`, the one place a run's post-processing is assembled; an explicit
+option always wins.
 """
 
 from __future__ import annotations
@@ -25,20 +33,29 @@ from napari_unet.inference.postprocess import PostprocessConfig
 MIN_SIZE_FRACTION = 0.25
 
 
+STRAY_FRACTION = 0.1
+
+
 def _object_stats(plane: TrainingPlane) -> list[tuple[int, bool, bool]]:
     """(area, touches the plane's edge, has a hole) of each annotated object of one plane.
 
-    Objects are the connected foreground regions; each is examined in its bounding box only
-    (``ndimage.find_objects``), so planes with thousands of objects stay cheap.
+    Objects are the painted instances (or, for planes without them, the connected foreground);
+    each is examined in its bounding box only (``ndimage.find_objects``), so planes with
+    thousands of objects stay cheap.
     """
-    foreground = (plane.target > 0) & (plane.weight > 0)
-    labels, n = ndimage.label(foreground)
-    if not n:
+    valid = plane.weight > 0
+    if plane.instances is not None:
+        labels = np.where(valid, plane.instances, 0)
+    else:
+        labels = ndimage.label((plane.target > 0) & valid)[0]
+    if not labels.any():
         return []
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas = np.bincount(labels.ravel())
     height, width = labels.shape
     stats = []
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
         rows, cols = box
         edge = rows.start == 0 or cols.start == 0 or rows.stop == height or cols.stop == width
         mask = labels[box] == i
@@ -47,31 +64,74 @@ def _object_stats(plane: TrainingPlane) -> list[tuple[int, bool, bool]]:
     return stats
 
 
+def _typical_area(stats: list[tuple[int, bool, bool]]) -> float:
+    """The area of the object a painted pixel typically lies in (the area-weighted median): a
+    crowd of one-pixel pieces cannot pull it down, as it would the plain median."""
+    areas = np.sort(np.array([a for a, _, _ in stats], float))
+    cumulative = np.cumsum(areas)
+    return float(areas[np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
 def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -> dict:
     """Post-processing settings implied by the annotated objects (see the module docstring)."""
     none = {"min_size": 0, "fill_holes": False, "object_diameter": None}
     if annotation.mode != "instances":
         return none
+    method = {"method": "cores", "foreground_classes": [1]}
+    if annotation.instance_targets == "interiors":
+        method = {"method": "interiors", "foreground_classes": [1, 2]}
     stats = [s for plane in planes for s in _object_stats(plane)]
     if not stats:
-        return none
-    inner = [(area, hole) for area, edge, hole in stats if not edge]
-    pool = np.array([a for a, _ in inner] or [a for a, _, _ in stats], float)
-    smallest = float(np.percentile(pool, 5)) if len(pool) >= 20 else float(pool.min())
+        return {**none, **method}
+    kept = [s for s in stats if s[0] >= STRAY_FRACTION * _typical_area(stats)]
+    strays = len(stats) - len(kept)
+    inner = [(area, hole) for area, edge, hole in kept if not edge]
+    pool = np.array([a for a, _ in inner] or [a for a, _, _ in kept], float)
+    many = len(pool) >= 20
+    smallest = float(np.percentile(pool, 5)) if many else float(pool.min())
     diameter = float(np.sqrt(4 * np.median(pool) / np.pi))
+    what = "the 5th percentile of" if many else "the smallest of"
+    source = f"{what} {len(pool)} annotated objects" + (
+        " not cut by the edge" if inner else " (all cut by the edge)"
+    )
+    if strays:
+        source += f"; {strays} stray piece(s) under a tenth of the typical area ignored"
     return {
         "min_size": int(MIN_SIZE_FRACTION * smallest),
         "fill_holes": not any(hole for _, hole in inner),
         "object_diameter": round(diameter, 1),
+        **method,
+        "derived_from": f"min size = a quarter of {source}",
     }
 
 
 def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
-    """The post-processing a model file recommends, with explicit options taking precedence."""
+    """The post-processing a model file recommends, with explicit options taking precedence.
+
+    Files written before ``method`` was recorded part objects at confident cores, as before."""
     derived = derived or {}
     settings = {
         "min_size": int(derived.get("min_size", 0) or 0),
         "fill_holes": bool(derived.get("fill_holes", False)),
+        "method": str(derived.get("method", "cores")),
+        "foreground_classes": tuple(int(c) for c in derived.get("foreground_classes", (1,))),
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)
+
+
+def describe(derived: dict | None) -> str:
+    """One line for the user: what was derived from the annotations, and from what."""
+    derived = derived or {}
+    if not derived.get("object_diameter"):
+        return "no settings derived (no annotated objects)"
+    parts = [
+        f"instances: {derived.get('method', 'cores')}",
+        f"min size {derived.get('min_size', 0)} px",
+        f"fill holes {'on' if derived.get('fill_holes') else 'off'}",
+        f"object diameter {derived['object_diameter']} px",
+    ]
+    line = ", ".join(parts)
+    if derived.get("derived_from"):
+        line += f" ({derived['derived_from']})"
+    return line

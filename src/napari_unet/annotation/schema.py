@@ -40,6 +40,11 @@ from napari_unet.normalization import Normalization, normalize_plane
 IGNORE_LABEL = 65535
 Mode = Literal["instances", "scribbles", "classes"]
 MODES: tuple[str, ...] = ("instances", "scribbles", "classes")
+InstanceTargets = Literal["interiors", "paper"]
+INSTANCE_TARGETS: tuple[str, ...] = ("interiors", "paper")
+#: Class names of the two instance representations (a model file's class names tell which).
+INTERIOR_CLASSES = ["background", "interior", "border"]
+PAPER_CLASSES = ["background", "object"]
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,31 @@ class AnnotationConfig:
     annotated, which also teaches the debris and halos far from any cell. Paint the ignore value
     (65535) over single unannotated objects either way."""
 
+    instance_targets: InstanceTargets = "interiors"
+    """Instances mode: what the network learns from the painted objects. ``interiors``
+    (default): three classes -- background, object interior and a border band just inside every
+    object (:func:`border_targets`; its width follows the object size). Instances are then the
+    connected interiors grown through the foreground, a choice between classes (arg-max) that
+    does not hinge on how confident a network is. ``paper``: the paper's two classes, touching
+    objects cut apart by background gaps, the border weight map; instances are split at the
+    network's confident cores (docs/benchmarks.md, "Instances")."""
+
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(
                 f"unknown annotation mode {self.mode!r}; use one of {', '.join(MODES)}"
             )
+        if self.instance_targets not in INSTANCE_TARGETS:
+            raise InputError(
+                f"unknown instance targets {self.instance_targets!r}; use one of "
+                f"{', '.join(INSTANCE_TARGETS)}"
+            )
+
+    def class_names(self) -> list[str] | None:
+        """The output classes this schema trains (None: numbered by the trainer)."""
+        if self.mode != "instances":
+            return None
+        return list(INTERIOR_CLASSES if self.instance_targets == "interiors" else PAPER_CLASSES)
 
 
 @dataclass
@@ -72,6 +97,7 @@ class TrainingPlane:
     target: np.ndarray  # int64 (Y, X), class index per pixel (0 where ignored)
     weight: np.ndarray  # float32 (Y, X), loss weight; 0 = ignored
     index: tuple[int, ...]  # position of the plane in the leading axes of the source
+    instances: np.ndarray | None = None  # int32 (Y, X) painted objects (instances mode), else None
 
 
 def check_labels(labels: np.ndarray) -> np.ndarray:
@@ -123,6 +149,12 @@ def plane_targets(
             instances = ndimage.label(instances > 0)[0]
         if config.partial:
             ignore = ignore | _far_from_objects(instances)
+        if config.instance_targets == "interiors":
+            target = border_targets(instances)
+            weight = weight_map(
+                instances, config.weight_map, ignore=ignore, classes=target, separate=False
+            )
+            return target, weight.astype(np.float32), 3
         separated = separate_touching(instances)
         target = (separated > 0).astype(np.int64)
         weight = weight_map(instances, config.weight_map, ignore=ignore)
@@ -138,6 +170,46 @@ def plane_targets(
     classes = np.where(painted, target, -1)
     weight = _balanced_weights(classes, config.weight_map.class_balance)
     return target, weight, int(target.max()) + 1
+
+
+def border_band_width(instances: np.ndarray) -> int:
+    """Width in pixels of the border band of :func:`border_targets`: a tenth of the median
+    object diameter (equivalent circle), between 1 and 8 px."""
+    ids, areas = np.unique(instances[instances > 0], return_counts=True)
+    if not len(ids):
+        return 1
+    diameter = float(np.sqrt(4 * np.median(areas) / np.pi))
+    return int(np.clip(round(diameter / 10), 1, 8))
+
+
+def border_targets(instances: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Three-class targets of instance annotations: 0 background, 1 interior, 2 border band.
+
+    The band is every object pixel within ``width`` - 1 px of the object's outline (a pixel next
+    to background or to another object; the image edge is not an outline), so two touching
+    objects are parted by a band of 2 x ``width`` px. An object thinner than its band keeps its
+    innermost pixels as interior: every object has a seed. ``width`` defaults to
+    :func:`border_band_width`.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    instances = np.asarray(instances)
+    target = np.zeros(instances.shape, np.int64)
+    objects = instances > 0
+    if not objects.any():
+        return target
+    width = border_band_width(instances) if width is None else int(width)
+    outline = find_boundaries(instances, mode="inner") & objects
+    depth = ndimage.distance_transform_edt(~outline)
+    ids = np.unique(instances[objects])
+    deepest = np.zeros(int(ids.max()) + 1, np.float64)
+    deepest[ids] = ndimage.maximum(depth, instances, ids)
+    limit = np.minimum(width - 1, deepest * 0.5)  # thin objects keep a core
+    band = objects & (depth <= limit[instances])
+    target[objects] = 1
+    target[band] = 2
+    return target
 
 
 def _far_from_objects(instances: np.ndarray) -> np.ndarray:
@@ -216,10 +288,25 @@ def training_planes(
                 target=target,
                 weight=weight,
                 index=index,
+                instances=_painted_objects(labels[index], config),
             )
         )
     _check_classes_present(result, config.mode)
     return result, num_classes
+
+
+def _painted_objects(plane_labels: np.ndarray, config: AnnotationConfig) -> np.ndarray | None:
+    """The painted objects of an instances-mode plane as int32 ids (binary masks: one object
+    per connected region), for derived settings and validation."""
+    if config.mode != "instances":
+        return None
+    labels = check_labels(plane_labels)
+    instances = np.where(labels == IGNORE_LABEL, 0, labels)
+    if len(np.unique(instances)) == 2:
+        from scipy import ndimage
+
+        instances = ndimage.label(instances > 0)[0]
+    return instances.astype(np.int32)
 
 
 def _check_classes_present(planes: list[TrainingPlane], mode: str) -> None:

@@ -1,15 +1,25 @@
 """From network output to label images: semantic classes, foreground, instances.
 
 The U-Net predicts per-pixel class probabilities ``(K, ...)``. :func:`semantic_labels` takes the
-arg-max, :func:`foreground_mask` selects the object classes (a "border" class of the 3-class
-variant counts as background) and :func:`instance_labels` turns the foreground into numbered
-objects: connected components, optionally with holes filled, touching objects split by a
-watershed, and small specks removed.
+arg-max, :func:`foreground_mask` selects the object classes and :func:`instance_labels` turns the
+foreground into numbered objects. Two ways to part touching objects (``method``):
+
+* ``interiors`` (models trained with three classes -- background, interior, border band; the
+  default since the instance issue): every connected region whose most probable class is
+  "interior" is one seed; a watershed (scikit-image) grows the seeds through the foreground
+  (interior or border) over the "not interior" probability. Only arg-max decisions are taken,
+  so a less confident network (another seed, another lab's data, a fine-tuned start) gives the
+  same objects as long as it ranks the classes the same way.
+* ``cores`` (the paper's two classes): connected components split at cores where the smoothed
+  foreground probability exceeds ``seed_threshold`` (0.98), and separation gaps given back.
+
+Then holes are optionally filled and specks below ``min_size`` removed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -25,7 +35,12 @@ class PostprocessConfig:
     Attributes
     ----------
     foreground_classes : tuple of int
-        Semantic classes that form objects; all others are background (e.g. a border class 2).
+        Semantic classes that form objects; all others are background.
+    method : {"cores", "interiors"}
+        How touching objects are parted (module docstring). A model file says which its network
+        was trained for (:func:`napari_unet.annotation.derived.postprocess_config`).
+    interior_class : int
+        ``interiors``: the class whose connected regions seed one object each.
     min_size : int
         Instances with fewer pixels than this are removed (0 or 1: keep all).
     fill_holes : bool
@@ -56,6 +71,8 @@ class PostprocessConfig:
     """
 
     foreground_classes: tuple[int, ...] = (1,)
+    method: Literal["cores", "interiors"] = "cores"
+    interior_class: int = 1
     min_size: int = 0
     fill_holes: bool = False
     watershed: bool = False
@@ -82,6 +99,8 @@ class PostprocessConfig:
             )
         if self.seed_threshold is not None and not 0 < self.seed_threshold < 1:
             raise InputError(f"seed_threshold must be between 0 and 1, got {self.seed_threshold}.")
+        if self.method not in ("cores", "interiors"):
+            raise InputError(f"method must be 'cores' or 'interiors', got {self.method!r}.")
         if self.close_gaps < 0:
             raise InputError(f"close_gaps must be >= 0, got {self.close_gaps}.")
         if self.connectivity < 1:
@@ -159,11 +178,30 @@ def _seeds(components: np.ndarray, surface: np.ndarray, cfg: PostprocessConfig) 
     return markers
 
 
-def _instances(fg: np.ndarray, fg_prob: np.ndarray | None, cfg: PostprocessConfig) -> np.ndarray:
+def _instances(
+    fg: np.ndarray,
+    fg_prob: np.ndarray | None,
+    cfg: PostprocessConfig,
+    interior: np.ndarray | None = None,
+    interior_prob: np.ndarray | None = None,
+) -> np.ndarray:
     """Label one image (2D or nD) of foreground; returns ids 1..n."""
     structure = ndimage.generate_binary_structure(fg.ndim, cfg.connectivity)
     if cfg.fill_holes:
         fg = ndimage.binary_fill_holes(fg)
+    if cfg.method == "interiors" and interior is not None:
+        labels = grow_interiors(fg, interior, interior_prob, cfg)
+    else:
+        labels = _parted_components(fg, fg_prob, cfg, structure)
+    if cfg.min_size > 1:
+        small = np.bincount(labels.ravel()) < cfg.min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    return relabel_sequential(labels)[0]
+
+
+def _parted_components(fg, fg_prob, cfg: PostprocessConfig, structure) -> np.ndarray:
+    """Connected components, split by a watershed or at confident cores (method ``cores``)."""
     labels, n = ndimage.label(fg, structure=structure)
     if cfg.watershed and n:
         surface = ndimage.distance_transform_edt(fg) if fg_prob is None else fg_prob
@@ -175,11 +213,38 @@ def _instances(fg: np.ndarray, fg_prob: np.ndarray | None, cfg: PostprocessConfi
                 labels, fg_prob, cfg.seed_threshold, cfg.connectivity, min_core=cfg.min_size // 2
             )
         labels = close_gaps(labels, cfg.close_gaps)
-    if cfg.min_size > 1:
-        small = np.bincount(labels.ravel()) < cfg.min_size
+    return labels
+
+
+def grow_interiors(
+    fg: np.ndarray,
+    interior: np.ndarray,
+    interior_prob: np.ndarray | None,
+    cfg: PostprocessConfig,
+) -> np.ndarray:
+    """Objects of method ``interiors``: one seed per connected interior region, grown through
+    the foreground by a watershed over ``1 - interior_prob`` (without probabilities: over the
+    distance to the nearest interior). Interior specks smaller than a quarter of ``min_size``
+    seed nothing; a foreground region without any seed stays one object."""
+    structure = ndimage.generate_binary_structure(fg.ndim, cfg.connectivity)
+    seeds, n = ndimage.label(interior & fg, structure=structure)
+    if n and cfg.min_size > 3:
+        small = np.bincount(seeds.ravel()) < cfg.min_size // 4
         small[0] = False
-        labels[small[labels]] = 0
-    return relabel_sequential(labels)[0]
+        seeds[small[seeds]] = 0
+    regions, n_regions = ndimage.label(fg, structure=structure)
+    if not n_regions:
+        return regions
+    markers = seeds.astype(np.int64)
+    seeded = np.zeros(n_regions + 1, bool)
+    seeded[regions[markers > 0]] = True
+    lonely = fg & ~seeded[regions]
+    markers[lonely] = markers.max() + regions[lonely]
+    if interior_prob is not None:
+        elevation = 1.0 - interior_prob.astype(np.float32)
+    else:
+        elevation = ndimage.distance_transform_edt(~(markers > 0)).astype(np.float32)
+    return watershed(elevation, markers, mask=fg, connectivity=cfg.connectivity)
 
 
 def split_at_cores(
@@ -298,6 +363,11 @@ def instance_labels(
                 f"(K = {prob.shape[0]})."
             )
         fg_prob = prob[list(cfg.foreground_classes)].sum(axis=0, dtype=np.float64)
+    interior = interior_prob = None
+    if cfg.method == "interiors":
+        interior = np.asarray(semantic) == cfg.interior_class
+        if probabilities is not None:
+            interior_prob = np.asarray(probabilities)[cfg.interior_class]
     stack = cfg.per_plane and fg.ndim >= 3
     spatial = fg.ndim - 1 if stack else fg.ndim
     if cfg.connectivity > spatial:
@@ -305,11 +375,15 @@ def instance_labels(
             f"connectivity must be between 1 and {spatial} for {spatial}D labelling, "
             f"got {cfg.connectivity}."
         )
+
+    def part(a, k):
+        return None if a is None else a[k]
+
     if not stack:
-        out = _instances(fg, fg_prob, cfg)
+        out = _instances(fg, fg_prob, cfg, interior, interior_prob)
     else:
         planes = [
-            _instances(fg[k], None if fg_prob is None else fg_prob[k], cfg)
+            _instances(fg[k], part(fg_prob, k), cfg, part(interior, k), part(interior_prob, k))
             for k in range(fg.shape[0])
         ]
         offsets = np.cumsum([0] + [int(pl.max()) for pl in planes[:-1]])

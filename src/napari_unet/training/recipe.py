@@ -40,6 +40,8 @@ import torch
 
 from napari_unet.annotation.derived import derive_settings
 from napari_unet.annotation.schema import (
+    INTERIOR_CLASSES,
+    PAPER_CLASSES,
     AnnotationConfig,
     TrainingPlane,
     annotated_planes,
@@ -127,6 +129,23 @@ def _model_parent(path: str | Path) -> _Parent:
     )
 
 
+def _follow_parent(recipe: TrainingRecipe, parent: _Parent) -> AnnotationConfig:
+    """The annotation schema of this run: a parent's normalisation and instance representation
+    win, before any plane is prepared. A two-class parent (the paper's representation, also the
+    shipped starting model) keeps being trained with two classes; a three-class one with
+    interiors and border bands."""
+    annotation = recipe.annotation
+    if parent.normalization is not None:
+        annotation = replace(annotation, normalization=parent.normalization)
+    names = parent.class_names
+    if names is None and recipe.start == "starting-model" and recipe.init is None:
+        names = PAPER_CLASSES  # the shipped starting model's classes
+    if annotation.mode == "instances" and names is not None:
+        targets = "interiors" if list(names) == INTERIOR_CLASSES else "paper"
+        annotation = replace(annotation, instance_targets=targets)
+    return annotation
+
+
 def _starting_parent(recipe: TrainingRecipe, annotation, channels: int, classes: int):
     """The starting model as parent of a new run, or None; and the sentence saying which."""
     if recipe.start == "scratch":
@@ -207,9 +226,7 @@ def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
     """A :class:`Trainer` ready to ``run()``; see the module docstring for what it decides."""
     recipe = recipe or TrainingRecipe()
     parent = _parent(recipe)
-    annotation = recipe.annotation
-    if parent.normalization is not None:  # before any plane is normalised
-        annotation = replace(annotation, normalization=parent.normalization)
+    annotation = _follow_parent(recipe, parent)
     train_idx, val_idx = _choose_planes(labels, recipe)
     train_set, classes = gather_planes(image, labels, train_idx, annotation, recipe.channel_axis)
     val_set, val_classes = gather_planes(image, labels, val_idx, annotation, recipe.channel_axis)
@@ -241,7 +258,7 @@ def prepare_run(image, labels, recipe: TrainingRecipe | None = None) -> Trainer:
         annotation,
         checkpoint_path=recipe.checkpoint,
         parent_model=parent.name,
-        class_names=parent.class_names,
+        class_names=parent.class_names or annotation.class_names(),
         derived=derive_settings(train_set, annotation),
     )
     trainer.start_note = "resumed from " + Path(recipe.resume).name if recipe.resume else note

@@ -185,14 +185,26 @@ class Trainer:
                 f"the model takes {model.config.in_channels} channel(s) but the images have "
                 f"{sorted(channels)}"
             )
+        most = max(int(p.target.max()) for p in planes + (val_planes or []))
+        if most >= model.config.num_classes:
+            raise InputError(
+                f"the annotations give {most + 1} classes but the network predicts "
+                f"{model.config.num_classes}; build it with num_classes={most + 1} (instances "
+                "train background, interior and border band; AnnotationConfig("
+                "instance_targets='paper') trains the paper's two classes)"
+            )
         self.model = model.to(self.device)
         self.planes = planes
         self.val_planes = val_planes or []
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.parent_model = parent_model
         self.start_note = ""  # where the weights came from (set by recipe.prepare_run)
+        schema_names = self.annotation.class_names()
+        if schema_names is not None and len(schema_names) != model.config.num_classes:
+            schema_names = None
         self.class_names = (
             class_names
+            or schema_names
             or (
                 ["background", "object"]
                 + [f"class {i}" for i in range(2, model.config.num_classes)]

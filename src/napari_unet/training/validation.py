@@ -31,7 +31,10 @@ def validate(
         valid = plane.weight > 0
         predicted = instance_labels(semantic_labels(probs), post, probabilities=probs)
         predicted = np.where(valid, predicted, 0)
-        truth = instance_labels(np.where(valid, plane.target, 0).astype(np.uint8))
+        if plane.instances is not None:
+            truth = np.where(valid, plane.instances, 0)
+        else:
+            truth = instance_labels(np.where(valid, plane.target, 0).astype(np.uint8))
         ious.append(iou(predicted > 0, truth > 0))
         f1s.append(matching(predicted, truth)["f1"])
     return {"val_iou": float(np.mean(ious)), "val_f1": float(np.mean(f1s))}

@@ -1,0 +1,288 @@
+"""Instances on every shared set: the default (interiors) beside the paper's two classes.
+
+Each run is what ``napari-unet train IMAGE LABELS --out M`` + ``predict --instances`` do: a
+:class:`~napari_unet.training.recipe.TrainingRecipe` with the product's defaults (only the seed,
+the instance representation and, for screening, ``--steps`` change), segmented with the
+post-processing the model file records. No option depends on the set.
+
+Sets and measures (splits from ../shared/data/README.md):
+
+* ``isbi``: ISBI 2012 EM, train slices 0..n-1, score slices 20-29: adapted Rand error of the
+  instances (lower is better) and the foreground pixel error.
+* ``phc``: PhC-U373, n frames of sequence 01 (evenly spread), SEG on the 19 frames of 02.
+* ``usiigaci``: Usiigaci phase contrast, images 01..n, SEG (and AP@0.5) on images 04-16.
+* ``gowt1``: GOWT1 fluorescent nuclei, t01..n, AP@0.5 (and SEG) on the last 3.
+* ``gbm40``: GBM40 H&E nuclei (RGB), images 01..n, AP@0.5 (and SEG) on 04-20.
+* ``lucchi``: Lucchi EM mitochondria, slices 001..n, AP@0.5 (and SEG) on 004-020.
+
+Rows accumulate in ``benchmarks/results/instances.json`` (a run that repeats a row's set,
+planes, targets, seed and steps replaces it); ``--table`` rewrites the "Instances" section of
+docs/benchmarks.md from them and ``--pictures`` draws one failure picture per set
+(docs/images/instances-<set>.png: reference cyan, ours yellow, on the worst scored plane).
+
+    python benchmarks/instances.py --sets all --targets interiors,paper --seeds 0 --steps 400
+    python benchmarks/instances.py --sets phc,isbi --seeds 0,1,2           # defaults, 3 seeds
+    python benchmarks/instances.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from napari_unet.annotation.schema import AnnotationConfig
+from napari_unet.inference.batch import SegmentConfig, segment_stack
+from napari_unet.inference.predictor import PredictConfig
+from napari_unet.metrics import (
+    adapted_rand_error,
+    instances_from_binary,
+    matching,
+    pixel_error,
+    seg_score_planes,
+)
+from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.trainer import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "instances.json"
+PREDICTIONS = ROOT / "benchmarks" / "results" / "instances-predictions"  # not committed
+IMAGES = ROOT / "docs" / "images"
+DOC = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- instances:start -->", "<!-- instances:end -->"
+SETS = ("isbi", "phc", "usiigaci", "gowt1", "gbm40", "lucchi")
+MEASURE = {"isbi": "rand_error", "phc": "seg", "usiigaci": "seg", "gowt1": "ap50",
+           "gbm40": "ap50", "lucchi": "ap50"}  # fmt: skip
+
+
+def data_root() -> Path | None:
+    for cand in (os.environ.get("NAPARI_UNET_DATA"), ROOT.parent / "shared" / "data"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+def _folder(root: Path, name: str):
+    images = sorted((root / name / "images").glob("*.tif"))
+    image = np.stack([tifffile.imread(p) for p in images])
+    labels = np.stack([tifffile.imread(root / name / "labels" / p.name) for p in images])
+    return image, labels
+
+
+def _phc(root: Path, seq: str):
+    frames = sorted((root / "phc-u373" / f"{seq}_GT" / "SEG").glob("man_seg*.tif"))
+    idx = [int(f.stem[7:]) for f in frames]
+    images = np.stack([tifffile.imread(root / "phc-u373" / seq / f"t{i:03d}.tif") for i in idx])
+    return images, np.stack([tifffile.imread(f) for f in frames]).astype(np.int32)
+
+
+def load(root: Path, name: str, shots: int):
+    """(train image, train labels, test image, test reference instances) of a set."""
+    if name == "isbi":
+        volume = tifffile.imread(root / "isbi2012" / "train-volume.tif")
+        binary = (tifffile.imread(root / "isbi2012" / "train-labels.tif") > 0).astype(np.uint8)
+        truth = np.stack([instances_from_binary(binary[z]) for z in range(20, 30)])
+        return volume[:shots], binary[:shots], volume[20:30], truth
+    if name == "phc":
+        train_img, train_gt = _phc(root, "01")
+        pick = np.linspace(0, len(train_img) - 1, shots).round().astype(int)
+        test_img, test_gt = _phc(root, "02")
+        return train_img[pick], train_gt[pick], test_img, test_gt
+    folder = {"usiigaci": "usiigaci-phc", "gowt1": "gowt1-fluo", "gbm40": "gbm40-he",
+              "lucchi": "lucchi-mito-em"}[name]  # fmt: skip
+    image, labels = _folder(root, folder)
+    return image[:shots], labels[:shots], image[3:], labels[3:].astype(np.int32)
+
+
+def score(name: str, pred: np.ndarray, truth: np.ndarray) -> dict:
+    per_plane = [matching(p, t, 0.5) for p, t in zip(pred, truth, strict=True)]
+    tp, fp, fn = (sum(m[k] for m in per_plane) for k in ("tp", "fp", "fn"))
+    out = {
+        "ap50": tp / max(tp + fp + fn, 1),
+        "seg": seg_score_planes(pred, truth),
+        "objects": float(np.mean([len(np.unique(p)) - 1 for p in pred])),
+        "ref_objects": float(np.mean([len(np.unique(t)) - 1 for t in truth])),
+        "per_plane_ap50": [round(m["ap"], 4) for m in per_plane],
+    }
+    if name == "isbi":
+        out["rand_error"] = float(
+            np.mean([adapted_rand_error(p, t) for p, t in zip(pred, truth, strict=True)])
+        )
+        out["pixel_error"] = pixel_error(pred > 0, truth > 0)
+    return out
+
+
+def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dict:
+    train_img, train_lab, test_img, truth = load(root, name, shots)
+    training = replace(TrainConfig(), seed=seed, device=args.device)
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    recipe = TrainingRecipe(
+        annotation=AnnotationConfig(instance_targets=targets), training=training
+    )
+    trainer = prepare_run(train_img, train_lab, recipe)
+    start = time.perf_counter()
+    for _ in trainer.run():
+        pass
+    train_s = time.perf_counter() - start
+    config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+    start = time.perf_counter()
+    pred = np.asarray(segment_stack(trainer.model, trainer.metadata(), test_img, config))
+    predict_s = time.perf_counter() - start
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    np.save(PREDICTIONS / f"{name}-{shots}-{targets}-{seed}-{trainer.step}.npy", pred)
+    return {
+        "set": name, "shots": shots, "targets": targets, "seed": seed, "steps": trainer.step,
+        "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
+        "derived": trainer.derived, **score(name, pred, truth),
+    }  # fmt: skip
+
+
+def _key(row: dict) -> tuple:
+    return (row["set"], row["shots"], row["targets"], row["seed"], row["steps"])
+
+
+def save(row: dict) -> None:
+    rows = json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else []
+    rows = [r for r in rows if _key(r) != _key(row)] + [row]
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def _stats(values: list[float], lower_is_better: bool) -> str:
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    worst = max(values) if lower_is_better else min(values)
+    return f"{mean:.3f} ± {np.std(values):.3f} (worst {worst:.3f})"
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown of the "Instances" section's table, one line per set, planes and steps."""
+    lines = [
+        "| set | measure | planes | steps | interiors (default) | paper (2 classes, cores) "
+        "| seeds | objects / ref. (interiors) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["shots"], r["steps"]), {}).setdefault(
+            r["targets"], []
+        ).append(r)
+    order = {name: i for i, name in enumerate(SETS)}
+    for (name, shots, steps), by in sorted(
+        groups.items(), key=lambda kv: (order[kv[0][0]],) + kv[0][1:]
+    ):
+        measure = MEASURE[name]
+        low = measure == "rand_error"
+        cells = []
+        for targets in ("interiors", "paper"):
+            got = by.get(targets, [])
+            cells.append(_stats([r[measure] for r in got], low) if got else "–")
+        seeds = sorted({r["seed"] for g in by.values() for r in g})
+        mine = by.get("interiors", [])
+        objects = (
+            f"{np.mean([r['objects'] for r in mine]):.0f} / {mine[0]['ref_objects']:.0f}"
+            if mine
+            else "–"
+        )
+        label = "adapted Rand (lower better)" if low else measure.replace("ap50", "AP@0.5").upper()
+        label = label.replace("AP@0.5", "AP@0.5").replace("SEG", "SEG")
+        lines.append(
+            f"| {name} | {label} | {shots} | {steps} | {cells[0]} | {cells[1]} | "
+            f"{', '.join(map(str, seeds))} | {objects} |"
+        )
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[dict]) -> None:
+    meta = json.loads(RESULTS.read_text())["meta"]
+    block = "\n".join([
+        START, "",
+        f"Written {date.today().isoformat()} from benchmarks/results/instances.json "
+        f"({meta['machine']}, "
+        f"CPU, torch {meta['torch']}); mean ± standard deviation over seeds (worst seed).",
+        "", table(rows), "", END,
+    ])  # fmt: skip
+    text = DOC.read_text()
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text += "\n## Instances\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def pictures(root: Path, rows: list[dict]) -> None:
+    """One failure picture per set: the worst scored plane of the first interiors run."""
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    for name in SETS:
+        mine = [r for r in rows if r["set"] == name and r["targets"] == "interiors"]
+        if not mine:
+            continue
+        r = max(mine, key=lambda r: (r["steps"], -r["seed"]))
+        path = PREDICTIONS / f"{name}-{r['shots']}-interiors-{r['seed']}-{r['steps']}.npy"
+        if not path.exists():
+            continue
+        pred = np.load(path)
+        _, _, test_img, truth = load(root, name, r["shots"])
+        k = int(np.argmin(r["per_plane_ap50"]))
+        gray = test_img[k].astype(np.float32)
+        if gray.ndim == 2:
+            gray = np.repeat(gray[..., None], 3, axis=-1)
+        lo, hi = np.percentile(gray, [1, 99.8])
+        rgb = np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgb[find_boundaries(truth[k], mode="inner")] = (0.0, 0.9, 1.0)
+        rgb[find_boundaries(pred[k], mode="inner")] = (1.0, 0.85, 0.0)
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        imsave(IMAGES / f"instances-{name}.png", (rgb * 255).astype(np.uint8), check_contrast=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="all", help="comma list of " + ", ".join(SETS))
+    parser.add_argument("--shots", type=int, default=3, help="annotated planes (default 3)")
+    parser.add_argument("--targets", default="interiors,paper")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, help="screening: fewer steps than the default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--table", action="store_true", help="only rewrite the doc's table")
+    parser.add_argument("--pictures", action="store_true", help="also draw failure pictures")
+    args = parser.parse_args()
+    root = data_root()
+    if root is None:
+        print("shared data not found (set NAPARI_UNET_DATA); nothing to measure", file=sys.stderr)
+        return 0
+    if not args.table:
+        sets = SETS if args.sets == "all" else tuple(args.sets.split(","))
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for name in sets:
+                for targets in args.targets.split(","):
+                    row = run(root, name, args.shots, targets, seed, args)
+                    save(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "per_plane_ap50"}),
+                          flush=True)  # fmt: skip
+    rows = json.loads(RESULTS.read_text())["rows"]
+    write_doc(rows)
+    if args.pictures:
+        pictures(root, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

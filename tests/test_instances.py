@@ -1,0 +1,136 @@
+"""The instance rules of the default (three classes: background, interior, border band)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.annotation.derived import derive_settings, describe, postprocess_config
+from napari_unet.annotation.schema import (
+    AnnotationConfig,
+    border_targets,
+    plane_targets,
+    training_planes,
+)
+from napari_unet.inference.postprocess import PostprocessConfig, instance_labels
+from napari_unet.metrics import matching
+from napari_unet.sample_data import make_cell_stack
+
+INTERIORS = PostprocessConfig(method="interiors", foreground_classes=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def cells():
+    _, truth = make_cell_stack(1, seed=3)
+    return truth[0].astype(np.int32)
+
+
+def _network(target: np.ndarray, confidence: float, rng=None) -> np.ndarray:
+    """Probabilities of a network that ranks the classes right with ``confidence`` on the
+    winner (optionally with noise that never changes the ranking)."""
+    probs = np.full((3,) + target.shape, (1 - confidence) / 2, np.float32)
+    for c in range(3):
+        probs[c][target == c] = confidence
+    if rng is not None:
+        probs += rng.uniform(0, 0.3 * (confidence - (1 - confidence) / 2), probs.shape)
+        probs /= probs.sum(axis=0, keepdims=True)
+    return probs
+
+
+def test_border_targets_give_every_object_a_seed_and_part_touching_ones(cells):
+    target = border_targets(cells)
+    assert set(np.unique(target)) == {0, 1, 2}
+    assert np.array_equal(target > 0, cells > 0)  # the band is inside the objects
+    ids = np.unique(cells[cells > 0])
+    with_interior = np.unique(cells[target == 1])
+    assert np.array_equal(ids, with_interior)  # every object keeps interior pixels
+    # no interior pixel touches an interior pixel of another object (4-neighbours)
+    inner = np.where(target == 1, cells, 0)
+    right = (inner[:, 1:] > 0) & (inner[:, :-1] > 0) & (inner[:, 1:] != inner[:, :-1])
+    down = (inner[1:] > 0) & (inner[:-1] > 0) & (inner[1:] != inner[:-1])
+    assert not right.any() and not down.any()
+
+
+def test_a_thin_object_keeps_an_interior():
+    labels = np.zeros((20, 40), np.int32)
+    labels[5:8, 2:38] = 1  # 3 px thin, far thinner than two bands of 8 px
+    target = border_targets(labels, width=8)
+    assert (target == 1).any()
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.6, 0.4])
+def test_a_confident_and_an_unconfident_network_give_the_same_objects(cells, confidence):
+    target = border_targets(cells)
+    rng = np.random.default_rng(0)
+    confident = _network(target, 0.99)
+    unsure = _network(target, confidence, rng)
+    expected = instance_labels(confident.argmax(0), INTERIORS, probabilities=confident)
+    got = instance_labels(unsure.argmax(0), INTERIORS, probabilities=unsure)
+    assert matching(got, cells)["f1"] == 1.0
+    assert matching(got, expected, 0.75)["f1"] == 1.0  # noise moves band pixels only
+
+
+def test_the_paper_cores_split_an_unconfident_network_differently(cells):
+    """Why the default changed: at p < 0.98 the core threshold finds no cores, and touching
+    cells merge (the same network output, read by the paper's two-class rule)."""
+    target = border_targets(cells)
+    probs = _network(target, 0.6)
+    two = np.stack([probs[0], probs[1] + probs[2]])
+    semantic = (probs.argmax(0) > 0).astype(np.uint8)
+    cores = instance_labels(semantic, PostprocessConfig(), probabilities=two)
+    interiors = instance_labels(probs.argmax(0), INTERIORS, probabilities=probs)
+    assert matching(interiors, cells)["f1"] > matching(cores, cells)["f1"]
+
+
+def test_interiors_without_probabilities_use_the_distance_to_the_seeds(cells):
+    target = border_targets(cells)
+    got = instance_labels(target.astype(np.uint8), INTERIORS)
+    assert matching(got, cells)["f1"] == 1.0
+
+
+def _planes(labels: np.ndarray, config: AnnotationConfig | None = None):
+    image = np.random.default_rng(0).random(labels.shape).astype(np.float32)
+    return training_planes(image, labels, config or AnnotationConfig())[0]
+
+
+def test_stray_pixels_in_annotations_do_not_move_derived_settings(cells):
+    clean = derive_settings(_planes(cells[None]), AnnotationConfig())
+    stray = cells.copy()
+    rng = np.random.default_rng(1)
+    background = np.argwhere(stray == 0)
+    for k, (y, x) in enumerate(background[rng.choice(len(background), 40, replace=False)]):
+        stray[y, x] = 1000 + k  # 40 one-pixel pieces with ids of their own
+    noisy = derive_settings(_planes(stray[None]), AnnotationConfig())
+    assert clean["min_size"] > 10
+    assert noisy["min_size"] == clean["min_size"]
+    assert noisy["fill_holes"] == clean["fill_holes"]
+    assert "40 stray piece(s)" in noisy["derived_from"]
+
+
+def test_a_single_annotated_object_derives_its_own_size():
+    labels = np.zeros((1, 64, 64), np.int32)
+    yy, xx = np.mgrid[:64, :64]
+    labels[0][(yy - 32) ** 2 + (xx - 32) ** 2 < 100] = 1
+    derived = derive_settings(_planes(labels), AnnotationConfig())
+    area = int((labels > 0).sum())
+    assert derived["min_size"] == area // 4
+    assert derived["method"] == "interiors" and derived["foreground_classes"] == [1, 2]
+    assert "min size" in describe(derived) and "interiors" in describe(derived)
+
+
+def test_the_paper_preset_trains_two_classes_and_records_cores(cells):
+    config = AnnotationConfig(instance_targets="paper")
+    target, _, classes = plane_targets(cells, config)
+    assert classes == 2 and set(np.unique(target)) == {0, 1}
+    derived = derive_settings(_planes(cells[None], config), config)
+    assert derived["method"] == "cores"
+    assert postprocess_config(derived).method == "cores"
+
+
+def test_model_files_without_a_method_segment_as_before():
+    """Files written before the three-class default recorded only min size and holes."""
+    old = postprocess_config({"min_size": 12, "fill_holes": True})
+    assert old.method == "cores" and old.foreground_classes == (1,) and old.min_size == 12
+    assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
+        "interiors"
+    )
