@@ -36,7 +36,7 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     assert annotate.annotated_planes() == [(0,), (2,), (3,)]
 
     # 2 weight map
-    weights.labels_combo.set_layer(labels)
+    weights.labels_combo.value = labels
     weights.compute("all annotated planes")
     qtbot.waitUntil(lambda: weights.worker is None, timeout=30000)
     assert viewer.layers["cells annotations weight map"].data[0].max() > 2

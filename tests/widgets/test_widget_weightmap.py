@@ -22,9 +22,9 @@ def test_weight_map_layer(viewer, cells, qtbot):
     labels.data[2, :10, :10] = IGNORE_LABEL
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.labels_combo.set_layer(labels)
-    widget.w0.setValue(8.0)
-    widget.sigma.setValue(4.0)
+    widget.labels_combo.value = labels
+    widget.w0.value = 8.0
+    widget.sigma.value = 4.0
     widget.compute("all annotated planes")
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
     layer = viewer.layers["cells annotations weight map"]
@@ -47,8 +47,8 @@ def test_weight_map_layer(viewer, cells, qtbot):
 
     # "current plane" with the Falk variant only touches the plane on screen
     viewer.dims.set_point(0, image.data_to_world((0, 0, 0))[0])
-    widget.variant.setCurrentText("falk")
-    assert not widget.w0.isVisible() and widget.lam.isVisible()
+    widget.variant.value = "falk"
+    assert not widget.w0.visible and widget.lam.visible
     widget.compute("current plane")
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
     falk = weight_map(labels.data[0].astype(np.int64), WeightMapConfig(variant="falk"))
@@ -61,7 +61,7 @@ def test_weight_map_errors_are_notifications(viewer, cells, notifications):
     annotate = AnnotateWidget(viewer)
     annotate.new_annotation_layer()
     widget = WeightMapWidget(viewer)
-    widget.scope.setCurrentText("all annotated planes")
+    widget.scope.value = "all annotated planes"
     widget.compute_button.click()
     assert any("no annotated plane" in message for _, message in notifications)
     assert widget.worker is None
