@@ -65,3 +65,32 @@ def test_weight_map_errors_are_notifications(viewer, cells, notifications):
     widget.compute_button.click()
     assert any("no annotated plane" in message for _, message in notifications)
     assert widget.worker is None
+
+
+def test_settings_persist_and_reset(viewer):
+    """A new widget shows the last settings (kept in the settings dir); Reset puts back the
+    dataclass defaults."""
+    from napari_unet._widgets.segment import SegmentWidget
+    from napari_unet._widgets.train import TrainWidget
+    from napari_unet.training.trainer import TrainConfig
+
+    weights = WeightMapWidget(viewer)
+    weights.variant.value, weights.w0.value = "falk", 7.0
+    train = TrainWidget(viewer)
+    train.steps.value, train.lr.value, train.tile.value = 123, 0.002, 96
+    segment = SegmentWidget(viewer)
+    segment.tta.value, segment.min_size.value = True, 40
+
+    weights, train, segment = WeightMapWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
+    assert weights.config() == WeightMapConfig(variant="falk", w0=7.0)
+    config = train.train_config()
+    assert (config.steps, config.lr, config.tile) == (123, 0.002, 96)
+    assert segment.tta.value and segment.min_size.value == 40
+
+    for widget in (weights, train, segment):
+        widget.settings.button.native.click()
+    assert weights.config() == WeightMapConfig()
+    assert train.train_config() == TrainConfig(device=train.device.value)
+    assert not segment.tta.value and segment.min_size.value == -1  # auto
+    again = TrainWidget(viewer)
+    assert again.train_config() == TrainConfig(device=again.device.value)

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from magicgui.backends._qtpy.widgets import QBaseRangedWidget
 from magicgui.widgets import ComboBox, Container, PushButton, Widget, create_widget
 from napari.layers import Layer
+from qtpy.QtWidgets import QSpinBox
 
 log = logging.getLogger("napari_unet")
 #: Overrides where the settings are kept (tests point it to a temporary folder).
@@ -40,6 +42,26 @@ def _default(field: dataclasses.Field) -> Any:
     return field.default
 
 
+class _QtIntSpinBox(QBaseRangedWidget):
+    """A magicgui backend on a plain ``QSpinBox`` (magicgui's integer spin box has no special
+    value text and no suffix)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(QSpinBox, **kwargs)
+
+    def _mgui_set_value(self, value: Any) -> None:
+        super()._mgui_set_value(int(value))
+
+    def _mgui_set_min(self, value: float) -> None:
+        super()._mgui_set_min(int(value))
+
+    def _mgui_set_max(self, value: float) -> None:
+        super()._mgui_set_max(int(value))
+
+    def _mgui_set_step(self, value: float) -> None:
+        super()._mgui_set_step(int(value))
+
+
 def field_widget(cls: type, name: str, **override: Any) -> Widget:
     """A magicgui widget for the field ``name`` of the dataclass ``cls`` (its metadata, updated
     by ``override``; ``value`` overrides the default). ``None`` is shown as the ``special``
@@ -51,6 +73,8 @@ def field_widget(cls: type, name: str, **override: Any) -> Widget:
     if value is None or "special" in meta:  # an optional number: None sits at the minimum
         annotation = float if "float" in str(annotation) else int
         value = meta.get("min", 0) if value is None else value
+    if annotation is int and ("special" in meta or "suffix" in meta):
+        meta.setdefault("widget_type", _QtIntSpinBox)
     widget = create_widget(
         value=value,
         annotation=None if "choices" in meta else annotation,
@@ -60,6 +84,8 @@ def field_widget(cls: type, name: str, **override: Any) -> Widget:
         options={k: v for k, v in meta.items() if k not in _NOT_OPTIONS},
     )
     widget.tooltip = meta.get("tooltip")
+    if "max" in meta:  # before min and value: a custom backend starts at Qt's 0..99
+        widget.max, widget.min, widget.value = meta["max"], meta.get("min", 0), value
     native = widget.native
     if "special" in meta:
         native.setSpecialValueText(meta["special"])
@@ -128,9 +154,7 @@ def layer_picker(
             layers.sort(key=lambda layer: not prefer(layer))
         return [(layer.name, layer) for layer in layers]
 
-    picker = create_widget(
-        annotation=kind, name=label, label=label, options={"choices": choices}
-    )
+    picker = create_widget(annotation=kind, name=label, label=label, options={"choices": choices})
     picker.tooltip = tooltip
     if placeholder:
         picker.native.setPlaceholderText(placeholder)
