@@ -127,8 +127,9 @@ def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
         assert body.height() >= body.minimumSizeHint().height(), name
     # the Annotate legend is whole, "65535 ignore" row included
     legend = opened["1 Annotate"][1].schema_label
-    assert "65535" in legend.text()
-    assert legend.height() >= legend.heightForWidth(legend.width())
+    assert "65535" in legend.value
+    label = legend.native
+    assert label.height() >= label.heightForWidth(label.width())
 
 
 # ------------------------------------------------------------------ 3 never train on GT silently

@@ -87,6 +87,7 @@ def field_widget(cls: type, name: str, **override: Any) -> Widget:
     if "max" in meta:  # before min and value: a custom backend starts at Qt's 0..99
         widget.max, widget.min, widget.value = meta["max"], meta.get("min", 0), value
     native = widget.native
+    native.setToolTip(meta.get("tooltip", ""))  # also over the parts of a labelled slider
     if "special" in meta:
         native.setSpecialValueText(meta["special"])
     if "suffix" in meta:
