@@ -118,8 +118,8 @@ def main() -> None:
 
     # 2 Weight map of all annotated planes
     weights = only(viewer, "2 Weight map")
-    weights.labels_combo.set_layer(labels)
-    weights.scope.setCurrentText("all annotated planes")
+    weights.labels_combo.value = labels
+    weights.scope.value = "all annotated planes"
     weights.compute()
     wait(lambda: weights.worker is None)
     viewer.layers.selection.active = viewer.layers["cells stack annotations weight map"]
@@ -128,9 +128,9 @@ def main() -> None:
 
     # 3 Train a small network, holding plane 4 out for validation; screenshot mid-run
     train = only(viewer, "3 Train")
-    train.labels_combo.set_layer(labels)
-    train.steps.setValue(600)  # the small preset and every default but the step count
-    train.hold_out.setText("4")
+    train.labels_combo.value = labels
+    train.steps.value = 600  # the small preset and every default but the step count
+    train.hold_out.value = "4"
     labels.visible = False
     go_to(viewer, image, 2)
     train.start_training()
@@ -146,8 +146,8 @@ def main() -> None:
     show_only(viewer, segment)
     preview = viewer.layers["cells stack live prediction"]
     preview.visible = False
-    segment.image_combo.set_layer(image)
-    segment.scope.setCurrentText("whole stack")  # every other setting: the defaults
+    segment.image_combo.value = image
+    segment.scope.value = "whole stack"  # every other setting: the defaults
     segment.run()
     wait(lambda: not segment.is_running)  # segmented, then ranked (rank_after is on)
     print(segment.status.text(), file=sys.stderr)

@@ -16,7 +16,7 @@ For ``same`` padding input == output and the size must be a multiple of ``2**d``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -47,9 +47,34 @@ class UNetConfig:
 
     in_channels: int = 1
     num_classes: int = 2
-    width: int = 64
-    depth: int = 4
-    padding: Padding = "valid"
+    # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
+    width: int = field(
+        default=64,
+        metadata={
+            "label": "custom width",
+            "min": 1,
+            "max": 256,
+            "tooltip": "custom network: channels of the first level (paper: 64)",
+        },
+    )
+    depth: int = field(
+        default=4,
+        metadata={
+            "label": "custom depth",
+            "min": 1,
+            "max": 6,
+            "tooltip": "custom network: pooling steps (paper: 4)",
+        },
+    )
+    padding: Padding = field(
+        default="valid",
+        metadata={
+            "label": "custom padding",
+            "choices": ["valid", "same"],
+            "tooltip": "custom network: valid (the paper: output smaller than the input tile, "
+            "seamless overlap-tile prediction) or same (output as large as the input)",
+        },
+    )
     norm: Norm = "none"
     dropout: float = 0.5
 

@@ -70,3 +70,11 @@ def _fresh_session(tmp_path, monkeypatch):
     _session.clear()
     yield
     _session.clear()
+
+
+@pytest.fixture(autouse=True)
+def _settings_dir(tmp_path, monkeypatch):
+    """The widgets remember their settings in tmp_path, never in the user's config dir."""
+    from napari_unet._widgets._forms import SETTINGS_ENV
+
+    monkeypatch.setenv(SETTINGS_ENV, str(tmp_path / "settings"))

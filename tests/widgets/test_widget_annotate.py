@@ -33,7 +33,7 @@ def test_new_layer_matches_grayscale_stack(viewer, cells):
     assert colours[1][3] == 1
     np.testing.assert_allclose(colours[2][:3], [0.55, 0.55, 0.55], atol=0.01)
     assert widget.annotation_layer() is layer
-    assert "background" in widget.schema_label.text()
+    assert "background" in widget.schema_label.value
 
 
 def test_rgb_and_multichannel_images(viewer):
@@ -47,8 +47,8 @@ def test_rgb_and_multichannel_images(viewer):
     multi = viewer.add_image(
         np.zeros((3, 2, 40, 50), np.uint16), name="two channels", scale=(4, 1, 0.5, 0.5)
     )
-    widget.image_combo.set_layer(multi)
-    widget.channel_combo.setCurrentIndex(2)  # "axis 1 (2)"
+    widget.image_combo.value = multi
+    widget.channel_combo.value = 1  # "axis 1 (2)"
     layer = widget.new_annotation_layer()
     assert layer.data.shape == (3, 40, 50)
     np.testing.assert_allclose(layer.scale, (4, 0.5, 0.5))
@@ -58,13 +58,13 @@ def test_rgb_and_multichannel_images(viewer):
 def test_schema_modes_change_colours(viewer, cells):
     add_cells(viewer, cells)
     widget = AnnotateWidget(viewer)
-    widget.mode_combo.setCurrentText("scribbles")
+    widget.mode_combo.value = "scribbles"
     layer = widget.new_annotation_layer()
     assert layer.metadata["napari_unet_mode"] == "scribbles"
     background = layer.colormap.map(np.array([1]))[0]
     assert background[2] > 0.9 and background[0] < 0.3  # blue
-    assert "background stroke" in widget.schema_label.text()
-    widget.mode_combo.setCurrentText("classes")
+    assert "background stroke" in widget.schema_label.value
+    widget.mode_combo.value = "classes"
     assert layer.metadata["napari_unet_mode"] == "classes"
     assert widget.use_brush("background") == 0
     assert layer.mode == "erase"
@@ -126,9 +126,9 @@ def test_import_refuses_mismatched_shape(viewer, cells, notifications):
     widget = AnnotateWidget(viewer)
     widget.new_annotation_layer()
     other = viewer.add_labels(np.zeros((2, 10, 10), np.uint8), name="small")
-    widget.source_combo.set_layer(other)
+    widget.source_combo.value = other
     widget.import_button.click()  # the button path: a notification, no exception
     assert any("do not" in m or "shape" in m for _, m in notifications)
-    widget.import_planes.setText("zero")
+    widget.import_planes.value = "zero"
     widget.import_button.click()
     assert any("cannot read the plane list" in m for _, m in notifications)

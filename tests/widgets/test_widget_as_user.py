@@ -127,23 +127,24 @@ def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
         assert body.height() >= body.minimumSizeHint().height(), name
     # the Annotate legend is whole, "65535 ignore" row included
     legend = opened["1 Annotate"][1].schema_label
-    assert "65535" in legend.text()
-    assert legend.height() >= legend.heightForWidth(legend.width())
+    assert "65535" in legend.value
+    label = legend.native
+    assert label.height() >= label.heightForWidth(label.width())
 
 
 # ------------------------------------------------------------------ 3 never train on GT silently
 def test_train_does_not_pick_the_ground_truth(viewer, notifications):
     viewer.open_sample("napari-unet", "cells-stack")
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3 Train")
-    assert train.labels_combo.currentText() == ""  # "none: create one in 1 Annotate"
-    assert train.labels_combo.count() == 0
+    assert train.labels_combo.current_choice == ""  # "none: create one in 1 Annotate"
+    assert not train.labels_combo.choices
     assert train.start_training() is None
     assert any("annotation layer" in m for m in _errors(notifications))
     assert train.status.text().startswith("not started: choose an image and its annotation")
     # once the user made an annotation layer (1 Annotate), it is the one offered
     _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "1 Annotate")
     annotate.new_annotation_layer()
-    assert train.labels_combo.currentText() == "cells stack annotations"
+    assert train.labels_combo.current_choice == "cells stack annotations"
 
 
 # ------------------------------------------------------------------ 4 status that tells the truth
@@ -161,15 +162,15 @@ def test_status_progress_and_resume_tell_the_truth(viewer, cells, qtbot, notific
     assert train.start_training(resume=True) is None
 
     # an error before a run starts replaces the old "done" line, and says the same as the message
-    train.hold_out.setText("0, 2")
+    train.hold_out.value = "0, 2"
     assert train.start_training() is None
     message = _errors(notifications)[-1]
     assert "every annotated plane (0, 2) is held out" in message
     assert train.status.text() == f"not started: {message}"
 
     # cancel: the progress bar stops counting down
-    train.hold_out.setText("")
-    train.steps.setValue(100_000)
+    train.hold_out.value = ""
+    train.steps.value = 100_000
     train.start_training()
     qtbot.waitUntil(lambda: "ETA" in train.progress.text(), timeout=60000)
     train.cancel_button.click()
@@ -228,7 +229,7 @@ def test_segment_defaults_follow_the_annotated_object_size(viewer, cells, qtbot)
     entry = _session.trained()
     min_size = entry.metadata.postprocess["min_size"]
     assert min_size > 20  # a quarter of the smallest annotated cell
-    assert segment.min_size.text() == f"auto: {min_size} px (from the annotations)"
+    assert segment.min_size.native.text() == f"auto: {min_size} px (from the annotations)"
     viewer.dims.set_point(0, image.data_to_world((1, 0, 0))[0])
     segment.run("current plane")
     wait_idle(qtbot, segment)
@@ -255,10 +256,10 @@ def test_weight_map_status_and_layout(viewer, cells, qtbot, notifications):
     assert "plane 1 is not annotated" in _errors(notifications)[-1]
     assert weights.worker is None
 
-    rows = weights._rows  # hidden rows leave no gap
-    assert not rows.isRowVisible(weights.lam) and rows.isRowVisible(weights.w0)
-    weights.variant.setCurrentText("falk")
-    assert rows.isRowVisible(weights.lam) and not rows.isRowVisible(weights.w0)
+    # hidden rows (field and label) leave no gap
+    assert not weights.lam.visible and weights.w0.visible
+    weights.variant.value = "falk"
+    assert weights.lam.visible and not weights.w0.visible
 
 
 # ------------------------------------------------------------------ 8 explain every control
@@ -299,7 +300,7 @@ def test_every_control_has_a_tooltip_and_the_plot_starts_clean(viewer):
     train = viewer.window.dock_widgets["3 Train (napari-unet)"]
     assert isinstance(train, TrainWidget)
     assert train.plot.ax.get_ylim() == (0.0, 1.0) and train.plot.placeholder.get_visible()
-    for tip in (train.model_combo.toolTip(), train.augment.toolTip(), train.lr.toolTip()):
+    for tip in (train.model_combo.tooltip, train.augment.tooltip, train.lr.tooltip):
         assert "paper" in tip  # the paper's value is named where there is one
 
 

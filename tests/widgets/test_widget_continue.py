@@ -26,7 +26,7 @@ def _open(viewer, cells):
 
 
 def _continue_offered(train) -> bool:
-    combo = train.model_combo
+    combo = train.model_combo.native
     return combo.model().item(combo.findText(CONTINUE)).isEnabled()
 
 
@@ -36,11 +36,11 @@ def _errors(notifications) -> list[str]:
 
 def test_continue_without_a_model_just_trained_says_so(viewer, cells, notifications):
     train = _open(viewer, cells)
-    assert train.model_combo.currentText() == MODEL_CHOICES[0]  # the default is unchanged
+    assert train.model_combo.value == MODEL_CHOICES[0]  # the default is unchanged
     assert not _continue_offered(train)  # greyed out until a run has finished
 
-    train.model_combo.setCurrentText(CONTINUE)  # e.g. chosen before the session was cleared
-    assert train.steps.value() == default_steps(True)
+    train.model_combo.value = CONTINUE  # e.g. chosen before the session was cleared
+    assert train.steps.value == default_steps(True)
     assert "no model trained yet in this session" in train.status.text()
     assert train.start_training() is None and train.worker is None
     message = _errors(notifications)[-1]
@@ -63,10 +63,10 @@ def test_continue_the_model_just_trained(viewer, cells, qtbot, notifications):
     assert first_curve[-1] == 6
 
     # choosing "continue" proposes the short budget of one round; the new-model value comes back
-    train.model_combo.setCurrentText(CONTINUE)
-    assert train.steps.value() == default_steps(True)
+    train.model_combo.value = CONTINUE
+    assert train.steps.value == default_steps(True)
     assert train.architecture() is None
-    train.steps.setValue(4)  # keep the test fast
+    train.steps.value = 4  # keep the test fast
     train.start_training()
     wait_idle(qtbot, train)
     assert not _errors(notifications)
@@ -92,14 +92,14 @@ def test_continue_the_model_just_trained(viewer, cells, qtbot, notifications):
     assert [line.get_xdata()[0] for line in train.plot.continuations] == [6]
 
     # each kind of run keeps its own steps: the new-model value comes back, and the 4
-    train.model_combo.setCurrentText(MODEL_CHOICES[1])
-    assert train.steps.value() == 6
-    train.model_combo.setCurrentText(CONTINUE)
-    assert train.steps.value() == 4
+    train.model_combo.value = MODEL_CHOICES[1]
+    assert train.steps.value == 6
+    train.model_combo.value = CONTINUE
+    assert train.steps.value == 4
 
     # a new model clears the plot
     train.set_custom_architecture(TINY)
-    train.steps.setValue(2)
+    train.steps.value = 2
     train.start_training()
     wait_idle(qtbot, train)
     assert train.plot.steps == [1, 2] and not train.plot.continuations

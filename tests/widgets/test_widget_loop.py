@@ -72,7 +72,7 @@ def _setup(viewer, cells, model, annotated=(0,)):
     _session.set_trained(*model, "test model")
     widget = SegmentWidget(viewer)
     dock = viewer.window.add_dock_widget(widget, name="segment")
-    widget.image_combo.set_layer(image)
+    widget.image_combo.value = image
     return image, truth, annotate.annotation_layer(), widget, dock
 
 
@@ -164,7 +164,7 @@ def test_use_plane_replaces_creates_and_refuses(viewer, cells, tiny_model, qtbot
     image, truth = add_cells(viewer, cells)
     _session.set_trained(*tiny_model, "test model")
     widget = SegmentWidget(viewer)
-    widget.image_combo.set_layer(image)
+    widget.image_combo.value = image
     widget.use_plane_button.click()  # nothing segmented yet
     assert "segment 'cells' first" in _errors(notifications)[-1]
 
@@ -211,7 +211,7 @@ def test_use_plane_replaces_creates_and_refuses(viewer, cells, tiny_model, qtbot
 
     # a 2D image: nothing to rank
     flat = viewer.add_image(cells[0][0], name="flat")
-    widget.image_combo.set_layer(flat)
+    widget.image_combo.value = flat
     assert not widget.rank_button.isEnabled() and widget.next_hint.text() == NOTHING_TO_RANK
     assert widget.rank_planes() is None
     assert NOTHING_TO_RANK in _errors(notifications)[-1]
@@ -236,7 +236,7 @@ def test_cancel_and_close_stop_the_ranking(viewer, cells, tiny_model, qtbot, not
     _session.set_trained(*tiny_model, "test model")
     widget = SegmentWidget(viewer)
     dock = viewer.window.add_dock_widget(widget, name="segment")
-    widget.image_combo.set_layer(layer)
+    widget.image_combo.value = layer
     widget.rank_button.click()
     assert widget.is_running and not widget.rank_button.isEnabled()
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=30000)
@@ -273,7 +273,7 @@ def test_one_loop_round_through_the_three_widgets(viewer, cells, qtbot, notifica
     first = _session.trained()
     assert first is not None
 
-    segment.image_combo.set_layer(image)
+    segment.image_combo.value = image
     segment.run("whole stack")
     wait_idle(qtbot, segment)
     assert sorted(_ranked_planes(segment)) == [1, 2, 3]
@@ -291,7 +291,7 @@ def test_one_loop_round_through_the_three_widgets(viewer, cells, qtbot, notifica
     assert not _errors(notifications)
     assert np.array_equal(np.asarray(annotations.data[top]) > 0, truth.data[top] > 0)
 
-    train.model_combo.setCurrentText(CONTINUE)
+    train.model_combo.value = CONTINUE
     assert train.continue_training(steps=4) is not None
     wait_idle(qtbot, train)
     second = _session.trained()

@@ -29,5 +29,5 @@ def test_manifest_widgets_and_sample(viewer):
         opened[name] = widget
     assert set(opened.values()) <= set(viewer.window.dock_widgets.values())
     annotate = opened["1 Annotate"]
-    assert annotate.image_combo.currentText() == "cells stack"
-    assert annotate.source_combo.currentText() == "cells stack ground truth"
+    assert annotate.image_combo.current_choice == "cells stack"
+    assert annotate.source_combo.current_choice == "cells stack ground truth"

@@ -89,8 +89,8 @@ def test_event_loop_never_stalls_while_training(viewer, cells, qtbot, record_pro
     viewer.window.add_dock_widget(train)
     annotate.import_labels(truth, [0, 2, 3])
     configure_tiny(train, steps=80)
-    train.hold_out.setText("3")  # validation points in the plot too
-    train.preview_every.setValue(0.5)
+    train.hold_out.value = "3"  # validation points in the plot too
+    train.preview_every.value = 0.5
     recorder = TickRecorder()
     recorder.timer.start()
     qtbot.wait(1000)

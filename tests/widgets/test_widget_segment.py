@@ -42,10 +42,10 @@ def test_whole_stack_cancel_leaves_layers_alone(viewer, cells, trained, qtbot, n
     image, _ = add_cells(viewer, cells)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert "test model" in widget.model_info.text()
+    assert "test model" in widget.model_info.value
     # a long stack so that there is time to cancel
     big = viewer.add_image(np.concatenate([cells[0]] * 40), name="long", contrast_limits=(0, 255))
-    widget.image_combo.set_layer(big)
+    widget.image_combo.value = big
     layers_before = [layer.name for layer in viewer.layers]
     widget.run("whole stack")
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=30000)
@@ -56,7 +56,7 @@ def test_whole_stack_cancel_leaves_layers_alone(viewer, cells, trained, qtbot, n
     assert widget.status.text().startswith("cancelled")
     assert not [m for s, m in notifications if s.lower() == "error"]
     # the viewer and the widget still work
-    widget.image_combo.set_layer(image)
+    widget.image_combo.value = image
     widget.run("whole stack")
     wait_idle(qtbot, widget)
     assert viewer.layers["cells segmentation"].data.shape == image.data.shape
@@ -67,7 +67,7 @@ def test_dask_stack_is_read_plane_by_plane(viewer, cells, trained, qtbot):
     lazy = da.from_array(source, chunks=(1, 128, 128), asarray=False)
     layer = viewer.add_image(lazy, name="lazy", contrast_limits=(0, 255))
     widget = SegmentWidget(viewer)
-    widget.image_combo.set_layer(layer)
+    widget.image_combo.value = layer
     source.reads.clear()
     widget.run("whole stack")
     wait_idle(qtbot, widget)
@@ -79,7 +79,7 @@ def test_dask_stack_is_read_plane_by_plane(viewer, cells, trained, qtbot):
 def test_rgb_image_with_a_one_channel_model(viewer, trained, qtbot, notifications):
     rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="rgb")
     widget = SegmentWidget(viewer)
-    widget.image_combo.set_layer(rgb)
+    widget.image_combo.value = rgb
     widget.run("current plane")
     wait_idle(qtbot, widget)
     assert any("channel" in m for s, m in notifications if s.lower() == "error")
@@ -91,8 +91,8 @@ def test_missing_model_is_a_notification(viewer, cells, qtbot, notifications):
     widget = SegmentWidget(viewer)
     assert widget.run("whole stack") is None
     assert any("no model trained yet" in m for _, m in notifications)
-    widget.source.setCurrentText("model file...")
-    widget.model_path.setText("/nonexistent/model.safetensors")
+    widget.source.value = "model file..."
+    widget.model_path.value = "/nonexistent/model.safetensors"
     widget.run_button.click()  # the file is read in the worker
     wait_idle(qtbot, widget)
     assert any("does not exist" in m for _, m in notifications)

@@ -36,17 +36,17 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     assert annotate.annotated_planes() == [(0,), (2,), (3,)]
 
     # 2 weight map
-    weights.labels_combo.set_layer(labels)
+    weights.labels_combo.value = labels
     weights.compute("all annotated planes")
     qtbot.waitUntil(lambda: weights.worker is None, timeout=30000)
     assert viewer.layers["cells annotations weight map"].data[0].max() > 2
 
     # 3 train; live previews come after step 1, then every 0.5 s here (default: 3 s), and at the end
-    train.labels_combo.set_layer(labels)
-    assert train.image_combo.currentText() == "cells"  # bound by the annotation layer
+    train.labels_combo.value = labels
+    assert train.image_combo.current_choice == "cells"  # bound by the annotation layer
     configure_tiny(train, steps=40)
-    train.preview_every.setValue(0.5)
-    train.hold_out.setText("3")
+    train.preview_every.value = 0.5
+    train.hold_out.value = "3"
     assert train.start_training() is not None
     assert train.is_running and not train.train_button.isEnabled()
     wait_idle(qtbot, train)
@@ -65,7 +65,7 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     assert train.save_button.isEnabled()
 
     # 4 segment the whole stack with the model just trained
-    segment.image_combo.set_layer(image)
+    segment.image_combo.value = image
     segment.run("whole stack")
     wait_idle(qtbot, segment)
     result = viewer.layers["cells segmentation"]
@@ -80,10 +80,10 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     # save the model; segment the current plane from the file, with probability + uncertainty
     path = train.save_model(tmp_path / "tiny.safetensors")
     assert read_metadata(path).provenance["steps"] == 40
-    segment.source.setCurrentText("model file...")
-    segment.model_path.setText(str(path))
-    segment.probability.setChecked(True)
-    segment.uncertainty.setChecked(True)
+    segment.source.value = "model file..."
+    segment.model_path.value = str(path)
+    segment.probability.value = True
+    segment.uncertainty.value = True
     viewer.dims.set_point(0, image.data_to_world((1, 0, 0))[0])
     segment.run("current plane")
     wait_idle(qtbot, segment)
@@ -123,7 +123,7 @@ def test_cancel_and_resume(viewer, cells, qtbot, tmp_path):
     qtbot.wait(50)
 
     # resume from the checkpoint for 5 more steps (Trainer.load_checkpoint in the worker)
-    train.steps.setValue(stopped.step + 5)
+    train.steps.value = stopped.step + 5
     train.resume_button.click()
     wait_idle(qtbot, train)
     resumed = [e.step for e in train.events if e.kind == "step"]
@@ -161,7 +161,7 @@ def test_augmentation_preview(viewer, cells):
     image, truth = add_cells(viewer, cells)
     annotate, train = AnnotateWidget(viewer), TrainWidget(viewer)
     annotate.import_labels(truth, [2])
-    train.augment.setValue(1.5)
+    train.augment.value = 1.5
     shown, targets = train.preview_augmentation(n=3)
     assert shown.data.shape == targets.data.shape
     assert shown.data.shape[0] == 128 and shown.data.shape[1] == 3 * 128 + 2 * 8
@@ -196,10 +196,10 @@ def test_fine_tune_a_model_file(viewer, cells, qtbot, tmp_path):
     train.start_training()
     wait_idle(qtbot, train)
     parent = train.save_model(tmp_path / "parent.safetensors")
-    train.model_combo.setCurrentText("fine-tune model file...")
-    assert train.model_path.isVisibleTo(train)
-    train.model_path.setText(str(parent))
-    train.steps.setValue(3)
+    train.model_combo.value = "fine-tune model file..."
+    assert train.model_path.native.isVisibleTo(train)
+    train.model_path.value = str(parent)
+    train.steps.value = 3
     train.start_training()
     wait_idle(qtbot, train)
     assert train.events[-1].kind == "done"
@@ -215,9 +215,9 @@ def test_new_models_start_from_scratch_by_default(viewer, cells):
 
     add_cells(viewer, cells)
     train = TrainWidget(viewer)
-    assert train.model_combo.currentText() == "new: small preset, from scratch"
+    assert train.model_combo.value == "new: small preset, from scratch"
     assert train.start() == "scratch" and train.architecture() == PRESETS["small"]
-    train.model_combo.setCurrentText("new: from the starting model")  # one choice away
+    train.model_combo.value = "new: from the starting model"  # one choice away
     assert train.start() == "starting-model" and train.architecture() == PRESETS["small"]
     train.set_custom_architecture(PRESETS["small"].with_(width=8))
     assert train.start() == "scratch"

@@ -22,9 +22,9 @@ def test_weight_map_layer(viewer, cells, qtbot):
     labels.data[2, :10, :10] = IGNORE_LABEL
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.labels_combo.set_layer(labels)
-    widget.w0.setValue(8.0)
-    widget.sigma.setValue(4.0)
+    widget.labels_combo.value = labels
+    widget.w0.value = 8.0
+    widget.sigma.value = 4.0
     widget.compute("all annotated planes")
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
     layer = viewer.layers["cells annotations weight map"]
@@ -47,8 +47,8 @@ def test_weight_map_layer(viewer, cells, qtbot):
 
     # "current plane" with the Falk variant only touches the plane on screen
     viewer.dims.set_point(0, image.data_to_world((0, 0, 0))[0])
-    widget.variant.setCurrentText("falk")
-    assert not widget.w0.isVisible() and widget.lam.isVisible()
+    widget.variant.value = "falk"
+    assert not widget.w0.visible and widget.lam.visible
     widget.compute("current plane")
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
     falk = weight_map(labels.data[0].astype(np.int64), WeightMapConfig(variant="falk"))
@@ -61,7 +61,36 @@ def test_weight_map_errors_are_notifications(viewer, cells, notifications):
     annotate = AnnotateWidget(viewer)
     annotate.new_annotation_layer()
     widget = WeightMapWidget(viewer)
-    widget.scope.setCurrentText("all annotated planes")
+    widget.scope.value = "all annotated planes"
     widget.compute_button.click()
     assert any("no annotated plane" in message for _, message in notifications)
     assert widget.worker is None
+
+
+def test_settings_persist_and_reset(viewer):
+    """A new widget shows the last settings (kept in the settings dir); Reset puts back the
+    dataclass defaults."""
+    from napari_unet._widgets.segment import SegmentWidget
+    from napari_unet._widgets.train import TrainWidget
+    from napari_unet.training.trainer import TrainConfig
+
+    weights = WeightMapWidget(viewer)
+    weights.variant.value, weights.w0.value = "falk", 7.0
+    train = TrainWidget(viewer)
+    train.steps.value, train.lr.value, train.tile.value = 123, 0.002, 96
+    segment = SegmentWidget(viewer)
+    segment.tta.value, segment.min_size.value = True, 40
+
+    weights, train, segment = WeightMapWidget(viewer), TrainWidget(viewer), SegmentWidget(viewer)
+    assert weights.config() == WeightMapConfig(variant="falk", w0=7.0)
+    config = train.train_config()
+    assert (config.steps, config.lr, config.tile) == (123, 0.002, 96)
+    assert segment.tta.value and segment.min_size.value == 40
+
+    for widget in (weights, train, segment):
+        widget.settings.button.native.click()
+    assert weights.config() == WeightMapConfig()
+    assert train.train_config() == TrainConfig(device=train.device.value)
+    assert not segment.tta.value and segment.min_size.value == -1  # auto
+    again = TrainWidget(viewer)
+    assert again.train_config() == TrainConfig(device=again.device.value)

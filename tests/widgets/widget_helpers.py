@@ -45,10 +45,10 @@ def train_tiny_model(cells, steps: int):
 def configure_tiny(train_widget, steps: int = 40) -> None:
     """Settings of the tiny, fast run used by the tests."""
     train_widget.set_custom_architecture(TINY)
-    train_widget.tile.setValue(TINY_TILE)
-    train_widget.steps.setValue(steps)
-    train_widget.lr.setValue(0.003)
-    train_widget.batch_size.setValue(4)
+    train_widget.tile.value = TINY_TILE
+    train_widget.steps.value = steps
+    train_widget.lr.value = 0.003
+    train_widget.batch_size.value = 4
 
 
 def wait_idle(qtbot, widget, timeout_s: float = 90.0) -> float:

@@ -1,4 +1,5 @@
-"""Helpers shared by the dock widgets: layer pickers, layer geometry, plane indices, messages."""
+"""Helpers shared by the dock widgets: layer geometry, plane indices, messages (the layer
+pickers and forms are magicgui: :mod:`napari_unet._widgets._forms`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_unet.errors import NapariUnetError
 from napari_unet.io.plane_lists import parse_plane_list
@@ -56,102 +57,6 @@ def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
     slot.__name__ = getattr(func, "__name__", "slot")
     slot.__doc__ = func.__doc__
     return slot
-
-
-# ----------------------------------------------------------------------------- layer picker
-class LayerCombo(QComboBox):
-    """A combo box listing the viewer's layers of one type, kept up to date by name."""
-
-    def __init__(
-        self,
-        viewer,
-        kind: type[Layer],
-        parent: QWidget | None = None,
-        accept: Callable[[Layer], bool] | None = None,
-        prefer: Callable[[Layer], bool] | None = None,
-    ) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._kind = kind
-        self._accept = accept
-        self._prefer = prefer
-        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        events = viewer.layers.events
-        for emitter in (events.inserted, events.removed, events.moved):
-            emitter.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
-        self.refresh()
-
-    def _on_layers_changed(self, event=None) -> None:
-        try:
-            self.count()
-        except RuntimeError:  # the Qt object is gone: stop listening
-            events = self._viewer.layers.events
-            for emitter in (events.inserted, events.removed, events.moved):
-                emitter.disconnect(self._on_layers_changed)
-            return
-        if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
-        self.refresh()
-
-    def candidates(self) -> list[Layer]:
-        """The layers that may be chosen (preferred ones first, else in layer-list order)."""
-        layers = [
-            layer
-            for layer in self._viewer.layers
-            if isinstance(layer, self._kind) and (self._accept is None or self._accept(layer))
-        ]
-        if self._prefer is not None:
-            layers.sort(key=lambda layer: not self._prefer(layer))
-        return layers
-
-    def refresh(self) -> None:
-        """Re-list the layers, keeping the current choice when it still exists."""
-        current = self.currentText()
-        names = [layer.name for layer in self.candidates()]
-        if names == [self.itemText(i) for i in range(self.count())]:
-            return
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        preferred = [
-            layer.name
-            for layer in self.candidates()
-            if self._prefer is not None and self._prefer(layer)
-        ]
-        if preferred and self.currentText() not in preferred:
-            self.setCurrentText(preferred[0])  # e.g. a new annotation layer
-        if self.currentIndex() < 0 and names:  # with a placeholder text Qt selects nothing
-            self.setCurrentIndex(0)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentTextChanged.emit(self.currentText())
-
-    def layer(self) -> Layer | None:
-        """The chosen layer, or None."""
-        name = self.currentText()
-        return self._viewer.layers[name] if name and name in self._viewer.layers else None
-
-    def set_layer(self, layer: Layer | str) -> None:
-        """Choose a layer (object or name)."""
-        self.refresh()
-        name = layer if isinstance(layer, str) else layer.name
-        index = self.findText(name)
-        if index < 0:
-            raise ValueError(f"{name!r} is not a layer this picker offers")
-        self.setCurrentIndex(index)
-
-
-def form(widget: QWidget, rows: Iterable[tuple[str, QWidget]]) -> QFormLayout:
-    """A form layout with labelled rows."""
-    layout = QFormLayout()
-    for label, field in rows:
-        layout.addRow(label, field)
-    return layout
 
 
 def set_tooltips(tips: dict[QWidget, str]) -> None:

@@ -154,7 +154,7 @@ class AnnotateNext:
         self.use_plane_button.clicked.connect(guarded(lambda: self.use_plane_as_annotation()))
         self.rank_button.clicked.connect(lambda: self.rank_planes())
         self.next_list.itemClicked.connect(self._on_next_clicked)
-        self.image_combo.currentTextChanged.connect(self._update_rank_state)
+        self.image_combo.changed.connect(self._update_rank_state)
         _session.changed.connect(self._on_session_changed)
 
     def _stop_next(self) -> None:
@@ -170,12 +170,12 @@ class AnnotateNext:
     # ------------------------------------------------------------------ annotate next
     def _rankable(self, image: Image | None = None) -> bool:
         """Whether ``image`` (default: the chosen one) has more than one plane to rank."""
-        image = image or self.image_combo.layer()
+        image = image or self.image_combo.value
         return image is not None and int(np.prod(spatial_shape(image)[:-2])) > 1
 
     def _update_rank_state(self, *_args) -> None:
         """Grey out ranking for a single plane (or while the worker runs); set the hint."""
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         single = image is not None and not self._rankable(image)
         self.rank_after.setEnabled(not single)
         self.next_list.setEnabled(not single)
@@ -200,7 +200,7 @@ class AnnotateNext:
         """Check the chosen image and start ranking its planes not annotated yet."""
         if self.worker is not None:
             raise InputError("wait until the segmentation ends (or Cancel it)")
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         if image is None:
             raise InputError("choose an image layer to rank")
         if not self._rankable(image):
@@ -212,7 +212,7 @@ class AnnotateNext:
         lead = spatial_shape(image)[:-2]
         if all(index in exclude for index in np.ndindex(*lead)):
             raise InputError(f"every plane of '{image.name}' is annotated: nothing left to rank")
-        device = self.device.currentText()
+        device = self.device.value
         args = (
             source,
             device,
@@ -285,7 +285,7 @@ class AnnotateNext:
 
         Among several, the selected one, else the top one in the layer list.
         """
-        image = image or self.image_combo.layer()
+        image = image or self.image_combo.value
         if image is None:
             return None
         mine = [
@@ -309,7 +309,7 @@ class AnnotateNext:
         layer's metadata. Without an annotation layer one is created (instances). Returns the
         plane index.
         """
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         if image is None:
             raise InputError("choose the image whose segmentation you corrected")
         result = self.result_layer(image)

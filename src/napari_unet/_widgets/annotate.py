@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import napari
 import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, LineEdit
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -24,10 +22,8 @@ from napari_unet._widgets._common import (
     META_IMAGE,
     META_MODE,
     META_PLANES,
-    LayerCombo,
     channel_axis,
     current_plane,
-    form,
     go_to_plane,
     guarded,
     hint,
@@ -39,13 +35,14 @@ from napari_unet._widgets._common import (
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets._forms import Remembered, field_widget, layer_picker
 from napari_unet._widgets._schema import (
     background_value,
     object_value,
     schema_colormap,
     schema_html,
 )
-from napari_unet.annotation.schema import IGNORE_LABEL, MODES, annotated_planes
+from napari_unet.annotation.schema import IGNORE_LABEL, MODES, AnnotationConfig, annotated_planes
 from napari_unet.errors import AnnotationError, InputError
 
 
@@ -94,15 +91,43 @@ class AnnotateWidget(DockWidget):
         self._timer = QTimer(self, singleShot=True, interval=200)
         self._timer.timeout.connect(self.refresh_planes)
 
-        self.image_combo = LayerCombo(viewer, Image, self)
-        self.channel_combo = QComboBox(self)
-        self.mode_combo = QComboBox(self)
-        self.mode_combo.addItems(MODES)
-        self.schema_label = QLabel(self)
-        self.schema_label.setWordWrap(True)
-        self.schema_label.setTextFormat(Qt.RichText)
+        self.image_combo = layer_picker(
+            viewer,
+            Image,
+            "image",
+            "the image to annotate; the annotation layer gets its shape (without the channel "
+            "axis), scale and translation",
+        )
+        self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
+        self.channel_combo.tooltip = (
+            "the image axis that holds channels (none for a plain stack); the other leading "
+            "axes are planes (z or time)"
+        )
+        self.mode_combo = field_widget(AnnotationConfig, "mode")
+        self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
+        self.schema_label = Label(tooltip="which value means what in this schema")
+        self.schema_label.native.setWordWrap(True)
+        self.schema_label.native.setTextFormat(Qt.RichText)
+        self.labels_combo = layer_picker(
+            viewer,
+            Labels,
+            "annotations",
+            "the annotation layer to paint and to train on",
+            accept=is_annotation_layer,
+        )
+        self.source_combo = layer_picker(
+            viewer,
+            Labels,
+            "labels",
+            "a labels layer to copy from, e.g. ground truth opened from file",
+            prefer=lambda layer: not is_annotation_layer(layer),
+        )
+        self.import_planes = LineEdit(label="planes")
+        self.import_planes.tooltip = (
+            "planes to copy (e.g. 0, 2, 5-7); empty: every plane that holds labels"
+        )
+        self.import_planes.native.setPlaceholderText("all planes with labels, or e.g. 0, 2")
         self.new_button = QPushButton("New annotation layer", self)
-        self.labels_combo = LayerCombo(viewer, Labels, self, accept=is_annotation_layer)
         self.background_button = QPushButton("Background", self)
         self.object_button = QPushButton("Object", self)
         self.ignore_button = QPushButton("Use ignore label", self)
@@ -110,18 +135,13 @@ class AnnotateWidget(DockWidget):
         self.plane_list.setMaximumHeight(120)
         self.mark_button = QPushButton("Mark current plane as annotated (empty)", self)
         self.unmark_button = QPushButton("Unmark", self)
-        self.source_combo = LayerCombo(
-            viewer, Labels, self, prefer=lambda layer: not is_annotation_layer(layer)
-        )
-        self.import_planes = QLineEdit(self)
-        self.import_planes.setPlaceholderText("all planes with labels, or e.g. 0, 2")
         self.import_button = QPushButton("Import labels layer as annotations", self)
         self._set_tooltips()
         self._layout()
 
-        self.image_combo.currentTextChanged.connect(self._on_image_changed)
-        self.mode_combo.currentTextChanged.connect(self._on_mode_changed)
-        self.labels_combo.currentTextChanged.connect(self._on_labels_changed)
+        self.image_combo.changed.connect(self._on_image_changed)
+        self.mode_combo.changed.connect(self._on_mode_changed)
+        self.labels_combo.changed.connect(self._on_labels_changed)
         self.new_button.clicked.connect(guarded(lambda: self.new_annotation_layer()))
         self.background_button.clicked.connect(guarded(lambda: self.use_brush("background")))
         self.object_button.clicked.connect(guarded(lambda: self.use_brush("object")))
@@ -135,17 +155,8 @@ class AnnotateWidget(DockWidget):
 
     def _set_tooltips(self) -> None:
         tips = {
-            self.image_combo: "the image to annotate; the annotation layer gets its shape "
-            "(without the channel axis), scale and translation",
-            self.channel_combo: "the image axis that holds channels (none for a plain stack); "
-            "the other leading axes are planes (z or time)",
-            self.mode_combo: "how label values are read: instances (one id per object, the "
-            "paper's setting), scribbles (1 = background stroke, 2+ = object strokes, the rest "
-            "ignored) or classes (one value per class)",
-            self.schema_label: "which value means what in this schema",
             self.new_button: "add an empty annotation layer for the image, with the schema's "
             "colours",
-            self.labels_combo: "the annotation layer to paint and to train on",
             self.background_button: "paint background (instances/classes: the eraser, value 0; "
             "scribbles: value 1)",
             self.object_button: "paint an object: instances get a new id on this plane, so "
@@ -156,9 +167,6 @@ class AnnotateWidget(DockWidget):
             self.mark_button: "count the plane on screen as annotated even with nothing "
             "painted: all of it is background (a plane without objects)",
             self.unmark_button: "stop counting the plane on screen as an empty annotated plane",
-            self.source_combo: "a labels layer to copy from, e.g. ground truth opened from file",
-            self.import_planes: "planes to copy (e.g. 0, 2, 5-7); empty: every plane that "
-            "holds labels",
             self.import_button: "copy those planes into the annotation layer; they count as "
             "annotated",
         }
@@ -167,22 +175,16 @@ class AnnotateWidget(DockWidget):
     def _layout(self) -> None:
         layout = QVBoxLayout(self.body)
         create = QGroupBox("Annotation layer", self)
-        box = form(
-            create,
-            [
-                ("image", self.image_combo),
-                ("channel axis", self.channel_combo),
-                ("schema", self.mode_combo),
-            ],
-        )
-        box.addRow(self.schema_label)
-        box.addRow(self.new_button)
-        box.addRow("annotations", self.labels_combo)
+        box = QVBoxLayout(create)
+        fields = (self.image_combo, self.channel_combo, self.mode_combo)
+        box.addWidget(Container(widgets=[*fields, self.schema_label]).native)
+        box.addWidget(self.new_button)
+        box.addWidget(Container(widgets=[self.labels_combo]).native)
         brushes = QHBoxLayout()
         for button in (self.background_button, self.object_button, self.ignore_button):
             brushes.addWidget(button)
-        box.addRow("brush", brushes)
-        create.setLayout(box)
+        box.addLayout(brushes)
+        box.addWidget(self.settings.button.native)
         planes = QGroupBox("Annotated planes (click to go there)", self)
         inner = QVBoxLayout(planes)
         inner.addWidget(self.plane_list)
@@ -191,15 +193,15 @@ class AnnotateWidget(DockWidget):
         row.addWidget(self.unmark_button)
         inner.addLayout(row)
         imports = QGroupBox("Import (e.g. ground truth)", self)
-        imp = form(imports, [("labels", self.source_combo), ("planes", self.import_planes)])
-        imp.addRow(self.import_button)
-        imp.addRow(
+        imp = QVBoxLayout(imports)
+        imp.addWidget(Container(widgets=[self.source_combo, self.import_planes]).native)
+        imp.addWidget(self.import_button)
+        imp.addWidget(
             hint(
                 "Copies the labels of those planes into the annotation layer "
                 "(scribbles: background becomes 1, objects 2)."
             )
         )
-        imports.setLayout(imp)
         for group in (create, planes, imports):
             layout.addWidget(group)
         layout.addStretch(1)
@@ -207,38 +209,39 @@ class AnnotateWidget(DockWidget):
     # ------------------------------------------------------------------ layers
     def annotation_layer(self) -> Labels | None:
         """The annotation layer chosen in the widget."""
-        return self.labels_combo.layer()
+        return self.labels_combo.value
 
     def _on_image_changed(self, *_args) -> None:
-        image = self.image_combo.layer()
-        self.channel_combo.clear()
+        image = self.image_combo.value
         if image is None:
+            self.channel_combo.choices = [("none", -1)]
             return
         data = layer_data(image)
         if getattr(image, "rgb", False):
-            self.channel_combo.addItem("RGB (last axis)", data.ndim - 1)
-        else:
-            self.channel_combo.addItem("none", None)
-            for axis in range(max(data.ndim - 2, 0)):
-                self.channel_combo.addItem(f"axis {axis} ({data.shape[axis]})", axis)
-            recorded = image.metadata.get(META_CHANNEL_AXIS)
-            self.channel_combo.setCurrentIndex(0 if recorded is None else recorded + 1)
+            self.channel_combo.choices = [("RGB (last axis)", data.ndim - 1)]
+            return
+        axes = [(f"axis {a} ({data.shape[a]})", a) for a in range(max(data.ndim - 2, 0))]
+        self.channel_combo.native.clear()
+        self.channel_combo.choices = [("none", -1), *axes]
+        recorded = image.metadata.get(META_CHANNEL_AXIS)
+        self.channel_combo.value = -1 if recorded is None else recorded
 
     def new_annotation_layer(self, image: Image | None = None, mode: str | None = None) -> Labels:
         """Add an empty annotation layer matching ``image`` (default: the chosen image)."""
-        image = image or self.image_combo.layer()
+        image = image or self.image_combo.value
         if image is None:
             raise InputError("open an image first (File > Open, or File > Open Sample)")
-        mode = mode or self.mode_combo.currentText()
-        axis = None if image.rgb else self.channel_combo.currentData()
-        if image is self.image_combo.layer() and not image.rgb:
+        mode = mode or self.mode_combo.value
+        axis = None if image.rgb else self.channel_combo.value
+        axis = None if axis == -1 else axis
+        if image is self.image_combo.value and not image.rgb:
             image.metadata[META_CHANNEL_AXIS] = axis
         layer = add_annotation_layer(self.viewer, image, mode, axis)
-        self.labels_combo.set_layer(layer)
+        self.labels_combo.value = layer
         return layer
 
     def _on_mode_changed(self, mode: str) -> None:
-        self.schema_label.setText(schema_html(mode))
+        self.schema_label.value = schema_html(mode)
         layer = self.annotation_layer()
         if layer is not None and layer_mode(layer) != mode:
             layer.metadata[META_MODE] = mode
@@ -252,10 +255,10 @@ class AnnotateWidget(DockWidget):
         if layer is not None:
             layer.events.paint.connect(self._schedule_refresh)
             layer.events.data.connect(self._schedule_refresh)
-            self.mode_combo.setCurrentText(layer_mode(layer))
+            self.mode_combo.value = layer_mode(layer)
             if layer.metadata.get(META_IMAGE) in self.viewer.layers:
-                self.image_combo.set_layer(layer.metadata[META_IMAGE])
-        self.schema_label.setText(schema_html(self.mode_combo.currentText()))
+                self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+        self.schema_label.value = schema_html(self.mode_combo.value)
         self.refresh_planes()
 
     def _schedule_refresh(self, *_args) -> None:
@@ -329,12 +332,12 @@ class AnnotateWidget(DockWidget):
 
     # ------------------------------------------------------------------ import
     def _on_import_clicked(self) -> None:
-        source = self.source_combo.layer()
+        source = self.source_combo.value
         if source is None:
             raise InputError("choose a labels layer to import")
         layer = self.annotation_layer()
         n_lead = (layer.ndim if layer is not None else source.ndim) - 2
-        self.import_labels(source, parse_planes(self.import_planes.text(), n_lead) or None)
+        self.import_labels(source, parse_planes(self.import_planes.value, n_lead) or None)
 
     def import_labels(
         self, source: Labels, planes: list | None = None, target: Labels | None = None

@@ -16,30 +16,17 @@ from functools import partial
 
 import napari
 import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
     META_INSTANCES,
-    LayerCombo,
     channel_axis,
     error_message,
-    form,
     hint,
     layer_data,
     log,
@@ -48,6 +35,13 @@ from napari_unet._widgets._common import (
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets._forms import (
+    Remembered,
+    config_form,
+    defaults_of,
+    field_widget,
+    layer_picker,
+)
 
 # MAX_OBJECTS, NOTHING_TO_RANK, plane_as_annotation: re-exported
 from napari_unet._widgets._next import (
@@ -62,6 +56,7 @@ from napari_unet.devices import available_devices
 from napari_unet.errors import InputError
 from napari_unet.inference.batch import SegmentConfig, plane_layout
 from napari_unet.inference.job import ModelSource, segment_current, segment_whole
+from napari_unet.inference.postprocess import PostprocessConfig
 from napari_unet.inference.predictor import PredictConfig
 from napari_unet.threads import gui_cpu_threads
 
@@ -70,6 +65,13 @@ SOURCES = ("model just trained", "model file...")
 SCOPES = ("current plane", "whole stack")
 _KINDS = {"labels": Labels, "image": Image}
 AUTO_MIN_SIZE = "auto (from the annotations)"
+SOURCE_TIP = (
+    "the network: the one trained last in 3 Train (this session) or a model file (.safetensors)"
+)
+SCOPE_TIP = (
+    "current plane: the plane on screen (seconds); whole stack: every plane, read one at a "
+    "time, with progress and Cancel"
+)
 
 
 class _Progress(QObject):
@@ -117,66 +119,73 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self._ended.set()
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
-        self.source = QComboBox(self)
-        self.source.addItems(SOURCES)
-        self.model_path = QLineEdit(self)
-        self.model_path.setPlaceholderText("model file (.safetensors)")
-        browse = QPushButton("...", self)
-        browse.clicked.connect(self._browse)
-        self.model_info = QLabel("", self)
-        self.model_info.setWordWrap(True)
-        self.image_combo = LayerCombo(viewer, Image, self)
-        self.scope = QComboBox(self)
-        self.scope.addItems(SCOPES)
-        self.device = QComboBox(self)
-        self.device.addItems(available_devices())
-        self.tta = QCheckBox("average 8 flips/rotations (slower)", self)
-        self.instances = QCheckBox("number the objects", self)
-        self.instances.setChecked(True)
-        self.watershed = QCheckBox("split touching objects (watershed)", self)
-        self.seed_distance = QSpinBox(self, minimum=1, maximum=1000, value=5, suffix=" px")
-        self.seed_distance.setToolTip(
-            "smallest distance between two watershed seeds: about the radius of the smallest object"
+        self.source = ComboBox(label="model", choices=SOURCES, tooltip=SOURCE_TIP)
+        self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.model_path.tooltip = (
+            "the model file to segment with (.safetensors, loaded without running code)"
         )
-        self.min_size = QSpinBox(self, minimum=-1, maximum=1_000_000, value=-1, suffix=" px")
-        self.min_size.setSpecialValueText(AUTO_MIN_SIZE)
-        self.probability = QCheckBox("foreground probability layer", self)
-        self.uncertainty = QCheckBox("uncertainty layer (8 passes)", self)
+        self.model_info = Label(label="", tooltip="which model will be used")
+        self.model_info.native.setWordWrap(True)
+        self.image_combo = layer_picker(
+            viewer,
+            Image,
+            "image",
+            "the image layer to segment (numpy or dask, any number of planes)",
+        )
+        self.scope = ComboBox(label="planes", choices=SCOPES, tooltip=SCOPE_TIP)
+        devices = available_devices()  # the first is the default
+        device = {"choices": devices, "value": devices[0]}
+        self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
+        self.instances = field_widget(SegmentConfig, "instances")
+        post = ("watershed", "watershed_min_distance")
+        self.watershed, self.seed_distance = config_form(PostprocessConfig, post)
+        auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
+        self.min_size = field_widget(PostprocessConfig, "min_size", **auto)
+        self.probability = CheckBox(label="extra layers: foreground probability", value=False)
+        self.probability.tooltip = (
+            "also add the foreground probability (0..1) of the current plane as an image layer"
+        )
+        self.uncertainty = CheckBox(label="uncertainty layer (8 passes)", value=False)
+        self.uncertainty.tooltip = (
+            "also add the uncertainty of the current plane (the disagreement of its 8 "
+            "flipped/rotated predictions: where the model is unsure) as an image layer"
+        )
+        fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
+        defaults = {
+            **defaults_of(PredictConfig, ["tta"]),
+            **defaults_of(SegmentConfig, ["instances"]),
+            **defaults_of(PostprocessConfig, post),
+            "device": devices[0],
+            "min_size": -1,
+        }
+        self.settings = Remembered("segment", [*fields, self.min_size], defaults)
+        self.form = Container(
+            widgets=[
+                self.source,
+                self.model_path,
+                self.model_info,
+                self.image_combo,
+                self.scope,
+                *fields,
+                self.min_size,
+                self.probability,
+                self.uncertainty,
+            ]
+        )
         self.run_button = QPushButton("Segment", self)
         self.cancel_button = QPushButton("Cancel", self)
         self.progress = QProgressBar(self)
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
         self._build_next()  # resegment, use_plane_button, rank_after, rank_button, next_list
-        QWidget.setTabOrder(self.uncertainty, self.resegment)  # Tab: in the order shown
-        self.browse_button = browse
         self._set_tooltips()
-        path_row = QHBoxLayout()
-        path_row.addWidget(self.model_path)
-        path_row.addWidget(browse)
-        self._path_row = path_row
-        rows = self._rows = form(self.body, [("model", self.source)])
-        rows.addRow("model file", path_row)
-        for label, field in (
-            ("", self.model_info),
-            ("image", self.image_combo),
-            ("planes", self.scope),
-            ("device", self.device),
-            ("TTA", self.tta),
-            ("instances", self.instances),
-            ("", self.watershed),
-            ("seed distance", self.seed_distance),
-            ("min size (px)", self.min_size),
-            ("extra layers", self.probability),
-            ("", self.uncertainty),
-            ("new model", self.resegment),
-        ):
-            rows.addRow(label, field)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self.body)
-        layout.addLayout(rows)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.resegment)
+        layout.addWidget(self.settings.button.native)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -192,42 +201,17 @@ class SegmentWidget(AnnotateNext, DockWidget):
         layout.addStretch(1)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
-        self.source.currentTextChanged.connect(self._update_info)
-        self.model_path.editingFinished.connect(self._update_info)
-        self.scope.currentTextChanged.connect(self._on_scope)
+        self.source.changed.connect(self._update_info)
+        self.model_path.changed.connect(self._on_model_path)
+        self.scope.changed.connect(self._on_scope)
         _session.changed.connect(self._update_info)
         self._connect_next()
         self._update_info()
-        self._on_scope(self.scope.currentText())
+        self._on_scope(self.scope.value)
         self._set_running(False)
 
     def _set_tooltips(self) -> None:
         tips = {
-            self.source: "the network: the one trained last in 3 Train (this session) or a "
-            "model file (.safetensors)",
-            self.model_path: "the model file to segment with (.safetensors, loaded without "
-            "running code)",
-            self.browse_button: "choose a model file",
-            self.model_info: "which model will be used",
-            self.image_combo: "the image layer to segment (numpy or dask, any number of planes)",
-            self.scope: "current plane: the plane on screen (seconds); whole stack: every "
-            "plane, read one at a time, with progress and Cancel",
-            self.device: "where to predict: auto picks CUDA, then Apple MPS, then the CPU",
-            self.tta: "test-time augmentation: average the predictions of the 8 flips and "
-            "90-degree rotations (8x slower, a little smoother)",
-            self.instances: "on: number the objects 1, 2, 3, ... (unique over the stack); "
-            "off: the predicted class of each pixel",
-            self.watershed: "also split touching objects at the peaks of the distance "
-            "transform (objects are already split at the network's confident cores)",
-            self.seed_distance: "smallest distance between two watershed seeds: about the "
-            "radius of the smallest object",
-            self.min_size: "objects smaller than this many pixels are removed; auto: a quarter "
-            "of the smallest object annotated for training (recorded in the model file), the "
-            "same rule as the command line; 0 keeps every object, specks included",
-            self.probability: "also add the foreground probability (0..1) of the current plane "
-            "as an image layer",
-            self.uncertainty: "also add the uncertainty of the current plane (the disagreement "
-            "of its 8 flipped/rotated predictions: where the model is unsure) as an image layer",
             self.run_button: "segment; results become layers '<image> segmentation' "
             "(and probability / uncertainty) aligned with the image",
             self.cancel_button: "stop after the current tile (or plane, when ranking); no layer "
@@ -245,54 +229,53 @@ class SegmentWidget(AnnotateNext, DockWidget):
         super().stop_workers()
 
     # ------------------------------------------------------------------ choices
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Model file", "", "napari-unet models (*.safetensors)"
-        )
-        if path:
-            self.model_path.setText(path)
-            self.source.setCurrentText(SOURCES[1])
-            self._update_info()
+    def _on_model_path(self, *_args) -> None:
+        """A model file chosen (typed or browsed): use it."""
+        if self.model_file():
+            self.source.value = SOURCES[1]
+        self._update_info()
+
+    def model_file(self) -> str:
+        """The model file typed or chosen ("" when none)."""
+        return self.model_path.line_edit.value.strip()
 
     def _update_info(self, *_args) -> None:
         try:
-            self.model_info.text()
+            self.model_info.native.text()
         except RuntimeError:  # widget deleted; the session signal outlived it
             _session.changed.disconnect(self._update_info)
             return
         from_file = not self._uses_trained_model()
-        path_label = self._rows.labelForField(self._path_row)
-        for widget in (self.model_path, self.browse_button, path_label):
-            widget.setVisible(from_file)
+        self.model_path.visible = from_file
         metadata = None
         if not from_file:
             entry = _session.trained()
             metadata = entry.metadata if entry else None
-            self.model_info.setText(
+            self.model_info.value = (
                 entry.description
                 if entry
                 else "no model trained yet in this session (use 3 Train, or choose a model file)"
             )
         else:
-            path = self.model_path.text().strip()
-            self.model_info.setText(path or "choose a model file")
+            path = self.model_file()
+            self.model_info.value = path or "choose a model file"
             try:
                 metadata = ModelSource(path=path).read_metadata() if path else None
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
         min_size = postprocess_config(getattr(metadata, "postprocess", None) or {}).min_size
-        self.min_size.setSpecialValueText(
+        self.min_size.native.setSpecialValueText(
             f"auto: {min_size} px (from the annotations)" if metadata else AUTO_MIN_SIZE
         )
 
     def _on_scope(self, scope: str) -> None:
         plane = scope == SCOPES[0]
-        self.probability.setEnabled(plane)
-        self.uncertainty.setEnabled(plane)
+        self.probability.enabled = plane
+        self.uncertainty.enabled = plane
 
     def _uses_trained_model(self) -> bool:
         """Whether the model chosen is the session's model just trained (not a model file)."""
-        return self.source.currentText() == SOURCES[0]
+        return self.source.value == SOURCES[0]
 
     def model_source(self) -> ModelSource:
         """The chosen model (not yet loaded)."""
@@ -304,7 +287,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
                     "or choose a model file"
                 )
             return ModelSource(model=entry.model, metadata=entry.metadata)
-        path = self.model_path.text().strip()
+        path = self.model_file()
         if not path:
             raise InputError("choose a model file")
         return ModelSource(path=path)
@@ -315,20 +298,20 @@ class SegmentWidget(AnnotateNext, DockWidget):
         "auto" settings come from ``metadata`` (the model's recommendation); without it they are
         resolved by the segmentation itself (:func:`napari_unet.inference.batch.postprocess_for`).
         """
-        min_size = self.min_size.value()
+        min_size = self.min_size.value
         post = None
-        if min_size >= 0 or self.watershed.isChecked():
+        if min_size >= 0 or self.watershed.value:
             recommended = postprocess_config(getattr(metadata, "postprocess", None) or {})
             post = replace(
                 recommended,
-                watershed=self.watershed.isChecked(),
-                watershed_min_distance=self.seed_distance.value(),
+                watershed=self.watershed.value,
+                watershed_min_distance=self.seed_distance.value,
                 **({"min_size": min_size} if min_size >= 0 else {}),
             )
         return SegmentConfig(
-            predict=PredictConfig(tta=self.tta.isChecked(), device=self.device.currentText()),
+            predict=PredictConfig(tta=self.tta.value, device=self.device.value),
             postprocess=post,
-            instances=self.instances.isChecked(),
+            instances=self.instances.value,
         )
 
     def _config_for(self, image: Image, source: ModelSource) -> SegmentConfig:
@@ -349,7 +332,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         ``image``: the image layer to segment (default: the one chosen in the widget).
         """
         return self._guarded_start(
-            lambda: self._start(scope or self.scope.currentText(), image), quiet=False
+            lambda: self._start(scope or self.scope.value, image), quiet=False
         )
 
     def _guarded_start(self, start, quiet: bool):
@@ -369,12 +352,12 @@ class SegmentWidget(AnnotateNext, DockWidget):
     def _start(self, scope: str, image: Image | None = None, after_training: bool = False):
         if self.worker is not None:
             raise InputError("a segmentation is already running")
-        image = image or self.image_combo.layer()
+        image = image or self.image_combo.value
         if image is None:
             raise InputError("choose an image layer to segment")
         source = self.model_source()
         config = self._config_for(image, source)
-        device = self.device.currentText()
+        device = self.device.value
         data, axis = layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
         if scope == SCOPES[0]:
@@ -386,8 +369,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 index,
                 axis,
                 config,
-                self.probability.isChecked(),
-                self.uncertainty.isChecked(),
+                self.probability.value,
+                self.uncertainty.value,
             )
             return self._launch(segment_current, args, device, image, job, counted=False)
         args = (source, device, data, config, self._progress.changed.emit)
@@ -465,7 +448,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
             self.status.setText("cancelled; no layer was changed")
         elif kind == "stack":
             layer = self._put(image, "segmentation", result[1], "labels")
-            layer.metadata[META_INSTANCES] = self.instances.isChecked()
+            layer.metadata[META_INSTANCES] = self.instances.value
             self.status.setText(
                 f"done: {int(np.asarray(result[1]).shape[0])} planes in {took:.1f} s"
             )
@@ -473,7 +456,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         else:
             _, index, labels, prob, unc = result
             layer = self._put_plane(image, "segmentation", index, labels, "labels", np.uint32)
-            layer.metadata[META_INSTANCES] = self.instances.isChecked()
+            layer.metadata[META_INSTANCES] = self.instances.value
             if prob is not None:
                 self._put_plane(image, "probability", index, prob, "image", np.float32)
             if unc is not None:

@@ -88,7 +88,7 @@ class TrainWidget(TrainForm):
         self._set_running(False)
 
     def _layers(self) -> tuple[Image, Labels]:
-        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             raise InputError("choose an image and its annotation layer (see 1 Annotate)")
         if spatial_shape(image) != tuple(labels.data.shape):
@@ -102,7 +102,7 @@ class TrainWidget(TrainForm):
         """Schema and weight-map settings recorded on the annotation layer."""
         weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
         return AnnotationConfig(
-            mode=layer_mode(labels), weight_map=weights, partial=self.partial.isChecked()
+            mode=layer_mode(labels), weight_map=weights, partial=self.partial.value
         )
 
     # ------------------------------------------------------------------ actions
@@ -130,9 +130,9 @@ class TrainWidget(TrainForm):
         user typed another). Returns the worker, or None when the run did not start (the reason
         is a notification and the status line, e.g. no model trained yet in this session).
         """
-        self.model_combo.setCurrentText(CONTINUE)
+        self.model_combo.value = CONTINUE
         if steps is not None:
-            self.steps.setValue(steps)
+            self.steps.value = steps
         return self.start_training()
 
     def stop_workers(self) -> None:
@@ -161,7 +161,7 @@ class TrainWidget(TrainForm):
         self.job = job
         if not resume:
             self.last_checkpoint = None  # Resume continues this run, never an older one
-        self.preview.layer(self.image_combo.layer(), self.labels_combo.layer())
+        self.preview.layer(self.image_combo.value, self.labels_combo.value)
         self._update_preview_request()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
@@ -179,7 +179,7 @@ class TrainWidget(TrainForm):
     def _new_job(self) -> TrainJob:
         image, labels = self._layers()
         n_lead = labels.ndim - 2
-        held = parse_planes(self.hold_out.text(), n_lead)
+        held = parse_planes(self.hold_out.value, n_lead)
         annotated = training_plane_list(labels)
         planes = [p for p in annotated if p not in held]
         if not annotated:
@@ -200,7 +200,7 @@ class TrainWidget(TrainForm):
             model_path = entry.model_file(self.checkpoint_dir)  # the parent, named in the file
             steps_before = entry.chain_steps
         elif self.architecture() is None:
-            model_path = self.model_path.text().strip()
+            model_path = self.model_file()
             if not model_path:
                 raise InputError("choose the model file to fine-tune")
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ class TrainWidget(TrainForm):
             image=layer_data(image),
             labels=labels.data,
             recipe=recipe,
-            preview_every_s=self.preview_every.value(),
+            preview_every_s=self.preview_every.value,
             cpu_threads=self.cpu_threads(),
             steps_before=steps_before,
         )
@@ -262,7 +262,7 @@ class TrainWidget(TrainForm):
             labels,
             plane,
             self.annotation_config(labels),
-            AugmentConfig(strength=self.augment.value()),
+            AugmentConfig(strength=self.augment.value),
             n,
         )
         self.viewer.reset_view()  # the samples lie right of the image: bring both into view
@@ -274,7 +274,7 @@ class TrainWidget(TrainForm):
 
     # ------------------------------------------------------------------ worker messages
     def _update_preview_request(self) -> None:
-        labels = self.labels_combo.layer()
+        labels = self.labels_combo.value
         if self.job is not None and labels is not None:
             self.job.preview_request = self.preview.request(labels)
 
@@ -290,7 +290,7 @@ class TrainWidget(TrainForm):
         if kind == "events":
             self._on_events(message[1])
         elif kind == "preview":
-            self.preview.show(self.image_combo.layer(), self.labels_combo.layer(), *message[1:])
+            self.preview.show(self.image_combo.value, self.labels_combo.value, *message[1:])
             self._update_preview_request()
         elif kind == "status":
             self.status.setText(message[1])
@@ -348,7 +348,7 @@ class TrainWidget(TrainForm):
 
     def _description(self, step: int, metadata) -> str:
         """How 4 Segment names the model just trained, e.g. "trained on 'cells', 2000 steps"."""
-        name = self.image_combo.currentText()
+        name = self.image_combo.current_choice
         before = self.job.steps_before
         if not before:
             return f"trained on {name!r}, {step} steps"

@@ -6,44 +6,36 @@ from dataclasses import asdict
 
 import napari
 import numpy as np
+from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet._widgets._common import (
     META_WEIGHTMAP,
-    LayerCombo,
     current_plane,
-    form,
     guarded,
     hint,
     is_annotation_layer,
     plane_names,
     report_error,
-    set_tooltips,
 )
 from napari_unet._widgets._dock import DockWidget
+from napari_unet._widgets._forms import (
+    Remembered,
+    config_form,
+    defaults_of,
+    layer_picker,
+    read_config,
+)
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
 from napari_unet.annotation.schema import AnnotationConfig, plane_targets
 from napari_unet.annotation.weightmap import WeightMapConfig
 from napari_unet.errors import AnnotationError
 
-
-def _spin(value: float, low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
-    spin = QDoubleSpinBox()
-    spin.setRange(low, high)
-    spin.setSingleStep(step)
-    spin.setDecimals(decimals)
-    spin.setValue(value)
-    return spin
+PAPER_FIELDS = ("w0", "sigma", "class_balance")
+FALK_FIELDS = ("v_bal", "sigma_bal", "lam", "sigma_sep")
+FIELDS = ("variant", *PAPER_FIELDS, *FALK_FIELDS)
 
 
 def _weights_job(labels, planes, config: AnnotationConfig):
@@ -64,43 +56,38 @@ class WeightMapWidget(DockWidget):
         self.worker = None
         self._planes: list[tuple[int, ...]] = []
         self._range = (np.inf, -np.inf)
-        defaults = WeightMapConfig()
-        self.labels_combo = LayerCombo(viewer, Labels, self, accept=is_annotation_layer)
-        self.labels_combo.setPlaceholderText("none: create one in 1 Annotate")
-        self.variant = QComboBox(self)
-        self.variant.addItems(["paper", "falk"])
-        self.w0 = _spin(defaults.w0, 0, 1000, 1)
-        self.sigma = _spin(defaults.sigma, 0.1, 100, 0.5)
-        self.class_balance = QCheckBox("inverse class frequency", self)
-        self.class_balance.setChecked(defaults.class_balance)
-        self.v_bal = _spin(defaults.v_bal, 0, 1, 0.05)
-        self.sigma_bal = _spin(defaults.sigma_bal, 0.1, 100, 0.5)
-        self.lam = _spin(defaults.lam, 0, 1000, 1)
-        self.sigma_sep = _spin(defaults.sigma_sep, 0.1, 100, 0.5)
-        self.scope = QComboBox(self)
-        self.scope.addItems(["current plane", "all annotated planes"])
+        self.labels_combo = layer_picker(
+            viewer,
+            Labels,
+            "annotations",
+            "the annotation layer (from 1 Annotate) whose loss weights to show; training uses "
+            "the settings chosen here for it",
+            accept=is_annotation_layer,
+            placeholder="none: create one in 1 Annotate",
+        )
+        self.form = config_form(WeightMapConfig, FIELDS)
+        self.scope = ComboBox(
+            name="scope",
+            label="planes",
+            choices=["current plane", "all annotated planes"],
+            tooltip="current plane: the plane on screen; all annotated planes: every plane "
+            "listed in 1 Annotate",
+        )
         self.compute_button = QPushButton("Compute weight map", self)
+        self.compute_button.setToolTip(
+            "compute the weights into the layer '<annotations> weight map' (drawn under the "
+            "annotations: cells keep their colours, the gaps glow)"
+        )
+        self.settings = Remembered("weightmap", self.form, defaults_of(WeightMapConfig, FIELDS))
+        self.form.insert(0, self.labels_combo)
+        self.form.extend([self.scope, self.settings.button])
+        for name in FIELDS:
+            setattr(self, name, self.form[name])
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
-        self._set_tooltips()
+        self.status.setToolTip("the planes computed and their weight range")
         layout = QVBoxLayout(self.body)
-        rows = form(
-            self.body,
-            [
-                ("annotations", self.labels_combo),
-                ("variant", self.variant),
-                ("w0", self.w0),
-                ("sigma (px)", self.sigma),
-                ("class balance", self.class_balance),
-                ("v_bal", self.v_bal),
-                ("sigma_bal (px)", self.sigma_bal),
-                ("lambda", self.lam),
-                ("sigma_sep (px)", self.sigma_sep),
-                ("planes", self.scope),
-            ],
-        )
-        self._rows = rows
-        layout.addLayout(rows)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.status)
         layout.addWidget(
@@ -112,71 +99,22 @@ class WeightMapWidget(DockWidget):
             )
         )
         layout.addStretch(1)
-        self.variant.currentTextChanged.connect(self._show_variant_rows)
+        self.variant.changed.connect(self._show_variant_rows)
         self.compute_button.clicked.connect(guarded(lambda: self.compute()))
-        self._show_variant_rows(self.variant.currentText())
-
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.labels_combo: "the annotation layer (from 1 Annotate) whose loss weights to "
-            "show; training uses the settings chosen here for it",
-            self.variant: "paper: Ronneberger et al. 2015, class balance + border term "
-            "w0 exp(-(d1+d2)^2/2 sigma^2); falk: Falk et al. 2019 (the Fiji plugin), a "
-            "smooth balance v_bal/sigma_bal and a separation term lambda/sigma_sep",
-            self.w0: "weight of the border term between touching objects (paper: 10)",
-            self.sigma: "width of the border term in pixels (paper: about 5 px)",
-            self.class_balance: "multiply by the inverse frequency of each class (w_c); off by "
-            "default: measured, it made objects too large on phase contrast",
-            self.v_bal: "falk: weight of background pixels relative to foreground (0.1)",
-            self.sigma_bal: "falk: pixels over which the background weight rises near objects "
-            "(10 px)",
-            self.lam: "falk: weight of the separation term between objects (50)",
-            self.sigma_sep: "falk: width of the separation term in pixels (6 px)",
-            self.scope: "current plane: the plane on screen; all annotated planes: every plane "
-            "listed in 1 Annotate",
-            self.compute_button: "compute the weights into the layer "
-            "'<annotations> weight map' (drawn under the annotations: cells keep their colours, "
-            "the gaps glow)",
-            self.status: "the planes computed and their weight range",
-        }
-        set_tooltips(tips)
+        self._show_variant_rows(self.variant.value)
 
     def _show_variant_rows(self, variant: str) -> None:
-        paper = variant == "paper"
-        for field, visible in (
-            (self.w0, paper),
-            (self.sigma, paper),
-            (self.class_balance, paper),
-            (self.v_bal, not paper),
-            (self.sigma_bal, not paper),
-            (self.lam, not paper),
-            (self.sigma_sep, not paper),
-        ):
-            if hasattr(self._rows, "setRowVisible"):  # Qt >= 6.4: no gap where rows hide
-                self._rows.setRowVisible(field, visible)
-            else:
-                field.setVisible(visible)
-                self._rows.labelForField(field).setVisible(visible)
+        for name in FIELDS[1:]:
+            self.form[name].visible = (name in PAPER_FIELDS) == (variant == "paper")
 
     def config(self) -> WeightMapConfig:
         """The weight-map settings shown in the widget."""
-        return WeightMapConfig(
-            variant=self.variant.currentText(),
-            w0=self.w0.value(),
-            sigma=self.sigma.value(),
-            class_balance=self.class_balance.isChecked(),
-            v_bal=self.v_bal.value(),
-            sigma_bal=self.sigma_bal.value(),
-            lam=self.lam.value(),
-            sigma_sep=self.sigma_sep.value(),
-        )
+        return read_config(self.form, WeightMapConfig)
 
     def set_config(self, config: WeightMapConfig) -> None:
         """Show ``config`` in the widget."""
-        self.variant.setCurrentText(config.variant)
-        for name in ("w0", "sigma", "v_bal", "sigma_bal", "lam", "sigma_sep"):
-            getattr(self, name).setValue(getattr(config, name))
-        self.class_balance.setChecked(config.class_balance)
+        for name in FIELDS:
+            self.form[name].value = getattr(config, name)
 
     def compute(self, scope: str | None = None, layer: Labels | None = None):
         """Start computing; ``scope`` is "current plane" or "all annotated planes".
@@ -185,10 +123,10 @@ class WeightMapWidget(DockWidget):
         """
         if self.worker is not None:
             return self.worker
-        layer = layer or self.labels_combo.layer()
+        layer = layer or self.labels_combo.value
         if layer is None:
             raise AnnotationError("choose an annotation layer (create one in 1 Annotate)")
-        scope = scope or self.scope.currentText()
+        scope = scope or self.scope.value
         config = self.config()
         layer.metadata[META_WEIGHTMAP] = asdict(config)
         annotated = training_plane_list(layer)

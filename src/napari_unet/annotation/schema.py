@@ -51,10 +51,27 @@ PAPER_CLASSES = ["background", "object"]
 class AnnotationConfig:
     """How annotation values are read and turned into targets and loss weights."""
 
-    mode: Mode = "instances"
+    mode: Mode = field(
+        default="instances",
+        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
+            "label": "schema",
+            "choices": list(MODES),
+            "tooltip": "how label values are read: instances (one id per object, the paper's "
+            "setting), scribbles (1 = background stroke, 2+ = object strokes, the rest ignored) "
+            "or classes (one value per class)",
+        },
+    )
     weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
     normalization: Normalization = field(default_factory=Normalization)
-    partial: bool = False
+    partial: bool = field(
+        default=False,
+        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
+            "label": "partial: only some objects are painted per plane",
+            "tooltip": "partial annotations: unpainted pixels count as background only within "
+            "one object diameter of a painted object, so unpainted cells are not taught as "
+            "background",
+        },
+    )
     """Instances mode: the planes are *partially* annotated (only some objects painted). Then
     unpainted pixels count as background only within one object diameter (the median of the
     plane's painted objects) of a painted object; farther pixels are ignored, so unpainted cells

@@ -42,7 +42,14 @@ class SegmentConfig:
 
     predict: PredictConfig = field(default_factory=PredictConfig)
     postprocess: PostprocessConfig | None = None
-    instances: bool = True
+    instances: bool = field(
+        default=True,
+        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
+            "label": "instances: number the objects",
+            "tooltip": "on: number the objects 1, 2, 3, ... (unique over the stack); off: the "
+            "predicted class of each pixel",
+        },
+    )
     channel_axis: int | None = None
 
 

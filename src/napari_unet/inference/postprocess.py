@@ -18,7 +18,7 @@ Then holes are optionally filled and specks below ``min_size`` removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -73,10 +73,39 @@ class PostprocessConfig:
     foreground_classes: tuple[int, ...] = (1,)
     method: Literal["cores", "interiors"] = "cores"
     interior_class: int = 1
-    min_size: int = 0
+    # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
+    min_size: int = field(
+        default=0,
+        metadata={
+            "label": "min size (px)",
+            "min": 0,
+            "max": 1_000_000,
+            "suffix": " px",
+            "tooltip": "objects smaller than this many pixels are removed; auto: a quarter of "
+            "the smallest object annotated for training (recorded in the model file), the same "
+            "rule as the command line; 0 keeps every object, specks included",
+        },
+    )
     fill_holes: bool = False
-    watershed: bool = False
-    watershed_min_distance: int = 5
+    watershed: bool = field(
+        default=False,
+        metadata={
+            "label": "split touching objects (watershed)",
+            "tooltip": "also split touching objects at the peaks of the distance transform "
+            "(objects are already split at the network's confident cores)",
+        },
+    )
+    watershed_min_distance: int = field(
+        default=5,
+        metadata={
+            "label": "seed distance",
+            "min": 1,
+            "max": 1000,
+            "suffix": " px",
+            "tooltip": "smallest distance between two watershed seeds: about the radius of the "
+            "smallest object",
+        },
+    )
     connectivity: int = 1
     per_plane: bool = True
     seed_threshold: float | None = 0.98

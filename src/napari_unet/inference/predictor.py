@@ -19,7 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import psutil
@@ -48,9 +48,23 @@ class PredictConfig:
 
     tile: int | None = None
     batch_size: int | None = None
-    tta: bool = False
+    # field metadata: label and tooltip of the widget form (napari_unet._widgets._forms)
+    tta: bool = field(
+        default=False,
+        metadata={
+            "label": "TTA: average 8 flips/rotations (slower)",
+            "tooltip": "test-time augmentation: average the predictions of the 8 flips and "
+            "90-degree rotations (8x slower, a little smoother)",
+        },
+    )
     amp: bool = True
-    device: str = "auto"
+    device: str = field(
+        default="auto",
+        metadata={
+            "label": "device",
+            "tooltip": "where to predict: auto picks CUDA, then Apple MPS, then the CPU",
+        },
+    )
 
 
 def context_margin(config: UNetConfig) -> int:

@@ -64,9 +64,29 @@ class TrainJob:
     image: object  # (..., [C,] Y, X) array-like: numpy or dask, read one plane at a time
     labels: object  # (..., Y, X) annotations
     recipe: TrainingRecipe
-    preview_every_s: float = 3.0
+    # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
+    preview_every_s: float = field(
+        default=3.0,
+        metadata={
+            "label": "live preview every",
+            "min": 0.1,
+            "max": 3600.0,
+            "suffix": " s",
+            "tooltip": "seconds between live predictions of the plane on screen (spaced out "
+            "further when a preview is slow, so it takes at most a fifth of the run)",
+        },
+    )
     message_every_s: float = 0.1  # step events are sent to the GUI in batches this often
-    cpu_threads: int | None = None  # PyTorch CPU threads (None: unchanged)
+    cpu_threads: int | None = field(  # PyTorch CPU threads (None: unchanged)
+        default=None,
+        metadata={
+            "label": "CPU threads",
+            "min": 0,
+            "max": 1024,
+            "special": "auto (all cores but one)",
+            "tooltip": "PyTorch CPU threads; auto leaves one core to the viewer",
+        },
+    )
     # steps the parent was trained in this session's chain of continued runs ("continue: model
     # just trained"); 0 for a new model. The run counts its own steps from 0; the widget draws
     # them after the parent's (step + steps_before), and a resumed run keeps the offset.

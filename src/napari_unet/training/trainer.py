@@ -68,22 +68,87 @@ class TrainConfig:
         fully reproducible runs).
     """
 
-    steps: int = DEFAULT_STEPS
-    batch_size: int = 4
-    tile: int | None = None
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float | None = None
+    # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
+    steps: int = field(
+        default=DEFAULT_STEPS,
+        metadata={
+            "label": "steps",
+            "min": 1,
+            "max": 1_000_000,
+            "tooltip": "optimiser steps, each on a batch of augmented tiles; training ends here "
+            "or when the time budget is spent",
+        },
+    )
+    batch_size: int = field(
+        default=4,
+        metadata={
+            "label": "batch size",
+            "min": 1,
+            "max": 256,
+            "tooltip": "tiles per optimiser step (default 4; the paper: 1 large tile)",
+        },
+    )
+    tile: int | None = field(
+        default=None,
+        metadata={
+            "label": "tile (px)",
+            "min": 0,
+            "max": 4096,
+            "special": "auto",
+            "tooltip": "input tile edge in pixels; auto: the smallest valid size with an output "
+            "of at least 96 px (the paper: 572 -> 388)",
+        },
+    )
+    optimizer: Literal["adam", "sgd"] = field(
+        default="adam",
+        metadata={
+            "label": "optimizer",
+            "choices": ["adam", "sgd"],
+            "tooltip": "adam (the default, learns fastest from few tiles) or sgd with momentum "
+            "0.99 (the paper)",
+        },
+    )
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "label": "learning rate",
+            "min": 0.0,
+            "max": 1.0,
+            "step": 1e-4,
+            "special": "default",
+            "tooltip": "learning rate; default: 3e-3 for Adam from scratch, 3e-4 when "
+            "fine-tuning, 1e-3 for SGD (the paper: SGD with momentum 0.99); it anneals to 5 %",
+        },
+    )
     momentum: float = 0.99
     weight_decay: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     background_sampling: float = 0.1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    minutes: float | None = None
+    minutes: float | None = field(
+        default=None,
+        metadata={
+            "label": "time budget",
+            "min": 0.0,
+            "max": 10_000.0,
+            "step": 1.0,
+            "special": "none",
+            "suffix": " min",
+            "tooltip": "training time budget in minutes (none: train for all steps); the "
+            "learning rate anneals over the budget",
+        },
+    )
     val_every: int | None = None
     checkpoint_every: int | None = None
     keep_best: bool = True
     seed: int = 0
-    device: str = "auto"
+    device: str = field(
+        default="auto",
+        metadata={
+            "label": "device",
+            "tooltip": "where to train: auto picks CUDA, then Apple MPS, then the CPU",
+        },
+    )
     amp: bool = True
 
     def __post_init__(self) -> None:
