@@ -10,8 +10,8 @@ prediction without options gives clean objects:
   are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under a
   tenth of the typical, area-weighted median area -- a few pixels left by a brush or by the
   model's own output in a corrected plane) and objects cut by the plane's edge do not count
-  (all objects count when every one touches an edge); of the rest, the 5th percentile when there are 20 or more, else
-  the smallest.
+  (all objects count when every one touches an edge); of the rest, the 5th percentile when
+  there are 20 or more, else the smallest.
 * ``fill_holes`` -- on when no annotated object has a hole (cells rarely do); off when the
   annotations contain holes on purpose (e.g. a ring-shaped object). Stray pieces do not count.
 * ``object_diameter`` -- median equivalent diameter in pixels, for the record and the GUI.
