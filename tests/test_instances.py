@@ -134,3 +134,30 @@ def test_model_files_without_a_method_segment_as_before():
     assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
         "interiors"
     )
+
+
+def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.sample_data import CellSampleConfig
+
+    image, truth = make_cell_stack(2, CellSampleConfig(shape=(96, 96), n_cells=6), seed=1)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", truth)
+    model = tmp_path / "m.safetensors"
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--out",
+                 str(model), "--steps", "2", "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--out",
+                 str(model), "--steps", "2", "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "derived from the annotations: instances: interiors, min size" in err
+    out = tmp_path / "labels.npy"
+    code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+                 "--instances", "--method", "cores", "--min-size", "7",
+                 "--no-fill-holes"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "instances: cores, min size 7 px, fill holes off" in err
+    assert "--min-size, --method, --fill-holes as given" in err

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="annotation schema (docs/annotations.md)",
     )
     train.add_argument(
+        "--instance-targets",
+        choices=["interiors", "paper"],
+        default="interiors",
+        help="what a new network learns from instances: background, interior and border band "
+        "(default), or the paper's two classes with weight maps, parted at confident cores",
+    )
+    train.add_argument(
         "--partial",
         action="store_true",
         help="the planes are partially annotated (only some objects painted): "
@@ -157,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="drop objects smaller than this (px); default: the model's "
         "recommendation, a quarter of the smallest training object",
+    )
+    pred.add_argument(
+        "--method",
+        choices=["interiors", "cores"],
+        default=None,
+        help="how touching objects are parted; default: what the model was trained for "
+        "(interiors: three-class models; cores: the paper's two classes)",
+    )
+    pred.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill holes in objects; default: the model's recommendation",
     )
     pred.add_argument("--channel-axis", type=int)
     pred.add_argument("--quiet", action="store_true")

@@ -79,6 +79,7 @@ def _default_train_steps(args) -> int:
 
 
 def run_train(args) -> int:
+    from napari_unet.annotation.derived import describe
     from napari_unet.annotation.schema import AnnotationConfig
     from napari_unet.io.files import read_array
     from napari_unet.model import PRESETS
@@ -114,7 +115,9 @@ def run_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     recipe = TrainingRecipe(
-        annotation=AnnotationConfig(mode=args.mode, partial=args.partial),
+        annotation=AnnotationConfig(
+            mode=args.mode, partial=args.partial, instance_targets=args.instance_targets
+        ),
         training=config,
         architecture=PRESETS[args.preset].with_(**overrides),
         start="starting-model" if args.from_starting_model else "scratch",
@@ -135,6 +138,8 @@ def run_train(args) -> int:
         f"{budget}; {trainer.start_note}",
         file=sys.stderr,
     )
+    if not args.quiet:
+        print(f"derived from the annotations: {describe(trainer.derived)}", file=sys.stderr)
     bar = ProgressLine("train", config.steps, args.quiet)
     last_metrics: dict = {}
     start = time.perf_counter()
@@ -178,6 +183,12 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
         raise InputError(f"{path}: the folder {parent} {state}")
 
 
+def _post_source(args) -> str:
+    given = [f"--{k.replace('_', '-')}" for k in ("min_size", "method", "fill_holes")
+             if getattr(args, k) is not None]  # fmt: skip
+    return "as the model file recommends" + (f", {', '.join(given)} as given" if given else "")
+
+
 def run_predict(args) -> int:
     from napari_unet.annotation.derived import postprocess_config
     from napari_unet.inference.batch import SegmentConfig, segment_stack, segment_stack_distributed
@@ -185,11 +196,18 @@ def run_predict(args) -> int:
     from napari_unet.io.files import read_array, write_array
 
     model, metadata, device = load_predictor(args.model, args.device)
-    post = (
-        None
-        if args.min_size is None
-        else postprocess_config(metadata.postprocess, min_size=args.min_size)
+    post = postprocess_config(
+        metadata.postprocess,
+        min_size=args.min_size,
+        method=args.method,
+        fill_holes=args.fill_holes,
     )
+    if args.instances and not args.quiet:
+        print(
+            f"instances: {post.method}, min size {post.min_size} px, fill holes "
+            f"{'on' if post.fill_holes else 'off'} ({_post_source(args)})",
+            file=sys.stderr,
+        )
     config = SegmentConfig(
         predict=PredictConfig(tile=args.tile, tta=args.tta, device=args.device),
         postprocess=post,
