@@ -17,6 +17,7 @@ from napari_unet.errors import Cancelled, InputError
 from napari_unet.inference.batch import (
     SegmentConfig,
     plane_layout,
+    postprocess_for,
     segment_plane,
     segment_stack,
 )
@@ -62,8 +63,10 @@ class ModelSource:
         return self.model.to(resolve_device(device)).eval(), self.metadata
 
 
-def _foreground(probs: np.ndarray, config: SegmentConfig) -> np.ndarray:
-    foreground = config.postprocess.foreground_classes if config.postprocess else (1,)
+def _foreground(probs: np.ndarray, metadata, config: SegmentConfig) -> np.ndarray:
+    """The object probability: the sum of the classes that form objects (interior and border
+    for three-class models)."""
+    foreground = postprocess_for(metadata, config).foreground_classes
     classes = [c for c in foreground if c < probs.shape[0]]
     return probs[classes].sum(axis=0).astype(np.float32)
 
@@ -113,7 +116,7 @@ def _segment_current(
         unc = result.map_for(DEFAULT_MEASURE)
     else:
         labels, probs = segment_plane(model, metadata, raw, config, cancelled)
-    prob = _foreground(probs, config) if probability else None
+    prob = _foreground(probs, metadata, config) if probability else None
     return ("plane", index, labels, prob, unc)
 
 
