@@ -20,14 +20,17 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
     META_INSTANCES,
+    TIPS,
+    add_buttons,
     channel_axis,
+    column,
     error_message,
-    hint,
+    group,
     layer_data,
     log,
     report_error,
@@ -185,37 +188,34 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 self.uncertainty,
             ]
         )
-        self.run_button = QPushButton("Segment", self)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.progress = QProgressBar(self)
-        self.status = QLabel("", self)
+        add_buttons(self, run_button="Segment", cancel_button="Cancel")
+        self.progress, self.status = QProgressBar(self), QLabel("", self)
         self.status.setWordWrap(True)
         self._build_next()  # resegment, use_plane_button, rank_after, rank_button, next_list
-        self._set_tooltips()
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self.body)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.resegment)
-        layout.addWidget(self.settings.button.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.use_plane_button)
-        layout.addWidget(
-            hint(
-                "Probability and uncertainty maps are computed for the current "
-                "plane. A whole stack is read one plane at a time. Correct a plane of the "
-                "segmentation with napari's label tools, then Use plane as annotation."
-            )
+        set_tooltips(self, TIPS["segment"])
+        column(
+            self.body,
+            self.form,
+            self.resegment,
+            self.settings.button,
+            (self.run_button, self.cancel_button),
+            self.progress,
+            self.status,
+            self.use_plane_button,
+            "Probability and uncertainty maps are computed for the current plane. A whole "
+            "stack is read one plane at a time. Correct a plane of the segmentation with "
+            "napari's label tools, then Use plane as annotation.",
+            group(
+                "Annotate next",
+                self,
+                (self.rank_after, self.rank_button),
+                self.next_list,
+                self.next_hint,
+            ),
+            stretch=True,
         )
-        layout.addWidget(self._next_group())
-        layout.addStretch(1)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
-        for emitter in (self.source, self.model_path, _session):
-            emitter.changed.connect(self.cache.drop)  # another model or image
         self.image_combo.changed.connect(lambda i: i is self.cache.image or self.cache.drop())
         self.source.changed.connect(self._update_info)
         self.model_path.changed.connect(self._on_model_path)
@@ -233,22 +233,9 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self._on_scope(self.scope.value)
         self._set_running(False)
 
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.run_button: "segment; results become layers '<image> segmentation' "
-            "(and probability / uncertainty) aligned with the image",
-            self.cancel_button: "stop after the current tile (or plane, when ranking); no layer "
-            "is changed",
-            self.progress: "planes done",
-            self.status: "what the widget is doing, or why it stopped",
-            **self._next_tooltips(),
-        }
-        set_tooltips(tips)
-
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
         _session.changed.disconnect(self._update_info)  # psygnal: a no-op if gone
-        _session.changed.disconnect(self.cache.drop)
         self._stop_next()
         super().stop_workers()
 
@@ -294,8 +281,9 @@ class SegmentWidget(AnnotateNext, DockWidget):
         )
         self.derived.value = describe(recorded) if metadata else ""
         self.derived.visible = metadata is not None
-        if metadata is not None and model != self._model_shown:  # start from what it records
+        if model != self._model_shown:  # another model: start from what it records
             self._model_shown = model
+            self.cache.drop()
             self.fill_holes.value = post.fill_holes
 
     def _on_scope(self, scope: str) -> None:
