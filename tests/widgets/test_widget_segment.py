@@ -144,7 +144,7 @@ def test_instance_settings_relabel_without_the_network(
     # the form starts from what the model file records, and says what was derived from what
     assert widget.fill_holes.value
     assert widget.derived.value == describe(metadata.postprocess)
-    assert "from the annotations" in widget.min_size.native.text()
+    assert widget.min_size.native.text() == "auto: 20 px"
     assert widget.derived.native.isVisibleTo(widget)
     widget.min_size.value = 0
     widget.run(scope)

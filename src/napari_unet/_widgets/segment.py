@@ -68,7 +68,7 @@ STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to s
 SOURCES = ("model just trained", "model file...")
 SCOPES = ("current plane", "whole stack")
 _KINDS = {"labels": Labels, "image": Image}
-AUTO_MIN_SIZE = "auto (from the annotations)"
+AUTO_MIN_SIZE = "auto"
 SOURCE_TIP = (
     "the network: the one trained last in 3 Train (this session) or a model file (.safetensors)"
 )
@@ -277,7 +277,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         recorded = getattr(metadata, "postprocess", None) or {}
         post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
-            f"auto: {post.min_size} px (from the annotations)" if metadata else AUTO_MIN_SIZE
+            f"auto: {post.min_size} px" if metadata else AUTO_MIN_SIZE
         )
         self.derived.value = describe(recorded) if metadata else ""
         self.derived.visible = metadata is not None
