@@ -241,7 +241,8 @@ def pictures(root: Path, rows: list[dict]) -> None:
             continue
         pred = np.load(path)
         _, _, test_img, truth = load(root, name, r["shots"])
-        k = int(np.argmin(r["per_plane_ap50"]))
+        per_plane = r.get("per_plane_ap50") or [0.0]
+        k = int(np.argmin(per_plane))
         gray = test_img[k].astype(np.float32)
         if gray.ndim == 2:
             gray = np.repeat(gray[..., None], 3, axis=-1)

@@ -229,7 +229,7 @@ def test_segment_defaults_follow_the_annotated_object_size(viewer, cells, qtbot)
     entry = _session.trained()
     min_size = entry.metadata.postprocess["min_size"]
     assert min_size > 20  # a quarter of the smallest annotated cell
-    assert segment.min_size.native.text() == f"auto: {min_size} px (from the annotations)"
+    assert segment.min_size.native.text() == f"auto: {min_size} px"  # the line under it: from what
     viewer.dims.set_point(0, image.data_to_world((1, 0, 0))[0])
     segment.run("current plane")
     wait_idle(qtbot, segment)

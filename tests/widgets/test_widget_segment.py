@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -97,3 +99,99 @@ def test_missing_model_is_a_notification(viewer, cells, qtbot, notifications):
     wait_idle(qtbot, widget)
     assert any("does not exist" in m for _, m in notifications)
     assert widget.run_button.isEnabled()
+
+
+def _recorded(metadata, fill_holes=True):
+    """``metadata`` as 3 Train writes it: with the settings derived from the annotations."""
+    three = metadata.architecture.num_classes == 3
+    derived = {
+        "min_size": 20,
+        "fill_holes": fill_holes,
+        "object_diameter": 18.0,
+        "method": "interiors" if three else "cores",
+        "foreground_classes": [1, 2] if three else [1],
+        "derived_from": "min size = a quarter of the smallest of 12 annotated objects",
+    }
+    return dataclasses.replace(metadata, postprocess=derived)
+
+
+def _count_forward(model, monkeypatch):
+    """Count the network's forward passes: a counter on the real model (no mock)."""
+    model.forward_calls = 0
+    forward = model.forward
+
+    def counted(*args, **kwargs):
+        model.forward_calls += 1
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted, raising=False)
+    return model
+
+
+@pytest.mark.parametrize("scope", ["current plane", "whole stack"])
+def test_instance_settings_relabel_without_the_network(
+    viewer, cells, tiny_model, qtbot, scope, monkeypatch
+):
+    """Changing min size / fill holes re-labels the planes segmented last from their kept
+    network output: the network is not run again, and the labels follow the settings."""
+    from napari_unet.annotation.derived import describe
+
+    model, metadata = tiny_model[0], _recorded(tiny_model[1])
+    entry = _session.set_trained(_count_forward(model, monkeypatch), metadata, "test model")
+    image, _ = add_cells(viewer, cells)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    # the form starts from what the model file records, and says what was derived from what
+    assert widget.fill_holes.value
+    assert widget.derived.value == describe(metadata.postprocess)
+    assert widget.min_size.native.text() == "auto: 20 px"
+    assert widget.derived.native.isVisibleTo(widget)
+    widget.min_size.value = 0
+    widget.run(scope)
+    wait_idle(qtbot, widget)
+    layer = viewer.layers["cells segmentation"]
+    before = np.array(layer.data)
+    assert before.any()
+    calls = entry.model.forward_calls
+    assert calls > 0 and widget.cache.planes
+
+    widget.min_size.value = 10**6  # larger than any object: all are removed
+    qtbot.waitUntil(lambda: "re-labelled" in widget.status.text(), timeout=30000)
+    wait_idle(qtbot, widget)
+    assert not layer.data.any()
+    assert "the network was not run" in widget.status.text()
+    widget.min_size.value = 0  # back: the same objects again
+    qtbot.waitUntil(lambda: layer.data.any(), timeout=30000)
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(layer.data, before)
+    widget.fill_holes.value = not widget.fill_holes.value
+    wait_idle(qtbot, widget)
+    qtbot.wait(300)
+    wait_idle(qtbot, widget)
+    assert entry.model.forward_calls == calls  # never the network again
+
+    # another image drops the kept output: changing a setting then only sets it
+    other = viewer.add_image(cells[0][0], name="other")
+    widget.image_combo.value = other
+    assert not widget.cache.planes
+    widget.min_size.value = 10**6
+    qtbot.wait(400)
+    wait_idle(qtbot, widget)
+    assert layer.data.any()
+
+
+def test_derived_settings_line_of_a_model_file(viewer, tiny_model, tmp_path):
+    from napari_unet.annotation.derived import describe
+    from napari_unet.io.modelfile import save_model
+
+    model, metadata = tiny_model[0], _recorded(tiny_model[1], fill_holes=False)
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, metadata)
+    widget = SegmentWidget(viewer)
+    widget.fill_holes.value = True
+    assert not widget.derived.native.isVisibleTo(widget)  # no model yet
+    widget.model_path.value = str(path)
+    assert widget.derived.value == describe(metadata.postprocess)
+    assert "12 annotated objects" in widget.derived.value
+    assert widget.derived.native.isVisibleTo(widget)
+    assert not widget.fill_holes.value  # what the file records

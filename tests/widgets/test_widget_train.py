@@ -165,7 +165,7 @@ def test_augmentation_preview(viewer, cells):
     shown, targets = train.preview_augmentation(n=3)
     assert shown.data.shape == targets.data.shape
     assert shown.data.shape[0] == 128 and shown.data.shape[1] == 3 * 128 + 2 * 8
-    assert set(np.unique(targets.data)) <= {0, 1}
+    assert set(np.unique(targets.data)) <= {0, 1, 2}  # background, interior, border band
     # placed to the right of the image, not on top of it
     assert shown.translate[-1] > image.translate[-1] + 128 * image.scale[-1]
     train.preview_button.click()  # again: the same layers are updated

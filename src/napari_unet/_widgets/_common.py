@@ -11,8 +11,17 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QLabel, QWidget
+from qtpy.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.errors import NapariUnetError
 from napari_unet.io.plane_lists import parse_plane_list
 
@@ -25,6 +34,66 @@ META_MODE = "napari_unet_mode"  # label schema: instances / scribbles / classes
 META_WEIGHTMAP = "napari_unet_weightmap"  # WeightMapConfig fields chosen in the weight-map widget
 META_CHANNEL_AXIS = "napari_unet_channel_axis"  # image axis holding channels (None: none / RGB)
 META_INSTANCES = "napari_unet_instances"  # a segmentation result numbers objects (else classes)
+
+
+#: The tooltips of the widgets' buttons and status parts, by widget and attribute name.
+TIPS: dict[str, dict[str, str]] = {
+    "annotate": {
+        "new_button": "add an empty annotation layer for the image, with the schema's colours",
+        "background_button": "paint background (instances/classes: the eraser, value 0; "
+        "scribbles: value 1)",
+        "object_button": "paint an object: instances get a new id on this plane, so touching "
+        "objects stay apart",
+        "ignore_button": f"paint value {IGNORE_LABEL}: pixels the loss skips (unsure regions, "
+        "cells cut by the edge)",
+        "plane_list": "the annotated planes; click one to go there",
+        "mark_button": "count the plane on screen as annotated even with nothing painted: all "
+        "of it is background (a plane without objects)",
+        "unmark_button": "stop counting the plane on screen as an empty annotated plane",
+        "import_button": "copy those planes into the annotation layer; they count as annotated",
+    },
+    "weightmap": {
+        "compute_button": "compute the weights into the layer '<annotations> weight map' (drawn "
+        "under the annotations: cells keep their colours, the gaps glow)",
+        "status": "the planes computed and their weight range",
+    },
+    "train": {
+        "preview_button": "show four augmented versions of the annotated plane on screen, as "
+        "training sees them (tiles and targets)",
+        "train_button": "start a new run on every annotated plane except those held out",
+        "cancel_button": "stop after the current step; a checkpoint is written, so the run can "
+        "be resumed",
+        "resume_button": "continue the cancelled run from its checkpoint, up to 'steps'",
+        "save_button": "write the trained network (weights + settings) to a .safetensors model "
+        "file for 4 Segment, the CLI or sharing",
+        "progress": "steps done, last loss and the estimated time left",
+        "status": "what the widget is doing, or why it stopped",
+        "plot": "training loss (blue, left axis) and validation IoU of the held-out planes "
+        "(orange, right axis, 0..1)",
+    },
+    "segment": {
+        "run_button": "segment; results become layers '<image> segmentation' (and probability "
+        "/ uncertainty) aligned with the image",
+        "cancel_button": "stop after the current tile (or plane, when ranking); no layer is "
+        "changed",
+        "progress": "planes done",
+        "status": "what the widget is doing, or why it stopped",
+        "resegment": "when 3 Train finishes a model and the model here is 'model just "
+        "trained': segment the last plane or stack again with it (and rank again)",
+        "use_plane_button": "copy the plane on screen of '<image> segmentation' (as you "
+        "corrected it with napari's label tools) into the annotation layer, objects numbered "
+        "1, 2, 3, ...; it counts as annotated for the next training. Replaces what that plane "
+        "held there; other planes are untouched; Ctrl+Z on the annotation layer undoes it",
+        "rank_after": "after segmenting the whole stack, rank its planes not annotated yet (8 "
+        "flipped/rotated predictions per plane)",
+        "rank_button": "rank the planes not annotated yet by how unsure the model is (the "
+        "disagreement of its 8 flipped/rotated predictions); fills '<image> uncertainty' with "
+        "that disagreement per pixel",
+        "next_list": "planes not annotated yet, least sure first: plane, score (mean "
+        "disagreement of the 8 predictions, higher = less sure), objects found; click one to "
+        "go there",
+    },
+}
 
 
 # ----------------------------------------------------------------------------- messages
@@ -59,10 +128,42 @@ def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
     return slot
 
 
-def set_tooltips(tips: dict[QWidget, str]) -> None:
-    """Give each widget its tooltip."""
-    for widget, tip in tips.items():
-        widget.setToolTip(tip)
+def set_tooltips(owner: QWidget, tips: dict[str, str]) -> None:
+    """Give each part of ``owner`` (by attribute name) its tooltip from ``tips``."""
+    for name, tip in tips.items():
+        getattr(owner, name).setToolTip(tip)
+
+
+def add_buttons(owner: QWidget, **texts: str) -> None:
+    """Push buttons ``owner.<name>`` with their ``text`` (tooltips: :func:`set_tooltips`)."""
+    for name, text in texts.items():
+        setattr(owner, name, QPushButton(text, owner))
+
+
+def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout:
+    """A vertical layout of ``items``: Qt or magicgui widgets, layouts, tuples (side by side)
+    and strings (a :func:`hint`); ``stretch`` pushes them up."""
+    layout = QVBoxLayout() if parent is None else QVBoxLayout(parent)
+    for item in items:
+        if isinstance(item, tuple):
+            row = QHBoxLayout()
+            for widget in item:
+                row.addWidget(getattr(widget, "native", widget))
+            layout.addLayout(row)
+        elif isinstance(item, QLayout):
+            layout.addLayout(item)
+        else:
+            layout.addWidget(hint(item) if isinstance(item, str) else getattr(item, "native", item))
+    if stretch:
+        layout.addStretch(1)
+    return layout
+
+
+def group(title: str, parent: QWidget, *items) -> QGroupBox:
+    """A titled box of ``items`` laid out by :func:`column`."""
+    box = QGroupBox(title, parent)
+    column(box, *items)
+    return box
 
 
 def plane_names(planes: Iterable[tuple[int, ...]]) -> str:

@@ -24,13 +24,8 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
-    QGroupBox,
-    QHBoxLayout,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
 )
 
 from napari_unet._widgets import _session
@@ -38,6 +33,7 @@ from napari_unet._widgets._common import (
     META_IMAGE,
     META_INSTANCES,
     META_PLANES,
+    add_buttons,
     current_plane,
     error_message,
     go_to_plane,
@@ -81,8 +77,8 @@ class Job:
 class AnnotateNext:
     """The human-in-the-loop round, mixed into the Segment widget (see the module docstring).
 
-    :meth:`_build_next` creates its widgets and state, :meth:`_next_group` lays out the
-    "Annotate next" box, :meth:`_connect_next` connects its signals and :meth:`_stop_next`
+    :meth:`_build_next` creates its widgets and state (the widget lays out the
+    "Annotate next" box), :meth:`_connect_next` connects its signals and :meth:`_stop_next`
     disconnects from the session when the widget closes. The widget calls
     :meth:`_after_segmentation` and :meth:`_on_ranked` with results, :meth:`_continue_round`
     when its worker has finished and :meth:`_drop_pending` on Cancel.
@@ -109,45 +105,12 @@ class AnnotateNext:
         self._rerun_pending = None
         self.resegment = QCheckBox("segment again when training ends", self)
         self.resegment.setChecked(True)
-        self.use_plane_button = QPushButton("Use plane as annotation", self)
+        add_buttons(self, use_plane_button="Use plane as annotation", rank_button="Rank planes")
         self.rank_after = QCheckBox("rank planes after a whole-stack run", self)
         self.rank_after.setChecked(True)
-        self.rank_button = QPushButton("Rank planes", self)
         self.next_list = QListWidget(self)
         self.next_list.setMaximumHeight(140)
         self.next_hint = hint("")
-
-    def _next_group(self) -> QGroupBox:
-        """The "Annotate next" box: rank after a run, Rank planes, the list and its hint."""
-        group = QGroupBox("Annotate next", self)
-        inner = QVBoxLayout(group)
-        row = QHBoxLayout()
-        row.addWidget(self.rank_after)
-        row.addWidget(self.rank_button)
-        inner.addLayout(row)
-        inner.addWidget(self.next_list)
-        inner.addWidget(self.next_hint)
-        return group
-
-    def _next_tooltips(self) -> dict[QWidget, str]:
-        """The tooltips of the round's widgets."""
-        return {
-            self.resegment: "when 3 Train finishes a model and the model here is 'model just "
-            "trained': segment the last plane or stack again with it (and rank again)",
-            self.use_plane_button: "copy the plane on screen of '<image> segmentation' (as you "
-            "corrected it with napari's label tools) into the annotation layer, objects "
-            "numbered 1, 2, 3, ...; it counts as annotated for the next training. Replaces "
-            "what that plane held there; other planes are untouched; Ctrl+Z on the annotation "
-            "layer undoes it",
-            self.rank_after: "after segmenting the whole stack, rank its planes not annotated "
-            "yet (8 flipped/rotated predictions per plane)",
-            self.rank_button: "rank the planes not annotated yet by how unsure the model is "
-            "(the disagreement of its 8 flipped/rotated predictions); fills '<image> "
-            "uncertainty' with that disagreement per pixel",
-            self.next_list: "planes not annotated yet, least sure first: plane, score (mean "
-            "disagreement of the 8 predictions, higher = less sure), objects found; click one "
-            "to go there",
-        }
 
     def _connect_next(self) -> None:
         """Connect the buttons, the list, the image choice and the session's new models."""

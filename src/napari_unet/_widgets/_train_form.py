@@ -10,11 +10,18 @@ from magicgui.types import Separator
 from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 from superqt import QCollapsible
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._common import META_IMAGE, hint, is_annotation_layer, set_tooltips
+from napari_unet._widgets._common import (
+    META_IMAGE,
+    TIPS,
+    add_buttons,
+    column,
+    is_annotation_layer,
+    set_tooltips,
+)
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import (
     Remembered,
@@ -145,17 +152,35 @@ class TrainForm(DockWidget):
         # the steps each kind of run had last: a new model, or continuing the model just
         # trained (the field shows one; switching kind swaps them, so no typed value is lost)
         self._steps_of = {False: self.steps.value, True: default_steps(True)}
-        self.preview_button = QPushButton("Preview augmentation", self)
-        self.train_button = QPushButton("Train", self)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.resume_button = QPushButton("Resume", self)
-        self.save_button = QPushButton("Save model...", self)
-        self.progress = QProgressBar(self)
-        self.status = QLabel("", self)
+        add_buttons(
+            self,
+            preview_button="Preview augmentation",
+            train_button="Train",
+            cancel_button="Cancel",
+            resume_button="Resume",
+            save_button="Save model...",
+        )
+        self.progress, self.status, self.plot = QProgressBar(self), QLabel("", self), LivePlot(self)
         self.status.setWordWrap(True)
-        self.plot = LivePlot(self)
-        self._set_tooltips()
-        self._layout()
+        set_tooltips(self, TIPS["train"])
+        advanced = QCollapsible("Advanced", self)
+        advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
+        advanced.addWidget(self.advanced.native)
+        column(
+            self.body,
+            self.form,
+            advanced,
+            self.settings.button,
+            self.preview_button,
+            (self.train_button, self.cancel_button, self.resume_button, self.save_button),
+            self.progress,
+            self.status,
+            self.plot,
+            "Training runs in the background. The live prediction layer shows the plane on "
+            "screen every few seconds; the plot shows the loss and, with hold-out planes, the "
+            "validation IoU.",
+            stretch=True,
+        )
         self.labels_combo.changed.connect(self._on_labels_changed)
         self.model_combo.changed.connect(self._on_model_choice)
         _session.changed.connect(self._on_session_changed)
@@ -166,48 +191,6 @@ class TrainForm(DockWidget):
     def _not_remembered(self) -> set[str]:
         """Steps are remembered for new models only (continuing has its own default)."""
         return {"steps"} if self._continuing else set()
-
-    def _layout(self) -> None:
-        advanced = QCollapsible("Advanced", self)
-        advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
-        advanced.addWidget(self.advanced.native)
-        buttons = QHBoxLayout()
-        for button in (self.train_button, self.cancel_button, self.resume_button, self.save_button):
-            buttons.addWidget(button)
-        layout = QVBoxLayout(self.body)
-        layout.addWidget(self.form.native)
-        layout.addWidget(advanced)
-        layout.addWidget(self.settings.button.native)
-        layout.addWidget(self.preview_button)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plot)
-        layout.addWidget(
-            hint(
-                "Training runs in the background. The live prediction layer "
-                "shows the plane on screen every few seconds; the plot shows the "
-                "loss and, with hold-out planes, the validation IoU."
-            )
-        )
-        layout.addStretch(1)
-
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.preview_button: "show four augmented versions of the annotated plane on "
-            "screen, as training sees them (tiles and targets)",
-            self.train_button: "start a new run on every annotated plane except those held out",
-            self.cancel_button: "stop after the current step; a checkpoint is written, so the "
-            "run can be resumed",
-            self.resume_button: "continue the cancelled run from its checkpoint, up to 'steps'",
-            self.save_button: "write the trained network (weights + settings) to a "
-            ".safetensors model file for 4 Segment, the CLI or sharing",
-            self.progress: "steps done, last loss and the estimated time left",
-            self.status: "what the widget is doing, or why it stopped",
-            self.plot: "training loss (blue, left axis) and validation IoU of the held-out "
-            "planes (orange, right axis, 0..1)",
-        }
-        set_tooltips(tips)
 
     def _on_labels_changed(self, *_args) -> None:
         layer = self.labels_combo.value

@@ -7,26 +7,21 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (
-    QGroupBox,
-    QHBoxLayout,
-    QListWidget,
-    QListWidgetItem,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
 from napari_unet._widgets._common import (
     META_CHANNEL_AXIS,
     META_IMAGE,
     META_MODE,
     META_PLANES,
+    TIPS,
+    add_buttons,
     channel_axis,
+    column,
     current_plane,
     go_to_plane,
+    group,
     guarded,
-    hint,
     is_annotation_layer,
     layer_data,
     parse_planes,
@@ -127,17 +122,47 @@ class AnnotateWidget(DockWidget):
             "planes to copy (e.g. 0, 2, 5-7); empty: every plane that holds labels"
         )
         self.import_planes.native.setPlaceholderText("all planes with labels, or e.g. 0, 2")
-        self.new_button = QPushButton("New annotation layer", self)
-        self.background_button = QPushButton("Background", self)
-        self.object_button = QPushButton("Object", self)
-        self.ignore_button = QPushButton("Use ignore label", self)
+        add_buttons(
+            self,
+            new_button="New annotation layer",
+            background_button="Background",
+            object_button="Object",
+            ignore_button="Use ignore label",
+            mark_button="Mark current plane as annotated (empty)",
+            unmark_button="Unmark",
+            import_button="Import labels layer as annotations",
+        )
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
-        self.mark_button = QPushButton("Mark current plane as annotated (empty)", self)
-        self.unmark_button = QPushButton("Unmark", self)
-        self.import_button = QPushButton("Import labels layer as annotations", self)
-        self._set_tooltips()
-        self._layout()
+        set_tooltips(self, TIPS["annotate"])
+        fields = (self.image_combo, self.channel_combo, self.mode_combo)
+        column(
+            self.body,
+            group(
+                "Annotation layer",
+                self,
+                Container(widgets=[*fields, self.schema_label]),
+                self.new_button,
+                Container(widgets=[self.labels_combo]),
+                (self.background_button, self.object_button, self.ignore_button),
+                self.settings.button,
+            ),
+            group(
+                "Annotated planes (click to go there)",
+                self,
+                self.plane_list,
+                (self.mark_button, self.unmark_button),
+            ),
+            group(
+                "Import (e.g. ground truth)",
+                self,
+                Container(widgets=[self.source_combo, self.import_planes]),
+                self.import_button,
+                "Copies the labels of those planes into the annotation layer "
+                "(scribbles: background becomes 1, objects 2).",
+            ),
+            stretch=True,
+        )
 
         self.image_combo.changed.connect(self._on_image_changed)
         self.mode_combo.changed.connect(self._on_mode_changed)
@@ -152,59 +177,6 @@ class AnnotateWidget(DockWidget):
         self.plane_list.itemClicked.connect(self._on_plane_clicked)
         self._on_image_changed()
         self._on_labels_changed()
-
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.new_button: "add an empty annotation layer for the image, with the schema's "
-            "colours",
-            self.background_button: "paint background (instances/classes: the eraser, value 0; "
-            "scribbles: value 1)",
-            self.object_button: "paint an object: instances get a new id on this plane, so "
-            "touching objects stay apart",
-            self.ignore_button: f"paint value {IGNORE_LABEL}: pixels the loss skips (unsure "
-            "regions, cells cut by the edge)",
-            self.plane_list: "the annotated planes; click one to go there",
-            self.mark_button: "count the plane on screen as annotated even with nothing "
-            "painted: all of it is background (a plane without objects)",
-            self.unmark_button: "stop counting the plane on screen as an empty annotated plane",
-            self.import_button: "copy those planes into the annotation layer; they count as "
-            "annotated",
-        }
-        set_tooltips(tips)
-
-    def _layout(self) -> None:
-        layout = QVBoxLayout(self.body)
-        create = QGroupBox("Annotation layer", self)
-        box = QVBoxLayout(create)
-        fields = (self.image_combo, self.channel_combo, self.mode_combo)
-        box.addWidget(Container(widgets=[*fields, self.schema_label]).native)
-        box.addWidget(self.new_button)
-        box.addWidget(Container(widgets=[self.labels_combo]).native)
-        brushes = QHBoxLayout()
-        for button in (self.background_button, self.object_button, self.ignore_button):
-            brushes.addWidget(button)
-        box.addLayout(brushes)
-        box.addWidget(self.settings.button.native)
-        planes = QGroupBox("Annotated planes (click to go there)", self)
-        inner = QVBoxLayout(planes)
-        inner.addWidget(self.plane_list)
-        row = QHBoxLayout()
-        row.addWidget(self.mark_button)
-        row.addWidget(self.unmark_button)
-        inner.addLayout(row)
-        imports = QGroupBox("Import (e.g. ground truth)", self)
-        imp = QVBoxLayout(imports)
-        imp.addWidget(Container(widgets=[self.source_combo, self.import_planes]).native)
-        imp.addWidget(self.import_button)
-        imp.addWidget(
-            hint(
-                "Copies the labels of those planes into the annotation layer "
-                "(scribbles: background becomes 1, objects 2)."
-            )
-        )
-        for group in (create, planes, imports):
-            layout.addWidget(group)
-        layout.addStretch(1)
 
     # ------------------------------------------------------------------ layers
     def annotation_layer(self) -> Labels | None:

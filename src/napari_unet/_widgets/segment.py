@@ -19,15 +19,18 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
     META_INSTANCES,
+    TIPS,
+    add_buttons,
     channel_axis,
+    column,
     error_message,
-    hint,
+    group,
     layer_data,
     log,
     report_error,
@@ -42,6 +45,7 @@ from napari_unet._widgets._forms import (
     field_widget,
     layer_picker,
 )
+from napari_unet._widgets._live import CACHE_TIP, OutputCache, relabel
 
 # MAX_OBJECTS, NOTHING_TO_RANK, plane_as_annotation: re-exported
 from napari_unet._widgets._next import (
@@ -51,7 +55,7 @@ from napari_unet._widgets._next import (
     Job,
     plane_as_annotation,  # noqa: F401
 )
-from napari_unet.annotation.derived import postprocess_config
+from napari_unet.annotation.derived import describe, postprocess_config
 from napari_unet.devices import available_devices
 from napari_unet.errors import InputError
 from napari_unet.inference.batch import SegmentConfig, plane_layout
@@ -64,7 +68,7 @@ STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to s
 SOURCES = ("model just trained", "model file...")
 SCOPES = ("current plane", "whole stack")
 _KINDS = {"labels": Labels, "image": Image}
-AUTO_MIN_SIZE = "auto (from the annotations)"
+AUTO_MIN_SIZE = "auto"
 SOURCE_TIP = (
     "the network: the one trained last in 3 Train (this session) or a model file (.safetensors)"
 )
@@ -83,9 +87,9 @@ class _Progress(QObject):
 def _tracked(func, ended: threading.Event):
     """``func`` that sets ``ended`` when it returns or raises (so closing can wait for it)."""
 
-    def call(*args):
+    def call(*args, **kwargs):
         try:
-            return func(*args)
+            return func(*args, **kwargs)
         finally:
             ended.set()
 
@@ -141,6 +145,16 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self.watershed, self.seed_distance = config_form(PostprocessConfig, post)
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
         self.min_size = field_widget(PostprocessConfig, "min_size", **auto)
+        self.fill_holes = field_widget(PostprocessConfig, "fill_holes", label="fill holes")
+        self.fill_holes.tooltip = (
+            "fill holes inside objects; set from the model file (on when no annotated object "
+            "had a hole)"
+        )
+        self.derived = Label(label="", tooltip="the settings derived from the annotations")
+        self.derived.native.setWordWrap(True)
+        self.derived.native.setStyleSheet("color: palette(mid); font-size: 11px;")
+        self.cache = OutputCache()
+        self._model_shown = None  # the model whose recorded settings the form shows
         self.probability = CheckBox(label="extra layers: foreground probability", value=False)
         self.probability.tooltip = (
             "also add the foreground probability (0..1) of the current plane as an image layer"
@@ -168,59 +182,56 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 self.scope,
                 *fields,
                 self.min_size,
+                self.fill_holes,
+                self.derived,
                 self.probability,
                 self.uncertainty,
             ]
         )
-        self.run_button = QPushButton("Segment", self)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.progress = QProgressBar(self)
-        self.status = QLabel("", self)
+        add_buttons(self, run_button="Segment", cancel_button="Cancel")
+        self.progress, self.status = QProgressBar(self), QLabel("", self)
         self.status.setWordWrap(True)
         self._build_next()  # resegment, use_plane_button, rank_after, rank_button, next_list
-        self._set_tooltips()
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self.body)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.resegment)
-        layout.addWidget(self.settings.button.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.use_plane_button)
-        layout.addWidget(
-            hint(
-                "Probability and uncertainty maps are computed for the current "
-                "plane. A whole stack is read one plane at a time. Correct a plane of the "
-                "segmentation with napari's label tools, then Use plane as annotation."
-            )
+        set_tooltips(self, TIPS["segment"])
+        column(
+            self.body,
+            self.form,
+            self.resegment,
+            self.settings.button,
+            (self.run_button, self.cancel_button),
+            self.progress,
+            self.status,
+            self.use_plane_button,
+            "Probability and uncertainty maps are computed for the current plane. A whole "
+            "stack is read one plane at a time. Correct a plane of the segmentation with "
+            "napari's label tools, then Use plane as annotation.",
+            group(
+                "Annotate next",
+                self,
+                (self.rank_after, self.rank_button),
+                self.next_list,
+                self.next_hint,
+            ),
+            stretch=True,
         )
-        layout.addWidget(self._next_group())
-        layout.addStretch(1)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
+        self.image_combo.changed.connect(lambda i: i is self.cache.image or self.cache.drop())
         self.source.changed.connect(self._update_info)
         self.model_path.changed.connect(self._on_model_path)
         self.scope.changed.connect(self._on_scope)
         _session.changed.connect(self._update_info)
+        self._relabel_timer = QTimer(self, singleShot=True, interval=150)
+        self._relabel_timer.timeout.connect(self._relabel)
+        live = (self.min_size, self.fill_holes, self.watershed, self.seed_distance, self.instances)
+        for widget in live:
+            widget.changed.connect(lambda *_: self._relabel_timer.start())
+            widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
+            widget.native.setToolTip(widget.tooltip)
         self._connect_next()
         self._update_info()
         self._on_scope(self.scope.value)
         self._set_running(False)
-
-    def _set_tooltips(self) -> None:
-        tips = {
-            self.run_button: "segment; results become layers '<image> segmentation' "
-            "(and probability / uncertainty) aligned with the image",
-            self.cancel_button: "stop after the current tile (or plane, when ranking); no layer "
-            "is changed",
-            self.progress: "planes done",
-            self.status: "what the widget is doing, or why it stopped",
-            **self._next_tooltips(),
-        }
-        set_tooltips(tips)
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
@@ -247,10 +258,10 @@ class SegmentWidget(AnnotateNext, DockWidget):
             return
         from_file = not self._uses_trained_model()
         self.model_path.visible = from_file
-        metadata = None
+        metadata = model = None
         if not from_file:
             entry = _session.trained()
-            metadata = entry.metadata if entry else None
+            metadata, model = (entry.metadata, id(entry.model)) if entry else (None, None)
             self.model_info.value = (
                 entry.description
                 if entry
@@ -260,13 +271,20 @@ class SegmentWidget(AnnotateNext, DockWidget):
             path = self.model_file()
             self.model_info.value = path or "choose a model file"
             try:
-                metadata = ModelSource(path=path).read_metadata() if path else None
+                metadata, model = ModelSource(path=path).read_metadata() if path else None, path
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
-        min_size = postprocess_config(getattr(metadata, "postprocess", None) or {}).min_size
+        recorded = getattr(metadata, "postprocess", None) or {}
+        post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
-            f"auto: {min_size} px (from the annotations)" if metadata else AUTO_MIN_SIZE
+            f"auto: {post.min_size} px" if metadata else AUTO_MIN_SIZE
         )
+        self.derived.value = describe(recorded) if metadata else ""
+        self.derived.visible = metadata is not None
+        if model != self._model_shown:  # another model: start from what it records
+            self._model_shown = model
+            self.cache.drop()
+            self.fill_holes.value = post.fill_holes
 
     def _on_scope(self, scope: str) -> None:
         plane = scope == SCOPES[0]
@@ -295,19 +313,16 @@ class SegmentWidget(AnnotateNext, DockWidget):
     def segment_config(self, metadata=None) -> SegmentConfig:
         """Prediction and post-processing settings shown in the widget.
 
-        "auto" settings come from ``metadata`` (the model's recommendation); without it they are
-        resolved by the segmentation itself (:func:`napari_unet.inference.batch.postprocess_for`).
+        "auto" settings come from ``metadata`` (the model's recommendation).
         """
         min_size = self.min_size.value
-        post = None
-        if min_size >= 0 or self.watershed.value:
-            recommended = postprocess_config(getattr(metadata, "postprocess", None) or {})
-            post = replace(
-                recommended,
-                watershed=self.watershed.value,
-                watershed_min_distance=self.seed_distance.value,
-                **({"min_size": min_size} if min_size >= 0 else {}),
-            )
+        post = replace(
+            postprocess_config(getattr(metadata, "postprocess", None) or {}),
+            fill_holes=self.fill_holes.value,
+            watershed=self.watershed.value,
+            watershed_min_distance=self.seed_distance.value,
+            **({"min_size": min_size} if min_size >= 0 else {}),
+        )
         return SegmentConfig(
             predict=PredictConfig(tta=self.tta.value, device=self.device.value),
             postprocess=post,
@@ -360,6 +375,9 @@ class SegmentWidget(AnnotateNext, DockWidget):
         device = self.device.value
         data, axis = layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
+        keep, planes = self.cache.collector()
+        model = source.path or id(source.model)
+        self._kept = (image, model, source.read_metadata(), _live_key(config), planes)
         if scope == SCOPES[0]:
             index = self._plane_index(image, source, axis)
             args = (
@@ -372,23 +390,31 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 self.probability.value,
                 self.uncertainty.value,
             )
-            return self._launch(segment_current, args, device, image, job, counted=False)
+            return self._launch(segment_current, args, device, image, job, False, keep)
         args = (source, device, data, config, self._progress.changed.emit)
-        return self._launch(segment_whole, args, device, image, job, counted=True)
+        return self._launch(segment_whole, args, device, image, job, True, keep)
 
     @staticmethod
     def _session_entry(source: ModelSource):
         entry = _session.trained()
         return entry if entry is not None and source.model is entry.model else None
 
-    def _launch(self, func, args: tuple, device: str, image: Image, job: Job, counted: bool):
-        """Run ``func(*args, cancelled, threads)`` in a worker; the result goes to _on_result."""
+    def _launch(self, func, args, device, image: Image, job: Job, counted: bool, keep=None):
+        """Run ``func(*args, cancelled, threads)`` in a worker; the result goes to _on_result.
+
+        ``keep(index, probabilities)``: gets the network output of each plane (``on_plane``).
+        """
         self._cancel.clear()
         self._ended.clear()
         resolved = available_devices()[0] if device == "auto" else device
         threads = gui_cpu_threads() if resolved == "cpu" else None
         self.worker = create_worker(
-            _tracked(func, self._ended), *args, self._cancel.is_set, threads, _start_thread=False
+            _tracked(func, self._ended),
+            *args,
+            self._cancel.is_set,
+            threads,
+            _start_thread=False,
+            **({"on_plane": keep} if keep else {}),
         )
         if counted:
             self.progress.setRange(0, 1)
@@ -401,8 +427,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self.background.set(partial(stop_segmentation, self._cancel, self._ended))
         self._job = job
         self._started = time.perf_counter()
-        what = "ranking the planes" if job.kind == "rank" else f"segmenting ({job.scope})"
-        self.status.setText(f"{what} ...")
+        what = {"rank": "ranking the planes", "relabel": "re-labelling"}.get(job.kind)
+        self.status.setText(f"{what or f'segmenting ({job.scope})'} ...")
         self._set_running(True)
         self.worker.start()
         return self.worker
@@ -439,6 +465,12 @@ class SegmentWidget(AnnotateNext, DockWidget):
             self._on_ranked(image, result)
             return
         kind = result[0]
+        if kind in ("stack", "plane"):
+            image_, model, metadata, config, planes = self._kept
+            self.cache.store((id(image_), model), image_, metadata, config, planes, kind == "stack")
+        if kind == "relabelled":
+            self._show_relabelled(image, result[1])
+            return
         self.last_result = result
         took = time.perf_counter() - self._started
         if kind == "error":
@@ -506,6 +538,39 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self.background.set(None)
         self._set_running(False)
         self._continue_round()
+        self._relabel()  # settings changed while it ran
+
+    # ------------------------------------------------------------------ live settings
+    def _relabel(self, *_args):
+        """Label the kept planes anew if an instance setting changed (no network; a worker)."""
+        cache = self.cache
+        if self.worker is not None or not cache.planes or self._shut_down:
+            return None  # a run is going on: it checks again when it ends
+        config = self.segment_config(cache.metadata)
+        if _live_key(config) == cache.config:
+            return None
+        layer = self.result_layer(cache.image)
+        if cache.image not in self.viewer.layers or not isinstance(layer, Labels):
+            cache.drop()
+            return None
+        self._relabelled = _live_key(config)
+        args = (dict(cache.planes), cache.metadata, config, cache.stack)
+        job = Job("relabel", "", cache.image.name, None)
+        return self._launch(relabel, args, "cpu", cache.image, job, counted=False)
+
+    def _show_relabelled(self, image: Image, planes: dict) -> None:
+        layer = self.result_layer(image)
+        if not isinstance(layer, Labels):
+            return
+        for index, labels in planes.items():
+            layer.data[index] = labels
+        layer.metadata[META_INSTANCES] = self._relabelled[1]
+        layer.refresh()
+        self.cache.config = self._relabelled
+        took = time.perf_counter() - self._started
+        self.status.setText(
+            f"re-labelled {len(planes)} plane(s) in {took:.2f} s (the network was not run)"
+        )
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -513,3 +578,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self._update_rank_state()
         if not running:
             self.progress.setRange(0, 1)
+
+
+def _live_key(config: SegmentConfig) -> tuple:
+    """What the live settings decide: the post-processing and instances or classes."""
+    return (config.postprocess, config.instances)

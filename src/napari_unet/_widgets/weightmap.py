@@ -9,16 +9,19 @@ import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_unet._widgets._common import (
     META_WEIGHTMAP,
+    TIPS,
+    add_buttons,
+    column,
     current_plane,
     guarded,
-    hint,
     is_annotation_layer,
     plane_names,
     report_error,
+    set_tooltips,
 )
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import (
@@ -73,11 +76,7 @@ class WeightMapWidget(DockWidget):
             tooltip="current plane: the plane on screen; all annotated planes: every plane "
             "listed in 1 Annotate",
         )
-        self.compute_button = QPushButton("Compute weight map", self)
-        self.compute_button.setToolTip(
-            "compute the weights into the layer '<annotations> weight map' (drawn under the "
-            "annotations: cells keep their colours, the gaps glow)"
-        )
+        add_buttons(self, compute_button="Compute weight map")
         self.settings = Remembered("weightmap", self.form, defaults_of(WeightMapConfig, FIELDS))
         self.form.insert(0, self.labels_combo)
         self.form.extend([self.scope, self.settings.button])
@@ -85,20 +84,18 @@ class WeightMapWidget(DockWidget):
             setattr(self, name, self.form[name])
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
-        self.status.setToolTip("the planes computed and their weight range")
-        layout = QVBoxLayout(self.body)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.compute_button)
-        layout.addWidget(self.status)
-        layout.addWidget(
-            hint(
-                "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, d1, d2 the "
-                "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
-                "Bright = high weight: the gaps between touching objects. Training uses these "
-                "settings for this annotation layer."
-            )
+        set_tooltips(self, TIPS["weightmap"])
+        column(
+            self.body,
+            self.form,
+            self.compute_button,
+            self.status,
+            "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, d1, d2 the "
+            "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
+            "Bright = high weight: the gaps between touching objects. Training uses these "
+            "settings for this annotation layer.",
+            stretch=True,
         )
-        layout.addStretch(1)
         self.variant.changed.connect(self._show_variant_rows)
         self.compute_button.clicked.connect(guarded(lambda: self.compute()))
         self._show_variant_rows(self.variant.value)
@@ -110,11 +107,6 @@ class WeightMapWidget(DockWidget):
     def config(self) -> WeightMapConfig:
         """The weight-map settings shown in the widget."""
         return read_config(self.form, WeightMapConfig)
-
-    def set_config(self, config: WeightMapConfig) -> None:
-        """Show ``config`` in the widget."""
-        for name in FIELDS:
-            self.form[name].value = getattr(config, name)
 
     def compute(self, scope: str | None = None, layer: Labels | None = None):
         """Start computing; ``scope`` is "current plane" or "all annotated planes".

@@ -175,6 +175,7 @@ def segment_stack(
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
     source: str = "",
+    on_plane: Callable[[tuple[int, ...], np.ndarray], None] | None = None,
 ):
     """Segment every plane of ``image`` (numpy, dask or zarr; (..., [C,] Y, X)).
 
@@ -182,6 +183,7 @@ def segment_stack(
     called after each plane; ``cancelled()`` returning True stops with :class:`Cancelled`
     (a zarr output keeps the finished planes and the next run with the same model, settings,
     image shape and ``source`` continues from there; any other run starts it anew).
+    ``on_plane(index, probabilities)`` gets each plane's (K, Y, X) network output.
     """
     config = config or SegmentConfig()
     lead, yx = plane_layout(tuple(image.shape), model, config.channel_axis)
@@ -193,7 +195,7 @@ def segment_stack(
     offset = int(writer._array.attrs.get("napari_unet_offset", 0)) if writer.kind == "zarr" else 0
     try:
         offset = _segment_planes(
-            model, metadata, image, config, writer, offset, total, progress, cancelled
+            model, metadata, image, config, writer, offset, total, progress, cancelled, on_plane
         )
         return writer.finish()
     except BaseException:
@@ -202,14 +204,16 @@ def segment_stack(
 
 
 def _segment_planes(
-    model, metadata, image, config, writer, offset, total, progress, cancelled
+    model, metadata, image, config, writer, offset, total, progress, cancelled, on_plane=None
 ) -> int:
     for flat, (index, plane) in enumerate(iter_planes(image, model, config.channel_axis)):
         if flat in writer.done:
             continue
         if cancelled is not None and cancelled():
             raise Cancelled("segmentation cancelled")
-        labels, _ = segment_plane(model, metadata, plane, config, cancelled)
+        labels, probs = segment_plane(model, metadata, plane, config, cancelled)
+        if on_plane is not None:
+            on_plane(index, probs)
         if config.instances:
             labels, offset = offset_instances(labels, offset)
         # done planes and the id offset in one metadata write: a kill cannot separate them

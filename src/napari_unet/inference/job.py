@@ -82,9 +82,11 @@ def segment_current(
     uncertainty: bool,
     cancelled: Callable[[], bool],
     threads: int | None = None,
+    on_plane: Callable | None = None,
 ):
     """Segment one plane; optionally its foreground probability and its uncertainty map (the
-    per-pixel map of the default ranking measure, as the whole-stack ranking shows it)."""
+    per-pixel map of the default ranking measure, as the whole-stack ranking shows it).
+    ``on_plane(index, probabilities)`` gets the (K, Y, X) network output."""
     try:
         with limited_threads(threads):
             return _segment_current(
@@ -97,6 +99,7 @@ def segment_current(
                 probability,
                 uncertainty,
                 cancelled,
+                on_plane,
             )
     except Cancelled:
         return ("cancelled",)
@@ -105,7 +108,7 @@ def segment_current(
 
 
 def _segment_current(
-    source, device, image, index, channel_axis, config, probability, uncertainty, cancelled
+    source, device, image, index, channel_axis, config, probability, uncertainty, cancelled, keep
 ) -> tuple:
     model, metadata = source.load(device)
     raw = read_plane(image, index, channel_axis)
@@ -116,6 +119,8 @@ def _segment_current(
         unc = result.map_for(DEFAULT_MEASURE)
     else:
         labels, probs = segment_plane(model, metadata, raw, config, cancelled)
+    if keep is not None:
+        keep(index, probs)
     prob = _foreground(probs, metadata, config) if probability else None
     return ("plane", index, labels, prob, unc)
 
@@ -128,6 +133,7 @@ def segment_whole(
     progress: Callable[[int, int], None],
     cancelled: Callable[[], bool],
     threads: int | None = None,
+    on_plane: Callable | None = None,
 ):
     """Segment every plane with :func:`segment_stack` (a dask image is read plane by plane)."""
     try:
@@ -136,7 +142,13 @@ def segment_whole(
             return (
                 "stack",
                 segment_stack(
-                    model, metadata, image, config, progress=progress, cancelled=cancelled
+                    model,
+                    metadata,
+                    image,
+                    config,
+                    progress=progress,
+                    cancelled=cancelled,
+                    on_plane=on_plane,
                 ),
             )
     except Cancelled:
