@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 from widget_helpers import add_cells, configure_tiny, foreground_iou, wait_idle
 
 from napari_unet._widgets import _session
@@ -132,7 +133,8 @@ def test_cancel_and_resume(viewer, cells, qtbot, tmp_path):
     # the viewer is still usable
     viewer.add_points([[0, 5, 5]], name="still alive")
     viewer.dims.set_point(0, image.data_to_world((3, 0, 0))[0])
-    qtbot.wait(50)
+    QApplication.processEvents()
+    assert "still alive" in viewer.layers and viewer.dims.current_step[0] == 3
 
     # resume from the checkpoint for 5 more steps (Trainer.load_checkpoint in the worker)
     train.steps.setValue(stopped.step + 5)
