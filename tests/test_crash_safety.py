@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,36 +41,89 @@ TRAIN = [
 PREDICT = ["--instances", "--tta", "--quiet", "--device", "cpu"]
 
 
-def start(*args, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.Popen(
-        [sys.executable, "-m", "napari_unet.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+#: Deadline for an event a test waits for before it kills: generous, so that a busy machine
+#: slows a test down but never fails it.
+DEADLINE_S = 120.0
+#: How often a file-system condition is re-checked while waiting (a new stderr line wakes the
+#: wait at once). Only a poll interval: no test relies on how long anything takes.
+POLL_S = 0.01
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``condition()`` every 10 ms while ``proc`` runs."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"process ended ({proc.returncode}) before {what}: {proc.stderr.read()}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+class Running:
+    """A real ``python -m napari_unet.cli`` process. A thread collects its stderr lines, so a
+    test can wait for a line (or a file) with a deadline and kill it right after the event."""
+
+    def __init__(self, *args, cwd: Path) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "napari_unet.cli", *map(str, args)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def stderr(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def has_line(self, prefix: str) -> bool:
+        with self._changed:
+            return any(line.startswith(prefix) for line in self.lines)
+
+    def wait_for(self, condition, what: str, timeout: float = DEADLINE_S) -> None:
+        """Return once ``condition()`` holds; fail (and kill) if the process ends first or the
+        event does not come within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=10)
+                raise AssertionError(
+                    f"the process ended (exit {self.proc.returncode}) before {what}; "
+                    f"stderr:\n{self.stderr()}"
+                )
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"no {what} within {timeout:.0f} s; stderr so far:\n{self.stderr()}"
+                )
+            with self._changed:
+                self._changed.wait(POLL_S)  # a poll interval, not a synchronisation
+
+    def stop(self, sig: int) -> tuple[int, str]:
+        """Send ``sig``; wait for the process to end: (exit code, all of its stderr)."""
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=DEADLINE_S)
+        self._reader.join(timeout=DEADLINE_S)
+        return self.proc.returncode, self.stderr()
 
 
-def stop(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+def replaced(path: Path, times: int):
+    """A condition: ``path`` exists and has been replaced (atomic rename: a new inode and
+    modification time) at least ``times`` times since the first call."""
+    seen: set[tuple[int, int]] = set()
+
+    def check() -> bool:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return False
+        seen.add((info.st_ino, info.st_mtime_ns))
+        return len(seen) > times
+
+    return check
 
 
 def hidden(folder: Path) -> list[Path]:
@@ -141,7 +195,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(data,
     from napari_unet.training.trainer import TrainConfig, Trainer
 
     ckpt, out = tmp_path / "run.ckpt", tmp_path / "model.safetensors"
-    proc = start(
+    proc = Running(
         "train",
         data / "image.tif",
         data / "labels.tif",
@@ -156,9 +210,10 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(data,
         *TRAIN,
         cwd=tmp_path,
     )
-    wait_for(ckpt.exists, proc, what="the first checkpoint")
-    time.sleep(0.3)  # a few more checkpoints: the kill may well land in the middle of one
-    code, _ = stop(proc, signal.SIGKILL)
+    # the first checkpoint, then two more: checkpoints are being replaced every 5 steps, so the
+    # kill may well land in the middle of one
+    proc.wait_for(replaced(ckpt, 2), what="three checkpoints (steps 5, 10, 15)")
+    code, _ = proc.stop(signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert not out.exists()
     # a killed atomic write may leave its temporary file, never a damaged checkpoint
@@ -172,7 +227,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_that_resumes(data,
     )
     trainer.load_checkpoint(ckpt)
     step = trainer.step
-    assert step > 0 and step % 5 == 0 and len(trainer.history) == step
+    assert step >= 15 and step % 5 == 0 and len(trainer.history) == step
 
     code = main(
         [
@@ -200,7 +255,8 @@ def test_sigterm_during_training_writes_a_checkpoint(data, tmp_path):
     from napari_unet.training.checkpoint import read_checkpoint_metadata
 
     ckpt, out = tmp_path / "m.ckpt", tmp_path / "m.safetensors"
-    proc = start(
+    loud = [arg for arg in TRAIN if arg != "--quiet"]  # progress lines: the event to wait for
+    proc = Running(
         "train",
         data / "image.tif",
         data / "labels.tif",
@@ -210,17 +266,19 @@ def test_sigterm_during_training_writes_a_checkpoint(data, tmp_path):
         "100000",
         "--checkpoint-every",
         "100000",
-        *TRAIN,
+        *loud,
         cwd=tmp_path,
     )
-    # the start-up line is printed just before the first step
-    wait_for(lambda: proc.stderr.readline().startswith("training "), proc, what="training to start")
-    time.sleep(0.2)
-    code, err = stop(proc, signal.SIGTERM)
+    # the first progress line is printed after the first step (SIGTERM is handled from the start
+    # of main(), before the "training ..." line): the signal lands while training runs
+    proc.wait_for(lambda: proc.has_line("train ["), what="the first training step")
+    code, err = proc.stop(signal.SIGTERM)
     assert code == 130, err
     assert "Traceback" not in err
-    assert err.strip().startswith("napari-unet: interrupted at step ") and f"--resume {ckpt}" in err
-    step = int(err.split("at step ")[1].split(";")[0])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("napari-unet: interrupted at step ") and f"--resume {ckpt}" in last, err
+    step = int(last.split("at step ")[1].split(";")[0])
+    assert step >= 1
     assert read_checkpoint_metadata(ckpt).provenance["steps"] == step
     assert not out.exists() and hidden(tmp_path) == []
 
@@ -243,9 +301,9 @@ def test_sigkill_during_zarr_prediction_then_rerun_gives_identical_labels(
 
     out = tmp_path / "labels.zarr"
     args = ["predict", data / "model.safetensors", data / "stack.tif", "--out", out, *PREDICT]
-    proc = start(*args, cwd=tmp_path)
-    wait_for(lambda: len(_done_planes(out)) >= 2, proc, what="two finished planes")
-    code, _ = stop(proc, signal.SIGKILL)
+    proc = Running(*args, cwd=tmp_path)
+    proc.wait_for(lambda: len(_done_planes(out)) >= 2, what="two finished planes")
+    code, _ = proc.stop(signal.SIGKILL)
     assert code == -signal.SIGKILL
     done = _done_planes(out)
     assert 2 <= len(done) < 12, done
@@ -267,18 +325,14 @@ def test_sigkill_during_tiff_prediction_keeps_the_destination_whole(data, tmp_pa
     out = tmp_path / "labels.tif"
     tifffile.imwrite(out, reference)  # a complete result of an earlier run
     before = out.read_bytes()
-    proc = start(
-        "predict",
-        data / "model.safetensors",
-        data / "stack.tif",
-        "--out",
-        out,
-        *PREDICT,
-        cwd=tmp_path,
+    loud = [arg for arg in PREDICT if arg != "--quiet"]  # progress lines: the event to wait for
+    proc = Running(
+        "predict", data / "model.safetensors", data / "stack.tif", "--out", out, *loud, cwd=tmp_path
     )
-    wait_for(lambda: bool(hidden(tmp_path)), proc, what="the temporary TIFF")
-    time.sleep(0.1)
-    code, _ = stop(proc, signal.SIGKILL)
+    # "predict [...] 1/12" is printed after the first plane went into the temporary TIFF
+    proc.wait_for(lambda: proc.has_line("predict ["), what="the first finished plane")
+    assert hidden(tmp_path), "no temporary TIFF while planes are being written"
+    code, _ = proc.stop(signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert out.read_bytes() == before  # untouched: the new result lives in a temporary file
     stale = hidden(tmp_path)
@@ -303,7 +357,7 @@ def test_sigkill_during_tiff_prediction_keeps_the_destination_whole(data, tmp_pa
 
 def test_sigterm_during_tiff_prediction_leaves_nothing(data, tmp_path):
     out = tmp_path / "labels.tif"
-    proc = start(
+    proc = Running(
         "predict",
         data / "model.safetensors",
         data / "stack.tif",
@@ -314,9 +368,10 @@ def test_sigterm_during_tiff_prediction_leaves_nothing(data, tmp_path):
         "cpu",
         cwd=tmp_path,
     )
-    wait_for(lambda: bool(hidden(tmp_path)), proc, what="the temporary TIFF")
-    time.sleep(0.1)
-    code, err = stop(proc, signal.SIGTERM)
+    # "predict [...] 1/12" is printed after the first plane went into the temporary TIFF
+    proc.wait_for(lambda: proc.has_line("predict ["), what="the first finished plane")
+    assert hidden(tmp_path), "no temporary TIFF while planes are being written"
+    code, err = proc.stop(signal.SIGTERM)
     assert code == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "napari-unet: interrupted"
     assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_unet.annotation.schema import training_planes
 from napari_unet.inference.batch import SegmentConfig, segment_stack
@@ -13,7 +14,7 @@ from napari_unet.model import UNet, UNetConfig
 from napari_unet.training.trainer import TrainConfig, Trainer
 
 
-def test_isbi_binary_membrane_labels_train_and_segment(shared_data):
+def test_isbi_binary_membrane_labels_train_and_segment(shared_data, one_torch_thread):
     volume = read_array(shared_data / "isbi2012" / "train-volume.tif")
     labels = read_array(shared_data / "isbi2012" / "train-labels.tif")
     assert volume.shape == labels.shape == (30, 512, 512)
@@ -22,10 +23,11 @@ def test_isbi_binary_membrane_labels_train_and_segment(shared_data):
     assert k == 3  # background, interior, border band
     # 255 = cell, 0 = membrane: cells become separate objects, so the border term is present
     assert planes[0].weight.max() > 5
+    torch.manual_seed(0)  # the initial weights (TrainConfig.seed covers sampling and augmentation)
     trainer = Trainer(
         UNet(UNetConfig(width=4, depth=2, norm="batch", num_classes=3)),
         planes,
-        TrainConfig(steps=4, tile=60, batch_size=2, device="cpu"),
+        TrainConfig(steps=200, tile=60, batch_size=2, device="cpu", seed=0),
     )
     for _ in trainer.run():
         pass
@@ -35,8 +37,14 @@ def test_isbi_binary_membrane_labels_train_and_segment(shared_data):
         volume[2:3, :160, :160],
         SegmentConfig(predict=PredictConfig(device="cpu"), instances=False),
     )
-    scores = evaluate(pred, (labels[2:3, :160, :160] > 0).astype(np.uint8), ("pixel", "iou"))
-    assert 0.0 <= scores["pixel"] <= 1.0
+    truth = (labels[2:3, :160, :160] > 0).astype(np.uint8)
+    scores = evaluate(pred, truth, ("pixel", "iou"))
+    # calling every pixel a cell is wrong on the membranes: 0.263 of this held-out plane.
+    # Measured after 200 steps on one thread: 0.175 (seed 0), 0.195 and 0.158 (seeds 1, 2);
+    # the bound asks for a clear win over that trivial answer
+    all_cells = evaluate(np.ones_like(truth), truth, ("pixel",))["pixel"]
+    assert 0.25 < all_cells < 0.28
+    assert scores["pixel"] < all_cells - 0.04, (scores, all_cells)
 
 
 def test_phc_u373_ground_truth_reads_as_instances(shared_data):

@@ -213,7 +213,16 @@ def test_cli_partial_flag_is_recorded(stack):
     assert read_metadata(path).provenance["training"]["steps"] == 3
 
 
-def test_time_budget_ends_a_run_and_anneals(stack):
+def test_time_budget_ends_a_run_and_anneals(stack, monkeypatch):
+    import types
+
+    import napari_unet.training.trainer as trainer_module
+
+    # the trainer's clock advances 10 ms per reading, so a step "takes" 10 ms: the 0.6 s budget
+    # ends the run after about 60 steps however fast or busy the machine is
+    readings = iter(range(10**7))
+    clock = types.SimpleNamespace(perf_counter=lambda: 0.01 * next(readings))
+    monkeypatch.setattr(trainer_module, "time", clock)
     image, labels, _ = stack
     trainer = prepare_run(
         image,
@@ -224,8 +233,8 @@ def test_time_budget_ends_a_run_and_anneals(stack):
         ),
     )
     events = list(trainer.run())
-    assert events[-1].kind == "done" and trainer.step < 10**6
-    assert trainer.train_seconds >= 0.6
+    assert events[-1].kind == "done" and 50 <= trainer.step <= 61, trainer.step
+    assert 0.6 <= trainer.train_seconds < 0.6 + 0.02  # stopped at the first step past the budget
     start = trainer.optimizer.param_groups[0]["initial_lr"]
     assert trainer.optimizer.param_groups[0]["lr"] < 0.1 * start  # annealed over the budget
 

@@ -104,6 +104,15 @@ def refused(capsys, folder: Path, *args, match: str, absent=(), code: int | None
     return lines[-1]
 
 
+def fill(template, tmp: Path, data: dict[str, Path]) -> list[str]:
+    """A command line from a case table: ``{tmp}`` and ``{image}``-style names of ``data`` are
+    filled in, ``"TRAIN"`` stands for the tiny-training options."""
+    out: list[str] = []
+    for part in template:
+        out += TRAIN if part == "TRAIN" else [part.format(tmp=tmp, **data)]
+    return out
+
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -178,7 +187,9 @@ def _labels_case(name: str, labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     ("float_labels", "whole numbers"),
     ("negative_labels", "must not be negative"),
     ("huge_labels", "above 65535"),
-])  # fmt: skip
+], ids=["no_annotated_plane", "no_background", "no_foreground",
+    "scribbles_without_background", "scribbles_without_foreground", "shape_mismatch_yx",
+    "shape_mismatch_planes", "float_labels", "negative_labels", "huge_labels"])  # fmt: skip
 def test_train_refuses_bad_annotations(capsys, tmp_path, data, arrays, case, message):
     labels, extra = _labels_case(case, arrays[1])
     np.save(tmp_path / "labels.npy", labels)
@@ -199,36 +210,30 @@ def test_train_refuses_bad_annotations(capsys, tmp_path, data, arrays, case, mes
     )
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_train_and_predict_refuse_non_finite_pixels(capsys, tmp_path, data, arrays, value):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("args, absent", [
+    pytest.param(["train", "{tmp}/image.npy", "{labels}", "--out", "{tmp}/m.st", "TRAIN"],
+                 ["{tmp}/m.st"], id="train"),
+    pytest.param(["predict", "{model}", "{tmp}/image.npy", "--out", "{tmp}/l.tif", "--quiet"],
+                 ["{tmp}/l.tif"], id="predict-tif"),
+    pytest.param(["predict", "{model}", "{tmp}/image.npy", "--out", "{tmp}/l.zarr", "--quiet"],
+                 [], id="predict-zarr"),
+    pytest.param(["predict", "{model}", "{tmp}/image.npy", "--out", "{tmp}/l.npy", "--quiet"],
+                 ["{tmp}/l.npy"], id="predict-npy"),
+])  # fmt: skip
+def test_train_and_predict_refuse_non_finite_pixels(
+    capsys, tmp_path, data, arrays, value, args, absent
+):
     image = arrays[0].astype(np.float32)
     image[1, 5, 7] = value
     np.save(tmp_path / "image.npy", image)
     refused(
         capsys,
         tmp_path,
-        "train",
-        tmp_path / "image.npy",
-        data["labels"],
-        "--out",
-        tmp_path / "m.st",
-        *TRAIN,
+        *fill(args, tmp_path, data),
         match="NaN or infinite",
-        absent=[tmp_path / "m.st"],
+        absent=fill(absent, tmp_path, data),
     )
-    for out in ("l.tif", "l.zarr", "l.npy"):
-        refused(
-            capsys,
-            tmp_path,
-            "predict",
-            data["model"],
-            tmp_path / "image.npy",
-            "--out",
-            tmp_path / out,
-            "--quiet",
-            match="NaN or infinite",
-            absent=[tmp_path / out] if out != "l.zarr" else [],
-        )
 
 
 def test_a_failed_run_keeps_the_previous_result(capsys, tmp_path, data, arrays):
@@ -262,7 +267,8 @@ def test_a_failed_run_keeps_the_previous_result(capsys, tmp_path, data, arrays):
     (["--resume", "{dir}/missing.ckpt"], "does not exist"),
     (["--init", "{dir}/missing.safetensors"], "does not exist"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-])  # fmt: skip
+], ids=["slices-7", "slices-1-x", "slices-negative", "val-slices-5", "tile-61", "tile-8",
+        "resume-a-model", "resume-missing", "init-missing", "device-tpu"])  # fmt: skip
 def test_train_refuses_bad_options(capsys, tmp_path, data, args, message):
     args = [a.format(model=data["model"], dir=data["dir"]) for a in args]
     out = tmp_path / "m.safetensors"
@@ -318,7 +324,9 @@ def test_slices_on_a_2d_image(capsys, tmp_path, arrays):
     (["weightmap", "{labels}", "--out", "{tmp}/w.tif", "--sigma", "0"], "--sigma"),
     (["export", "{model}", "--format", "caffe", "--out", "{tmp}/e"], "invalid choice: 'caffe'"),
     (["evaluate", "{labels}", "{labels}", "--metric", "accuracy"], "invalid choice: 'accuracy'"),
-])  # fmt: skip
+], ids=["steps-0", "steps-negative", "steps-ten", "batch-size-0", "lr-negative",
+        "checkpoint-every-0", "unknown-option", "no-out", "unknown-command", "sigma-0",
+        "export-format-caffe", "evaluate-metric-accuracy"])  # fmt: skip
 def test_bad_usage_is_one_line_with_exit_2(capsys, tmp_path, data, args, message):
     args = [a.format(tmp=tmp_path, **{k: v for k, v in data.items()}) for a in args]
     line = refused(capsys, tmp_path, *args, match=message, code=2)
@@ -395,31 +403,22 @@ def test_4d_and_5d_images_are_segmented_plane_by_plane(capsys, tmp_path, data, a
     np.testing.assert_array_equal(flat > 0, plane > 0)
 
 
-def test_rgb_image_with_a_one_channel_model_is_refused(capsys, tmp_path, data):
+@pytest.mark.parametrize("extra, message, absent", [
+    pytest.param([], r"looks like RGB\(A\) but the model takes 1 channel", ["{tmp}/l.tif"],
+                 id="channels-found-last"),
+    pytest.param(["--channel-axis", "-1"], "expects 1 channel.* has 3 on axis 3", [],
+                 id="channel-axis-given"),
+])  # fmt: skip
+def test_rgb_image_with_a_one_channel_model_is_refused(
+    capsys, tmp_path, data, extra, message, absent
+):
     refused(
         capsys,
         tmp_path,
-        "predict",
-        data["model"],
-        data["rgb"],
-        "--out",
-        tmp_path / "l.tif",
-        "--quiet",
-        match=r"looks like RGB\(A\) but the model takes 1 channel",
-        absent=[tmp_path / "l.tif"],
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "predict",
-        data["model"],
-        data["rgb"],
-        "--out",
-        tmp_path / "l.tif",
-        "--quiet",
-        "--channel-axis",
-        "-1",
-        match="expects 1 channel.* has 3 on axis 3",
+        *fill(["predict", "{model}", "{rgb}", "--out", "{tmp}/l.tif", "--quiet"], tmp_path, data),
+        *extra,
+        match=message,
+        absent=fill(absent, tmp_path, data),
     )
 
 
@@ -450,63 +449,34 @@ def test_multichannel_images_with_a_matching_model(capsys, tmp_path, data, array
         == 0
     )
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"))
-    refused(
-        capsys,
-        tmp_path,
-        "predict",
-        data["model3"],
-        data["image"],
-        "--out",
-        tmp_path / "c.tif",
-        "--channel-axis",
-        "7",
-        match="channel axis 7 does not exist",
-    )
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["{image}", "--out", "{tmp}/c.tif", "--channel-axis", "7"],
+                 "channel axis 7 does not exist", id="channel-axis-7-of-3"),
+    pytest.param(["{tmp}/gray2d.npy", "--out", "{tmp}/c.tif"], "expects 3 channels",
+                 id="grayscale-2d"),
+])  # fmt: skip
+def test_multichannel_mismatch_is_refused(capsys, tmp_path, data, arrays, args, message):
     np.save(tmp_path / "gray2d.npy", arrays[0][0])
-    refused(
-        capsys,
-        tmp_path,
-        "predict",
-        data["model3"],
-        tmp_path / "gray2d.npy",
-        "--out",
-        tmp_path / "c.tif",
-        match="expects 3 channels",
-    )
+    refused(capsys, tmp_path, *fill(["predict", "{model3}", *args], tmp_path, data), match=message)
 
 
-def test_model_for_other_channels_or_classes(capsys, tmp_path, data, arrays):
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["{rgb}", "{labels}"],
+                 "trained for 1 channel.* and 2 classes; these data have 3 and 2", id="rgb-data"),
+    pytest.param(["{image}", "{tmp}/classes.npy", "--mode", "classes"], "these data have 1 and 4",
+                 id="4-class-data"),
+])  # fmt: skip
+def test_model_for_other_channels_or_classes(capsys, tmp_path, data, arrays, args, message):
+    labels = arrays[1].astype(np.int32)
+    np.save(tmp_path / "classes.npy", np.where(labels > 0, (labels % 3) + 1, 0))  # 4 classes
     out = tmp_path / "m.safetensors"
     refused(
         capsys,
         tmp_path,
-        "train",
-        data["rgb"],
-        data["labels"],
-        "--init",
-        data["model"],
-        "--out",
-        out,
-        *TRAIN,
-        match="trained for 1 channel.* and 2 classes; these data have 3 and 2",
-        absent=[out],
-    )
-    labels = arrays[1].astype(np.int32)
-    np.save(tmp_path / "classes.npy", np.where(labels > 0, (labels % 3) + 1, 0))  # 4 classes
-    refused(
-        capsys,
-        tmp_path,
-        "train",
-        data["image"],
-        tmp_path / "classes.npy",
-        "--mode",
-        "classes",
-        "--init",
-        data["model"],
-        "--out",
-        out,
-        *TRAIN,
-        match="these data have 1 and 4",
+        *fill(["train", *args, "--init", "{model}", "--out", str(out), "TRAIN"], tmp_path, data),
+        match=message,
         absent=[out],
     )
 
@@ -524,7 +494,9 @@ def test_model_for_other_channels_or_classes(capsys, tmp_path, data, arrays):
     ("mixed_folder", "different shapes"),
     ("empty_folder", "holds no TIFF or PNG"),
     ("group.zarr", "zarr group, not an array"),
-])  # fmt: skip
+], ids=["unknown.xyz", "corrupt.tif", "truncated.tif", "empty.npy", "oned.npy", "text.npy",
+    "complex.npy", "pickled.npy", "missing.tif", "mixed_folder", "empty_folder",
+    "group.zarr"])  # fmt: skip
 def test_unreadable_images(capsys, tmp_path, data, kind, message):
     import zarr
 
@@ -571,17 +543,30 @@ def test_unreadable_images(capsys, tmp_path, data, kind, message):
 
 
 # ----------------------------------------------------------------------------- model files
-@pytest.mark.parametrize("kind, message", [
-    ("truncated", "truncated or corrupt"),
-    ("random", "no valid safetensors header"),
-    ("npy", "it is a NumPy .npy file"),
-    ("foreign", "safetensors file without napari-unet metadata"),
-    ("empty", "the file is empty"),
-    ("folder", "is a folder"),
-    ("checkpoint", "holds tensors but no model metadata"),
-    ("missing", "does not exist"),
+BAD_MODEL_FILES = {
+    "truncated": "truncated or corrupt",
+    "random": "no valid safetensors header",
+    "npy": "it is a NumPy .npy file",
+    "foreign": "safetensors file without napari-unet metadata",
+    "empty": "the file is empty",
+    "folder": "is a folder",
+    "checkpoint": "holds tensors but no model metadata",
+    "missing": "does not exist",
+}
+MODEL_USES = {  # every command that reads a model file; {path} is the bad one
+    "predict": ["predict", "{path}", "{image}", "--out", "{tmp}/l.tif", "--quiet"],
+    "export": ["export", "{path}", "--format", "torchscript", "--out", "{tmp}/e.pt"],
+    "train": ["train", "{image}", "{labels}", "--init", "{path}", "--out", "{tmp}/m.st", "TRAIN"],
+}
+MODEL_OUTPUTS = {"predict": "l.tif", "export": "e.pt", "train": "m.st"}
+
+
+@pytest.mark.parametrize("kind, use", [
+    pytest.param(kind, use, id=f"{kind}-{use}")
+    for kind in BAD_MODEL_FILES
+    for use in (MODEL_USES if kind in ("truncated", "foreign") else ["predict"])
 ])  # fmt: skip
-def test_bad_model_files(capsys, tmp_path, data, kind, message):
+def test_bad_model_files(capsys, tmp_path, data, kind, use):
     from safetensors.numpy import save_file
 
     path = tmp_path / "models" / f"{kind}.safetensors"
@@ -604,46 +589,14 @@ def test_bad_model_files(capsys, tmp_path, data, kind, message):
         from napari_unet.io.modelfile import save_tensors
 
         save_tensors(path, {"w": torch.zeros(2)}, {"step": 1})
-    out = tmp_path / "l.tif"
+    out = tmp_path / MODEL_OUTPUTS[use]
     refused(
         capsys,
         tmp_path,
-        "predict",
-        path,
-        data["image"],
-        "--out",
-        out,
-        "--quiet",
-        match=message,
+        *fill(MODEL_USES[use], tmp_path, dict(data, path=path)),
+        match=BAD_MODEL_FILES[kind],
         absent=[out],
     )
-    if kind in ("truncated", "foreign"):
-        refused(
-            capsys,
-            tmp_path,
-            "export",
-            path,
-            "--format",
-            "torchscript",
-            "--out",
-            tmp_path / "e.pt",
-            match=message,
-            absent=[tmp_path / "e.pt"],
-        )
-        refused(
-            capsys,
-            tmp_path,
-            "train",
-            data["image"],
-            data["labels"],
-            "--init",
-            path,
-            "--out",
-            tmp_path / "m.st",
-            *TRAIN,
-            match=message,
-            absent=[tmp_path / "m.st"],
-        )
 
 
 def test_pickled_model_is_never_executed_by_the_cli(capsys, tmp_path, data):
@@ -704,7 +657,8 @@ def test_pickled_model_is_never_executed_by_the_cli(capsys, tmp_path, data):
     ("a_file/l.tif", "the folder .*a_file is not a folder"),
     ("a_file/l.zarr", "a_file is not a folder"),
     ("l.png", "write labels as .tif, .tiff, .npy, .zarr"),
-])  # fmt: skip
+], ids=["missing/l.tif", "missing/l.zarr", "missing/l.npy", "a_file/l.tif", "a_file/l.zarr",
+    "l.png"])  # fmt: skip
 def test_unwritable_prediction_outputs(capsys, tmp_path, data, target, message):
     (tmp_path / "a_file").write_text("not a folder")
     refused(
@@ -721,95 +675,35 @@ def test_unwritable_prediction_outputs(capsys, tmp_path, data, target, message):
     )
 
 
-def test_unwritable_outputs_of_other_commands(capsys, tmp_path, data):
-    (tmp_path / "a_file").write_text("x")
-    bad = tmp_path / "a_file" / "out"
-    refused(
-        capsys,
-        tmp_path,
-        "train",
-        data["image"],
-        data["labels"],
-        "--out",
-        f"{bad}.safetensors",
-        *TRAIN,
-        match="a_file is not a folder",
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "predict",
-        data["model"],
-        data["image"],
-        "--out",
-        tmp_path / "l.tif",
-        "--probabilities",
-        f"{bad}.tif",
-        match="a_file is not a folder",
-        absent=[tmp_path / "l.tif"],
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "predict",
-        data["model"],
-        data["image"],
-        "--out",
-        tmp_path / "l.tif",
-        "--probabilities",
-        tmp_path / "p.zarr",
-        match="write probabilities as .tif, .tiff, .npy",
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "weightmap",
-        data["labels"],
-        "--out",
-        f"{bad}.tif",
-        match="a_file is not a folder",
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "weightmap",
-        data["labels"],
-        "--out",
-        tmp_path / "w.png",
-        match="write results as",
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "export",
-        data["model"],
-        "--format",
-        "torchscript",
-        "--out",
-        f"{bad}.pt",
-        match="a_file is not a folder",
-    )
+@pytest.mark.parametrize("args, message, absent", [
+    pytest.param(["train", "{image}", "{labels}", "--out", "{tmp}/a_file/out.safetensors",
+                  "TRAIN"], "a_file is not a folder", [], id="train-into-a-file"),
+    pytest.param(["predict", "{model}", "{image}", "--out", "{tmp}/l.tif", "--probabilities",
+                  "{tmp}/a_file/out.tif"], "a_file is not a folder", ["{tmp}/l.tif"],
+                 id="predict-probabilities-into-a-file"),
+    pytest.param(["predict", "{model}", "{image}", "--out", "{tmp}/l.tif", "--probabilities",
+                  "{tmp}/p.zarr"], "write probabilities as .tif, .tiff, .npy", [],
+                 id="predict-probabilities-as-zarr"),
+    pytest.param(["weightmap", "{labels}", "--out", "{tmp}/a_file/out.tif"],
+                 "a_file is not a folder", [], id="weightmap-into-a-file"),
+    pytest.param(["weightmap", "{labels}", "--out", "{tmp}/w.png"], "write results as", [],
+                 id="weightmap-as-png"),
+    pytest.param(["export", "{model}", "--format", "torchscript", "--out", "{tmp}/a_file/out.pt"],
+                 "a_file is not a folder", [], id="export-into-a-file"),
     # overwriting an input is refused before any work
+    pytest.param(["predict", "{model}", "{image}", "--out", "{image}"],
+                 "would overwrite an input", [], id="predict-over-its-image"),
+    pytest.param(["export", "{model}", "--format", "torchscript", "--out", "{model}"],
+                 "would overwrite the model file itself", [], id="export-over-its-model"),
+])  # fmt: skip
+def test_unwritable_outputs_of_other_commands(capsys, tmp_path, data, args, message, absent):
+    (tmp_path / "a_file").write_text("x")
     refused(
         capsys,
         tmp_path,
-        "predict",
-        data["model"],
-        data["image"],
-        "--out",
-        data["image"],
-        match="would overwrite an input",
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "export",
-        data["model"],
-        "--format",
-        "torchscript",
-        "--out",
-        data["model"],
-        match="would overwrite the model file itself",
+        *fill(args, tmp_path, data),
+        match=message,
+        absent=fill(absent, tmp_path, data),
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
@@ -1009,7 +903,12 @@ def test_zarr_output_of_another_run_is_not_reused(capsys, tmp_path, data):
 
 # ----------------------------------------------------------------------------- devices, cluster
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps"])
-def test_absent_accelerator_is_refused(capsys, tmp_path, data, device):
+@pytest.mark.parametrize("args, out", [
+    pytest.param(["predict", "{model}", "{image}", "--out", "{tmp}/l.tif"], "l.tif", id="predict"),
+    pytest.param(["train", "{image}", "{labels}", "--out", "{tmp}/m.st", "TRAIN"], "m.st",
+                 id="train"),
+])  # fmt: skip
+def test_absent_accelerator_is_refused(capsys, tmp_path, data, device, args, out):
     from napari_unet.devices import available_devices
 
     if device.split(":")[0] in available_devices():
@@ -1018,29 +917,11 @@ def test_absent_accelerator_is_refused(capsys, tmp_path, data, device):
     refused(
         capsys,
         tmp_path,
-        "predict",
-        data["model"],
-        data["image"],
-        "--out",
-        tmp_path / "l.tif",
+        *fill(args, tmp_path, data),
         "--device",
         device,
         match=message,
-        absent=[tmp_path / "l.tif"],
-    )
-    refused(
-        capsys,
-        tmp_path,
-        "train",
-        data["image"],
-        data["labels"],
-        "--out",
-        tmp_path / "m.st",
-        *TRAIN,
-        "--device",
-        device,
-        match=message,
-        absent=[tmp_path / "m.st"],
+        absent=[tmp_path / out],
     )
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -255,33 +254,52 @@ def test_suggest_refuses_bad_input_in_one_line(trained, capsys, tmp_path):
         assert message in lines[0], (args, lines[0])
 
 
-def test_suggest_interrupted_by_sigterm_exits_130(trained, capsys):
+def test_suggest_interrupted_by_sigterm_exits_130(trained, capsys, monkeypatch):
     """SIGTERM (like Ctrl+C) mid-ranking: 'interrupted' on stderr, exit 130, no JSON."""
+    import napari_unet.inference.suggest as suggest
     from napari_unet.cli import app as cli
 
     model, image = trained[3] / "model.safetensors", trained[3] / "long.npy"
-    np.save(image, np.tile(trained[2], (100, 1, 1)))  # 400 planes: far more than the wait below
+    np.save(image, np.tile(trained[2], (100, 1, 1)))  # 400 planes: ranking is under way long after
+    scored = threading.Event()  # set once the first plane is scored (or main() returned)
+    progress_calls: list[int] = []
 
-    def interrupt_once_running() -> None:
-        deadline = time.monotonic() + 60
-        while signal.getsignal(signal.SIGTERM) is not cli._raise_interrupt:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
-        time.sleep(0.5)  # model loaded, ranking under way
-        if signal.getsignal(signal.SIGTERM) is cli._raise_interrupt:
+    def observed_rank_planes(model, metadata, image, config=None, exclude=(), progress=None, **kw):
+        def observed(done: int, total: int) -> None:
+            progress_calls.append(done)
+            scored.set()
+            if progress is not None:
+                progress(done, total)
+
+        return real_rank_planes(model, metadata, image, config, exclude, observed, **kw)
+
+    real_rank_planes = suggest.rank_planes
+    monkeypatch.setattr(suggest, "rank_planes", observed_rank_planes)
+    sent: list[str] = []
+
+    def interrupt_once_ranking() -> None:
+        scored.wait(timeout=120)
+        if not progress_calls:
+            sent.append("no plane was scored (within 120 s) before main() returned")
+        elif signal.getsignal(signal.SIGTERM) is not cli._raise_interrupt:
+            sent.append("main() returned before the signal could be sent")
+        else:
             os.kill(os.getpid(), signal.SIGTERM)
+            sent.append("sent")
 
     # a signal that came after main() returned would be ignored, not end the test session
     outside = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    sender = threading.Thread(target=interrupt_once_running)
+    sender = threading.Thread(target=interrupt_once_ranking)
     try:
         sender.start()
         code = main(["suggest", str(model), str(image), "--quiet", "--device", "cpu"])
+        scored.set()  # main() returned: the sender need not wait any longer
         sender.join()
     finally:
         signal.signal(signal.SIGTERM, outside)
     out, err = capsys.readouterr()
+    assert sent == ["sent"], (sent, code, err)
+    assert len(progress_calls) < 400  # interrupted mid-ranking
     assert code == 130 and out == "" and err.strip() == "napari-unet: interrupted"
 
 

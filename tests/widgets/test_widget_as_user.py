@@ -49,9 +49,23 @@ def _errors(notifications) -> list[str]:
     return [m for severity, m in notifications if severity.lower() == "error"]
 
 
-def _settle(qtbot, ms: int = 300) -> None:
-    qtbot.wait(ms)
-    QApplication.processEvents()
+def _settle(qtbot, viewer, timeout_s: float = 30.0) -> None:
+    """Process events until the layout has settled: the window, every dock and the canvas keep
+    the same geometry over 5 consecutive checks (pytest-qt checks every 10 ms; that is only the
+    poll interval), failing after ``timeout_s``."""
+    window = viewer.window._qt_window
+    seen: list = []
+
+    def geometry() -> tuple:
+        docks = tuple(dock.geometry().getRect() for dock in viewer.window.dock_widgets.values())
+        return window.geometry().getRect(), docks, tuple(viewer.canvas.size)
+
+    def unchanged() -> bool:
+        QApplication.processEvents()
+        seen.append(geometry())
+        return len(seen) >= 5 and all(g == seen[-1] for g in seen[-5:])
+
+    qtbot.waitUntil(unchanged, timeout=int(timeout_s * 1000))
 
 
 @pytest.fixture
@@ -59,7 +73,7 @@ def big_viewer(viewer, qtbot):
     """The viewer in a 1600 x 1000 window (the size of the test screen)."""
     window = viewer.window._qt_window
     window.resize(*SCREEN)
-    _settle(qtbot)
+    _settle(qtbot, viewer)
     return viewer
 
 
@@ -117,7 +131,7 @@ def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
     viewer = big_viewer
     viewer.open_sample("napari-unet", "cells-stack")
     opened = _open_all(viewer)
-    _settle(qtbot, 500)
+    _settle(qtbot, viewer)
     window = opened["1 Annotate"][1].window()
     screen = QApplication.primaryScreen().availableGeometry()
     assert window.frameGeometry().height() <= screen.height() <= SCREEN[1]
@@ -185,10 +199,10 @@ def test_augmentation_preview_is_on_screen(big_viewer, cells, qtbot):
     image, truth = add_cells(viewer, cells)
     opened = _open_all(viewer)
     opened["1 Annotate"][1].import_labels(truth, [2])
-    _settle(qtbot, 500)  # the docks have taken their place: the canvas has its final size
+    _settle(qtbot, viewer)  # the docks have taken their place: the canvas has its final size
     viewer.camera.zoom = 8.0  # the user was looking closely at the image
     shown, _ = opened["3 Train"][1].preview_augmentation(n=4)
-    _settle(qtbot)
+    _settle(qtbot, viewer)
     (low_y, low_x), (high_y, high_x) = shown.extent.world[:, -2:]
     height, width = viewer.canvas.size
     centre_y, centre_x = viewer.camera.center[-2:]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 from widget_helpers import add_cells, configure_tiny, foreground_iou, wait_idle
 
 from napari_unet._widgets import _session
@@ -13,7 +14,10 @@ from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
-from napari_unet.io.modelfile import read_metadata
+from napari_unet.inference.batch import SegmentConfig
+from napari_unet.inference.suggest import DEFAULT_MEASURE, plane_uncertainty
+from napari_unet.io.modelfile import load_model, read_metadata
+from napari_unet.io.planes import read_plane
 from napari_unet.training.checkpoint import read_checkpoint_metadata
 
 pytestmark = pytest.mark.viewer
@@ -92,7 +96,16 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     assert probability.data.shape == truth.data.shape
     assert 0 <= probability.data[1].min() and probability.data[1].max() <= 1
     assert probability.data[1].max() > 0.5 and not probability.data[0].any()
-    assert uncertainty.data[1].max() >= 0
+    # the uncertainty layer holds plane 1's map of the default ranking measure, nothing elsewhere
+    unc = uncertainty.data[1]
+    assert uncertainty.data.shape == truth.data.shape and not uncertainty.data[0].any()
+    assert np.isfinite(unc).all() and 0 <= unc.min() and unc.max() <= 1
+    assert unc.max() > 0 and np.unique(unc).size > 1  # the 8 passes disagree, unevenly
+    model, metadata = load_model(path)
+    expected = plane_uncertainty(
+        model, metadata, read_plane(image.data, (1,), None), SegmentConfig()
+    ).map_for(DEFAULT_MEASURE)
+    np.testing.assert_allclose(unc, expected, atol=1e-4)
     assert not _errors(notifications)
 
 
@@ -120,7 +133,8 @@ def test_cancel_and_resume(viewer, cells, qtbot, tmp_path):
     # the viewer is still usable
     viewer.add_points([[0, 5, 5]], name="still alive")
     viewer.dims.set_point(0, image.data_to_world((3, 0, 0))[0])
-    qtbot.wait(50)
+    QApplication.processEvents()
+    assert "still alive" in viewer.layers and viewer.dims.current_step[0] == 3
 
     # resume from the checkpoint for 5 more steps (Trainer.load_checkpoint in the worker)
     train.steps.value = stopped.step + 5

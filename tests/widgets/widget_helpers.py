@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from napari_unet.model import UNetConfig
@@ -51,11 +49,9 @@ def configure_tiny(train_widget, steps: int = 40) -> None:
     train_widget.batch_size.value = 4
 
 
-def wait_idle(qtbot, widget, timeout_s: float = 90.0) -> float:
-    """Wait (processing events) until ``widget.is_running`` is False; returns the seconds."""
-    start = time.perf_counter()
+def wait_idle(qtbot, widget, timeout_s: float = 90.0) -> None:
+    """Wait (processing events) until ``widget.is_running`` is False; fail after ``timeout_s``."""
     qtbot.waitUntil(lambda: not widget.is_running, timeout=int(timeout_s * 1000))
-    return time.perf_counter() - start
 
 
 def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
