@@ -111,7 +111,8 @@ def test_a_single_annotated_object_derives_its_own_size():
     labels = np.zeros((1, 64, 64), np.int32)
     yy, xx = np.mgrid[:64, :64]
     labels[0][(yy - 32) ** 2 + (xx - 32) ** 2 < 100] = 1
-    derived = derive_settings(_planes(labels), AnnotationConfig())
+    config = AnnotationConfig(instance_targets="interiors")
+    derived = derive_settings(_planes(labels, config), config)
     area = int((labels > 0).sum())
     assert derived["min_size"] == area // 4
     assert derived["method"] == "interiors" and derived["foreground_classes"] == [1, 2]
@@ -150,7 +151,8 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
                  str(model), "--steps", "2", "--device", "cpu", "--quiet"])  # fmt: skip
     assert code == 0
     code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--out",
-                 str(model), "--steps", "2", "--device", "cpu"])  # fmt: skip
+                 str(model), "--steps", "2", "--device", "cpu",
+                 "--instance-targets", "interiors"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0 and "derived from the annotations: instances: interiors, min size" in err
     out = tmp_path / "labels.npy"

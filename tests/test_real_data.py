@@ -20,12 +20,12 @@ def test_isbi_binary_membrane_labels_train_and_segment(shared_data, one_torch_th
     assert volume.shape == labels.shape == (30, 512, 512)
     crop = (slice(0, 3), slice(0, 160), slice(0, 160))
     planes, k = training_planes(volume[crop], labels[crop], planes=[(0,), (1,)])
-    assert k == 3  # background, interior, border band
+    assert k == 2
     # 255 = cell, 0 = membrane: cells become separate objects, so the border term is present
     assert planes[0].weight.max() > 5
     torch.manual_seed(0)  # the initial weights (TrainConfig.seed covers sampling and augmentation)
     trainer = Trainer(
-        UNet(UNetConfig(width=4, depth=2, norm="batch", num_classes=3)),
+        UNet(UNetConfig(width=4, depth=2, norm="batch")),
         planes,
         TrainConfig(steps=200, tile=60, batch_size=2, device="cpu", seed=0),
     )
@@ -54,6 +54,6 @@ def test_phc_u373_ground_truth_reads_as_instances(shared_data):
     frame = read_array(shared_data / "phc-u373" / "01" / f"t{int(seg[0].stem[7:]):03d}.tif")
     assert gt.shape == frame.shape == (520, 696)
     planes, _ = training_planes(frame, gt)
-    assert len(planes) == 1 and planes[0].target.max() == 2
+    assert len(planes) == 1 and planes[0].target.max() == 1
     assert len(np.unique(planes[0].instances)) == len(np.unique(gt))
     assert evaluate(gt, gt, ("seg",))["seg"] == pytest.approx(1.0)

@@ -8,7 +8,7 @@ from widget_helpers import add_cells
 
 from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
-from napari_unet.annotation.schema import IGNORE_LABEL, border_targets
+from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
 
 pytestmark = pytest.mark.viewer
@@ -37,13 +37,8 @@ def test_weight_map_layer(viewer, cells, qtbot):
     assert viewer.layers.index(layer) == viewer.layers.index(labels) - 1
     config = WeightMapConfig(w0=8.0, sigma=4.0)
     plane = labels.data[2].astype(np.int64)
-    objects = np.where(plane == IGNORE_LABEL, 0, plane)
-    expected = weight_map(  # what training uses: three classes, no gaps cut
-        objects,
-        config,
-        ignore=plane == IGNORE_LABEL,
-        classes=border_targets(objects),
-        separate=False,
+    expected = weight_map(
+        np.where(plane == IGNORE_LABEL, 0, plane), config, ignore=plane == IGNORE_LABEL
     )
     np.testing.assert_allclose(layer.data[2], expected, rtol=1e-4)
     assert not layer.data[1].any()  # not annotated: no weights

@@ -7,8 +7,8 @@ prediction without options gives clean objects:
 * ``method`` / ``foreground_classes`` -- how instances are formed: ``interiors`` (classes 1 and
   2 are the object, interiors seed it) for three-class models, ``cores`` for the paper's two.
 * ``min_size`` -- objects smaller than a quarter of the smallest annotated object are specks and
-  are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under a
-  tenth of the typical, area-weighted median area -- a few pixels left by a brush or by the
+  are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under
+  2 % of the typical, area-weighted median area -- a few pixels left by a brush or by the
   model's own output in a corrected plane) and objects cut by the plane's edge do not count
   (all objects count when every one touches an edge); of the rest, the 5th percentile when
   there are 20 or more, else the smallest.
@@ -33,7 +33,7 @@ from napari_unet.inference.postprocess import PostprocessConfig
 MIN_SIZE_FRACTION = 0.25
 
 
-STRAY_FRACTION = 0.1
+STRAY_FRACTION = 0.02
 
 
 def _object_stats(plane: TrainingPlane) -> list[tuple[int, bool, bool]]:
@@ -95,7 +95,7 @@ def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -
         " not cut by the edge" if inner else " (all cut by the edge)"
     )
     if strays:
-        source += f"; {strays} stray piece(s) under a tenth of the typical area ignored"
+        source += f"; {strays} stray piece(s) under 2 % of the typical area ignored"
     return {
         "min_size": int(MIN_SIZE_FRACTION * smallest),
         "fill_holes": not any(hole for _, hole in inner),

@@ -79,14 +79,16 @@ class AnnotationConfig:
     annotated, which also teaches the debris and halos far from any cell. Paint the ignore value
     (65535) over single unannotated objects either way."""
 
-    instance_targets: InstanceTargets = "interiors"
-    """Instances mode: what the network learns from the painted objects. ``interiors``
-    (default): three classes -- background, object interior and a border band just inside every
+    instance_targets: InstanceTargets = "paper"
+    """Instances mode: what the network learns from the painted objects. ``interiors``: three
+    classes -- background, object interior and a border band just inside every
     object (:func:`border_targets`; its width follows the object size). Instances are then the
     connected interiors grown through the foreground, a choice between classes (arg-max) that
     does not hinge on how confident a network is. ``paper``: the paper's two classes, touching
     objects cut apart by background gaps, the border weight map; instances are split at the
-    network's confident cores (docs/benchmarks.md, "Instances")."""
+    network's confident cores. ``paper`` stays the default: in the screening runs of
+    docs/benchmarks.md ("Instances") it scored better on ISBI 2012 and Usiigaci, ``interiors``
+    on PhC-U373."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--instance-targets",
         choices=["interiors", "paper"],
-        default="interiors",
-        help="what a new network learns from instances: background, interior and border band "
-        "(default), or the paper's two classes with weight maps, parted at confident cores",
+        default="paper",
+        help="what a new network learns from instances: the paper's two classes with weight "
+        "maps, parted at confident cores (default), or background, interior and border band, "
+        "parted at the interiors without a probability threshold",
     )
     train.add_argument(
         "--partial",

@@ -4,14 +4,15 @@ The U-Net predicts per-pixel class probabilities ``(K, ...)``. :func:`semantic_l
 arg-max, :func:`foreground_mask` selects the object classes and :func:`instance_labels` turns the
 foreground into numbered objects. Two ways to part touching objects (``method``):
 
-* ``interiors`` (models trained with three classes -- background, interior, border band; the
-  default since the instance issue): every connected region whose most probable class is
+* ``interiors`` (models trained with three classes -- background, interior, border band;
+  ``--instance-targets interiors``): every connected region whose most probable class is
   "interior" is one seed; a watershed (scikit-image) grows the seeds through the foreground
   (interior or border) over the "not interior" probability. Only arg-max decisions are taken,
   so a less confident network (another seed, another lab's data, a fine-tuned start) gives the
   same objects as long as it ranks the classes the same way.
-* ``cores`` (the paper's two classes): connected components split at cores where the smoothed
-  foreground probability exceeds ``seed_threshold`` (0.98), and separation gaps given back.
+* ``cores`` (the paper's two classes, the default): connected components split at cores where
+  the smoothed foreground probability exceeds ``seed_threshold`` (0.98), and separation gaps
+  given back.
 
 Then holes are optionally filled and specks below ``min_size`` removed.
 """
