@@ -174,8 +174,8 @@ def _stats(values: list[float], lower_is_better: bool) -> str:
 def table(rows: list[dict]) -> str:
     """The markdown of the "Instances" section's table, one line per set, planes and steps."""
     lines = [
-        "| set | measure | planes | steps | interiors (default) | paper (2 classes, cores) "
-        "| seeds | objects / ref. (interiors) |",
+        "| set | measure | planes | steps | interiors (3 classes) | paper (2 classes, cores; "
+        "the default) | seeds | objects / ref. (interiors) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, dict[str, list[dict]]] = {}
