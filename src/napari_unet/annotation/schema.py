@@ -87,8 +87,8 @@ class AnnotationConfig:
     does not hinge on how confident a network is. ``paper``: the paper's two classes, touching
     objects cut apart by background gaps, the border weight map; instances are split at the
     network's confident cores. ``paper`` stays the default: in the screening runs of
-    docs/benchmarks.md ("Instances") it scored better on ISBI 2012 and Usiigaci, ``interiors``
-    on PhC-U373."""
+    docs/benchmarks.md ("Instances") ``interiors`` won on PhC-U373, GOWT1 and Lucchi but lost
+    on Usiigaci and, by far, on ISBI 2012."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
