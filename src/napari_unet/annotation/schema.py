@@ -160,12 +160,7 @@ def plane_targets(
     labels = check_labels(plane_labels)
     ignore = labels == IGNORE_LABEL
     if config.mode == "instances":
-        instances = np.where(ignore, 0, labels)
-        ids = np.unique(instances)
-        if len(ids) == 2:  # a binary mask (one value for every object): objects = connected parts
-            from scipy import ndimage
-
-            instances = ndimage.label(instances > 0)[0]
+        instances = painted_objects(labels)
         if config.partial:
             ignore = ignore | _far_from_objects(instances)
         if config.instance_targets == "interiors":
@@ -307,18 +302,16 @@ def training_planes(
                 target=target,
                 weight=weight,
                 index=index,
-                instances=_painted_objects(labels[index], config),
+                instances=painted_objects(labels[index]) if config.mode == "instances" else None,
             )
         )
     _check_classes_present(result, config.mode)
     return result, num_classes
 
 
-def _painted_objects(plane_labels: np.ndarray, config: AnnotationConfig) -> np.ndarray | None:
-    """The painted objects of an instances-mode plane as int32 ids (binary masks: one object
-    per connected region), for derived settings and validation."""
-    if config.mode != "instances":
-        return None
+def painted_objects(plane_labels: np.ndarray) -> np.ndarray:
+    """The painted objects of an instances-mode plane as int32 ids, ignored pixels as 0; a
+    binary mask (one value for every object) gives one object per connected region."""
     labels = check_labels(plane_labels)
     instances = np.where(labels == IGNORE_LABEL, 0, labels)
     if len(np.unique(instances)) == 2:
