@@ -136,11 +136,32 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
         pass
     train_s = time.perf_counter() - start
     config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
+    probs: dict[tuple, np.ndarray] = {}
     start = time.perf_counter()
-    pred = np.asarray(segment_stack(trainer.model, trainer.metadata(), test_img, config))
+    pred = np.asarray(
+        segment_stack(
+            trainer.model, trainer.metadata(), test_img, config,
+            on_plane=lambda index, p: probs.__setitem__(index, p.astype(np.float16)),
+        )
+    )  # fmt: skip
     predict_s = time.perf_counter() - start
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    np.save(PREDICTIONS / f"{name}-{shots}-{targets}-{seed}-{trainer.step}.npy", pred)
+    stem = f"{name}-{shots}-{targets}-{seed}-{trainer.step}"
+    np.save(PREDICTIONS / f"{stem}.npy", pred)
+    # network outputs of the scored and of the annotated planes: post-processing is screened on
+    # them without training again (benchmarks/instance_methods.py)
+    seen: dict[tuple, np.ndarray] = {}
+    segment_stack(
+        trainer.model, trainer.metadata(), train_img, config,
+        on_plane=lambda index, p: seen.__setitem__(index, p.astype(np.float16)),
+    )  # fmt: skip
+    np.savez_compressed(
+        PREDICTIONS / f"{stem}-probs.npz",
+        test=np.stack([probs[k] for k in sorted(probs)]),
+        train=np.stack([seen[k] for k in sorted(seen)]),
+        train_labels=np.asarray(train_lab),
+        metadata=trainer.metadata().to_json(),
+    )
     return {
         "set": name, "shots": shots, "targets": targets, "seed": seed, "steps": trainer.step,
         "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
