@@ -127,9 +127,11 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
     training = replace(TrainConfig(), seed=seed, device=args.device)
     if args.steps:
         training = replace(training, steps=args.steps)
-    recipe = TrainingRecipe(
-        annotation=AnnotationConfig(instance_targets=targets), training=training
-    )
+    # a variant of the training is written after the targets: "paper+ema0.99"
+    base, _, variant = targets.partition("+")
+    if variant.startswith("ema"):
+        training = replace(training, ema=float(variant[3:]))
+    recipe = TrainingRecipe(annotation=AnnotationConfig(instance_targets=base), training=training)
     trainer = prepare_run(train_img, train_lab, recipe)
     start = time.perf_counter()
     for _ in trainer.run():

@@ -59,15 +59,19 @@ def test_events_and_loss_falls(data):
     assert step.tiles_per_s > 0 and step.eta_s >= 0
 
 
-def test_cancel_then_resume_equals_uninterrupted_run(data, tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["last-weights", "ema"])
+def test_cancel_then_resume_equals_uninterrupted_run(data, tmp_path, ema):
     planes, _ = data
     torch.use_deterministic_algorithms(True)
     try:
-        full = _trainer(planes, 8)
-        for _ in full.run():
-            pass
+        full = _trainer(planes, 8, ema=ema)
+        done = list(full.run())[-1]
+        if ema is not None:  # the model holds the average, not the last step's weights
+            assert "averaged" in (done.message or "")
+            averaged = {k: v for k, v in full.ema.items()}
+            assert all(torch.equal(full.model.state_dict()[k], v) for k, v in averaged.items())
         ckpt = tmp_path / "run.ckpt"
-        first = _trainer(planes, 8, ckpt=ckpt)
+        first = _trainer(planes, 8, ckpt=ckpt, ema=ema)
         events = []
         for event in first.run():
             events.append(event)
@@ -77,7 +81,7 @@ def test_cancel_then_resume_equals_uninterrupted_run(data, tmp_path):
         assert ckpt.exists()
         meta = read_checkpoint_metadata(ckpt)
         assert meta.architecture == TINY
-        second = _trainer(planes, 8, ckpt=ckpt)
+        second = _trainer(planes, 8, ckpt=ckpt, ema=ema)
         second.load_checkpoint(ckpt)
         assert second.step == 3
         for _ in second.run():

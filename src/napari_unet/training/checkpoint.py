@@ -37,6 +37,7 @@ class CheckpointState:
     metadata: ModelMetadata
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     history: list[dict] = field(default_factory=list)
+    ema: dict[str, torch.Tensor] | None = None
 
 
 def write_checkpoint(state: CheckpointState, path: str | Path) -> Path:
@@ -54,6 +55,8 @@ def write_checkpoint(state: CheckpointState, path: str | Path) -> Path:
     if state.best is not None:
         for name, value in state.best[2].items():
             tensors[f"best.{name}"] = value
+    for name, value in (state.ema or {}).items():
+        tensors[f"ema.{name}"] = value.detach().cpu()
     tensors["rng.torch"] = state.rng_torch
     tensors["rng.augment"] = state.rng_augment
     meta = {
@@ -104,6 +107,7 @@ def read_checkpoint(path: str | Path) -> CheckpointState:
         metadata=ModelMetadata.from_json(json.dumps(meta["model_metadata"])),
         best=best,
         history=list(meta.get("history", [])),
+        ema={k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None,
     )
 
 

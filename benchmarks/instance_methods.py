@@ -1,0 +1,205 @@
+"""Screen ways of forming instances on stored network outputs, without training again.
+
+``benchmarks/instances.py`` keeps, per run, the network output (float16) of the scored planes
+and of the annotated planes in ``benchmarks/results/instances-predictions/*-probs.npz``. This
+script re-labels them with each candidate and scores it as ``instances.py`` does, so a
+candidate is judged on every set and seed at once, side by side with the default.
+
+Candidates (each reads only the probabilities, the model file's derived settings and, for the
+calibrated ones, the annotated planes the network trained on):
+
+* ``cores@T``: the paper network's confident cores (smoothed p > T) seed a watershed.
+* ``dips@H``: seeds are the maxima of the smoothed foreground probability that rise at least H
+  above the saddle to any higher maximum (h-maxima, ``skimage.morphology.h_maxima``): a
+  less confident network lowers all values, not the depth of the dip at a membrane.
+* ``necks@F``: seeds are the h-maxima of the distance transform of the foreground, with
+  H = F x the annotated objects' radius: parts objects at narrow necks; needs no probability.
+* ``calibrated``: ``cores`` with the threshold that scores best (AP@0.5) on the annotated
+  planes themselves, chosen per model (StarDist's ``optimize_thresholds`` idea).
+* ``interiors`` (three-class models): connected interiors seed the object (the product's
+  option); ``interiors-dips@H``: interiors split further at dips of the interior probability.
+
+    python benchmarks/instance_methods.py                 # every stored run
+    python benchmarks/instance_methods.py --sets isbi --steps 400
+Results: ``benchmarks/results/instance_methods.json`` (one row per run and candidate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential, watershed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from instances import MEASURE, PREDICTIONS, data_root, load, score  # noqa: E402
+
+from napari_unet.annotation.derived import postprocess_config  # noqa: E402
+from napari_unet.inference.postprocess import (  # noqa: E402
+    PostprocessConfig,
+    close_gaps,
+    instance_labels,
+    semantic_labels,
+)
+from napari_unet.io.modelfile import ModelMetadata  # noqa: E402
+from napari_unet.metrics import instances_from_binary, matching  # noqa: E402
+
+OUT = PREDICTIONS.parent / "instance_methods.json"
+
+
+def _finish(labels: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    labels = close_gaps(labels, cfg.close_gaps)
+    if cfg.min_size > 1:
+        small = np.bincount(labels.ravel()) < cfg.min_size
+        small[0] = False
+        labels[small[labels]] = 0
+    return relabel_sequential(labels)[0]
+
+
+def _foreground(probs: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    fg = np.isin(semantic_labels(probs), cfg.foreground_classes)
+    return ndimage.binary_fill_holes(fg) if cfg.fill_holes else fg
+
+
+def _grow(fg: np.ndarray, seeds: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    """Watershed of -surface from ``seeds`` through ``fg``; a region without seed is one object."""
+    markers, n = ndimage.label(seeds & fg)
+    regions, _ = ndimage.label(fg)
+    seeded = np.zeros(regions.max() + 1, bool)
+    seeded[regions[markers > 0]] = True
+    lonely = fg & ~seeded[regions]
+    markers = markers.astype(np.int64)
+    markers[lonely] = n + regions[lonely]
+    return watershed(-surface, markers, mask=fg)
+
+
+def dips(probs: np.ndarray, cfg: PostprocessConfig, h: float, fg_classes=None) -> np.ndarray:
+    classes = list(fg_classes or cfg.foreground_classes)
+    fg = _foreground(probs, cfg)
+    smooth = ndimage.gaussian_filter(probs[classes].sum(0).astype(np.float32), 1.0)
+    levels = np.round(smooth * 1000).astype(np.int32)
+    seeds = h_maxima(levels, max(1, int(round(h * 1000)))) > 0
+    return _finish(_grow(fg, seeds, smooth), cfg)
+
+
+def necks(probs: np.ndarray, cfg: PostprocessConfig, frac: float, diameter: float) -> np.ndarray:
+    fg = _foreground(probs, cfg)
+    dist = ndimage.distance_transform_edt(fg)
+    h = max(1.0, frac * diameter / 2)
+    seeds = h_maxima(np.round(dist * 10).astype(np.int32), int(round(h * 10))) > 0
+    return _finish(_grow(fg, seeds, dist), cfg)
+
+
+def cores(probs: np.ndarray, cfg: PostprocessConfig, threshold: float) -> np.ndarray:
+    cfg = replace(cfg, method="cores", seed_threshold=threshold)
+    return instance_labels(semantic_labels(probs), cfg, probabilities=probs)
+
+
+def interiors_dips(probs: np.ndarray, cfg: PostprocessConfig, h: float) -> np.ndarray:
+    """Interiors whose probability dips by more than h between two maxima are two seeds."""
+    fg = _foreground(probs, cfg)
+    smooth = ndimage.gaussian_filter(probs[cfg.interior_class].astype(np.float32), 1.0)
+    interior = semantic_labels(probs) == cfg.interior_class
+    levels = np.round(smooth * 1000).astype(np.int32)
+    peaks = (h_maxima(levels, max(1, int(round(h * 1000)))) > 0) & interior
+    # each connected interior keeps at least one seed (its peaks, or itself)
+    regions, n = ndimage.label(interior)
+    has = np.zeros(n + 1, bool)
+    has[regions[peaks]] = True
+    seeds = peaks | (interior & ~has[regions])
+    return _finish(_grow(fg, seeds, smooth), replace(cfg, close_gaps=0))
+
+
+def _truth_train(name: str, labels: np.ndarray) -> np.ndarray:
+    if name == "isbi":
+        return np.stack([instances_from_binary(p > 0) for p in labels])
+    return labels.astype(np.int32)
+
+
+def _ap50(pred: list[np.ndarray], truth: np.ndarray) -> float:
+    ms = [matching(p, t, 0.5) for p, t in zip(pred, truth, strict=True)]
+    tp, fp, fn = (sum(m[k] for m in ms) for k in ("tp", "fp", "fn"))
+    return tp / max(tp + fp + fn, 1)
+
+
+NECKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
+    """(name, function of one plane's probabilities) of every candidate for this model."""
+    derived = meta.postprocess or {}
+    cfg = postprocess_config(derived)
+    diameter = float(derived.get("object_diameter") or 20.0)
+    out = []
+    if cfg.method == "interiors":
+        out.append(("interiors", lambda p: instance_labels(semantic_labels(p), cfg, p)))
+        for h in (0.1, 0.2, 0.3):
+            out.append((f"interiors-dips@{h}", lambda p, h=h: interiors_dips(p, cfg, h)))
+        for f in NECKS:
+            out.append((f"interiors-necks@{f}", lambda p, f=f: necks(p, cfg, f, diameter)))
+        two = replace(cfg, method="cores")
+        out.append(("interiors-as-fg-cores@0.98", lambda p: cores(p, two, 0.98)))
+        return out
+    for t in (0.9, 0.98):
+        out.append((f"cores@{t}", lambda p, t=t: cores(p, cfg, t)))
+    for h in (0.1, 0.2, 0.3, 0.5):
+        out.append((f"dips@{h}", lambda p, h=h: dips(p, cfg, h)))
+    for f in NECKS:
+        out.append((f"necks@{f}", lambda p, f=f: necks(p, cfg, f, diameter)))
+    scores = {t: _ap50([cores(p, cfg, t) for p in train_probs], train_truth) for t in THRESHOLDS}
+    best = max(THRESHOLDS, key=lambda t: (scores[t], -abs(t - 0.98)))
+    out.append((f"calibrated(={best})", lambda p: cores(p, cfg, best)))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="all")
+    parser.add_argument("--steps", type=int)
+    args = parser.parse_args()
+    root = data_root()
+    if root is None:
+        print("shared data not found (set NAPARI_UNET_DATA); nothing to measure", file=sys.stderr)
+        return 0
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    done = {(r["run"], r["candidate"]) for r in rows}
+    truth_cache: dict = {}
+    for path in sorted(PREDICTIONS.glob("*-probs.npz")):
+        run = path.name[: -len("-probs.npz")]
+        name, shots, targets, seed, steps = run.split("-")
+        if (args.sets != "all" and name not in args.sets.split(",")) or (
+            args.steps and int(steps) != args.steps
+        ):
+            continue
+        data = np.load(path)
+        meta = ModelMetadata.from_json(str(data["metadata"]))
+        if (name, shots) not in truth_cache:
+            truth_cache[(name, shots)] = load(root, name, int(shots))[3]
+        truth = truth_cache[(name, shots)]
+        test = data["test"].astype(np.float32)
+        train = data["train"].astype(np.float32)
+        train_truth = _truth_train(name, data["train_labels"])
+        for cand, fn in candidates(meta, train, train_truth, name):
+            if (run, cand.split("(")[0]) in done:
+                continue
+            pred = np.stack([fn(p) for p in test])
+            row = {"run": run, "set": name, "targets": targets, "seed": int(seed),
+                   "steps": int(steps), "candidate": cand.split("(")[0], "detail": cand,
+                   **{k: v for k, v in score(name, pred, truth).items()
+                      if k != "per_plane_ap50"}}  # fmt: skip
+            rows.append(row)
+            print(f"{run:28s} {cand:28s} {MEASURE[name]}={row[MEASURE[name]]:.3f} "
+                  f"objects={row['objects']:.0f}/{row['ref_objects']:.0f}", flush=True)  # fmt: skip
+            OUT.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
