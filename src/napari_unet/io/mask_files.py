@@ -157,8 +157,12 @@ def _read_file(path: Path) -> np.ndarray:
         raise InputError(f"{path.name}: cannot be read ({type(exc).__name__})") from None
 
 
-def check_labels(data: np.ndarray, name: str) -> np.ndarray:
-    """``data`` as integer labels 0..:data:`MAX_LABEL`, or :class:`InputError` naming ``name``."""
+def check_labels(data: np.ndarray, name: str, highest: int = MAX_LABEL) -> np.ndarray:
+    """``data`` as integer labels 0..``highest``, or :class:`InputError` naming ``name``.
+
+    Mask files stop at :data:`MAX_LABEL`: 65535 is the annotations' ignore label, and a mask
+    holding it is more likely a binary 0/65535 image than a wish to ignore.
+    """
     data = np.asarray(data)
     if data.dtype == bool:
         return data.astype(np.uint8)
@@ -169,8 +173,8 @@ def check_labels(data: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"{name}: not a label mask ({data.dtype} values)")
     if data.size and data.min() < 0:
         raise InputError(f"{name}: negative labels ({data.min()})")
-    if data.size and data.max() > MAX_LABEL:
-        raise InputError(f"{name}: labels above {MAX_LABEL} ({data.max()})")
+    if data.size and data.max() > highest:
+        raise InputError(f"{name}: labels above {highest} ({data.max()})")
     return data if data.dtype.kind in "iu" else data.astype(np.uint16)
 
 
