@@ -215,3 +215,20 @@ def test_save_and_open_buttons_round_trip(viewer, tmp_path, notifications):
     layer.save(str(plain), plugin="napari")
     with pytest.raises(Exception, match="plain.tif: not a napari-unet annotation file"):
         widget.open_annotations(plain)
+
+
+def test_labels_too_large_for_the_layer_are_refused(viewer, tmp_path, notifications):
+    from napari_unet.io.annotation_file import save_annotations
+
+    _, widget = _stack_and_widget(viewer)
+    path = tmp_path / "small.unet-annotations.tif"
+    save_annotations(path, np.zeros(SHAPE, np.uint8), {"image": "frames", "planes": [[0]]})
+    layer = widget.open_annotations(path)
+    assert layer.data.dtype == np.uint8
+    tifffile.imwrite(tmp_path / "man_seg003.tif", np.full(SHAPE[1:], 300, np.uint16))
+    widget.mask_files.value = [tmp_path / "man_seg003.tif"]
+    widget.masks_button.click()
+    assert (
+        "label 300 does not fit the annotations (uint8, at most 255)" in _errors(notifications)[-1]
+    )
+    assert not layer.data.any() and widget.annotated_planes() == [(0,)]

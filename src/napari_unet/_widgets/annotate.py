@@ -493,8 +493,16 @@ class AnnotateWidget(DockWidget):
     def _write_planes(self, target: Labels, planes: dict[tuple[int, ...], np.ndarray]) -> None:
         """Put label planes into ``target`` in its schema and mark them annotated."""
         mode = layer_mode(target)
+        dtype = np.dtype(target.data.dtype)
+        highest = np.iinfo(dtype).max if dtype.kind in "iu" else IGNORE_LABEL
+        for index, plane in planes.items():  # everything checked before anything is written
+            if plane.size and int(plane.max()) > highest:
+                raise InputError(
+                    f"plane {plane_names([index])}: label {int(plane.max())} does not fit the "
+                    f"annotations ({dtype}, at most {highest})"
+                )
         for index, plane in planes.items():
-            target.data[index] = schema_plane(plane, mode).astype(target.data.dtype)
+            target.data[index] = schema_plane(plane, mode).astype(dtype)
         marked = explicit_planes(target) | set(planes)
         target.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
         target.refresh()
@@ -520,11 +528,8 @@ class AnnotateWidget(DockWidget):
         shape = tuple(target.data.shape)
         if len(shape) != 3:
             raise InputError(f"mask files fill the planes of a stack (Z/T, Y, X), not {shape}")
-        image = (
-            self.viewer.layers[target.metadata[META_IMAGE]]
-            if (target.metadata.get(META_IMAGE) in self.viewer.layers)
-            else None
-        )
+        name = target.metadata.get(META_IMAGE)
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
         files = mask_paths(paths)
         matched = match_mask_files(files, shape[0], image_plane_names(image, shape[0]), by)
         planes = {(i,): read_mask(path, shape[1:]) for i, path in matched.items()}
