@@ -127,3 +127,16 @@ def test_napari_reader_and_writer_functions(tmp_path):
     tifffile.imwrite(tmp_path / "plain.unet-annotations.tif", data)
     assert get_annotation_reader(str(tmp_path / "plain.unet-annotations.tif")) is None
     assert get_annotation_reader([path]) is None
+
+
+def test_annotation_io_is_qt_and_napari_free():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import napari_unet.io.annotation_layer, napari_unet.io.mask_files; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'napari', 'qtpy', 'PyQt6', "
+        "'PyQt5', 'PySide6', 'magicgui'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
