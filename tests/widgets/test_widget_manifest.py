@@ -31,3 +31,17 @@ def test_manifest_widgets_and_sample(viewer):
     annotate = opened["1 Annotate"]
     assert annotate.image_combo.current_choice == "cells stack"
     assert annotate.source_combo.current_choice == "cells stack ground truth"
+
+
+def test_manifest_reads_and_writes_annotation_files(viewer):
+    from npe2 import PluginManager
+
+    contributions = PluginManager.instance().get_manifest("napari-unet").contributions
+    (reader,) = contributions.readers
+    assert reader.command == "napari-unet.get_annotation_reader"
+    assert "*.unet-annotations.tif" in reader.filename_patterns
+    (writer,) = contributions.writers
+    assert writer.layer_types == ["labels"]
+    assert ".unet-annotations.tif" in writer.filename_extensions
+    # only the plugin's own ending: plain TIFFs stay with napari's builtin reader and writer
+    assert ".tif" not in writer.filename_extensions and "*.tif" not in reader.filename_patterns

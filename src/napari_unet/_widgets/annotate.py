@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QListWidget, QListWidgetItem, QWidget
+from qtpy.QtWidgets import QFileDialog, QListWidget, QListWidgetItem, QWidget
 
 from napari_unet._widgets._common import (
     META_CHANNEL_AXIS,
@@ -19,12 +27,14 @@ from napari_unet._widgets._common import (
     channel_axis,
     column,
     current_plane,
+    error_message,
     go_to_plane,
     group,
     guarded,
     is_annotation_layer,
     layer_data,
     parse_planes,
+    plane_names,
     set_tooltips,
     spatial_shape,
     spatial_transform,
@@ -38,7 +48,23 @@ from napari_unet._widgets._schema import (
     schema_html,
 )
 from napari_unet.annotation.schema import IGNORE_LABEL, MODES, AnnotationConfig, annotated_planes
-from napari_unet.errors import AnnotationError, InputError
+from napari_unet.errors import AnnotationError, InputError, NapariUnetError
+from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
+from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
+from napari_unet.io.mask_files import (
+    MATCHING,
+    check_labels,
+    count_objects,
+    mask_paths,
+    match_mask_files,
+    natural_key,
+    read_mask,
+)
+
+log = logging.getLogger("napari_unet")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+MASK_FILTER = "Masks (*.tif *.tiff *.png)"
+FILE_FILTER = f"napari-unet annotations (*{SUFFIX});;TIFF (*.tif *.tiff)"
 
 
 def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
@@ -75,6 +101,50 @@ def add_annotation_layer(
     layer.colormap = schema_colormap(mode)
     layer.brush_size = 6
     return layer
+
+
+def one_line(text: str, limit: int = 100) -> str:
+    """``text`` as one short line for a notification (the full text goes to the status)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def and_join(items) -> str:
+    """``1, 2 and 3``."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def counts_text(counts: list[int], mode: str) -> str:
+    """``23 and 19 objects`` (instances) or ``2 and 1 label values`` (other schemas)."""
+    return f"{and_join(counts)} {'objects' if mode == 'instances' else 'label values'}"
+
+
+def schema_plane(plane: np.ndarray, mode: str) -> np.ndarray:
+    """Imported labels in the layer's schema: scribbles get background 1 and objects 2."""
+    if mode == "scribbles":
+        return np.where(plane == IGNORE_LABEL, plane, np.where(plane > 0, 2, 1))
+    return plane
+
+
+def image_plane_names(image: Image | None, n_planes: int) -> list[str] | None:
+    """The file names of the image's planes, when it was opened from a folder of 2D files."""
+    path = getattr(getattr(image, "source", None), "path", None)
+    if not path or not os.path.isdir(path):
+        return None
+    files = [f.name for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+    names = sorted(files, key=natural_key)
+    return names if len(names) == n_planes else None
+
+
+IO_TIPS = {
+    "masks_button": "read one mask file per plane (TIFF/PNG; e.g. man_seg001.tif, "
+    "img_0003_cp_masks.png) into the matching planes; they count as annotated",
+    "save_button": f"write the annotation layer with its schema and marked planes (also "
+    f"empty ones) to a TIFF ({SUFFIX}); napari's File > Save does the same with that ending",
+    "open_button": "open an annotation file saved before: the layer comes back with its "
+    "schema and marked planes",
+}
 
 
 class AnnotateWidget(DockWidget):
@@ -119,7 +189,8 @@ class AnnotateWidget(DockWidget):
         )
         self.import_planes = LineEdit(label="planes")
         self.import_planes.tooltip = (
-            "planes to copy (e.g. 0, 2, 5-7); empty: every plane that holds labels"
+            "planes to copy (e.g. 0, 2, 5-7); empty: every plane that holds labels. A 2D "
+            "labels layer goes into the one plane named here (empty: the plane on screen)"
         )
         self.import_planes.native.setPlaceholderText("all planes with labels, or e.g. 0, 2")
         add_buttons(
@@ -131,10 +202,26 @@ class AnnotateWidget(DockWidget):
             mark_button="Mark current plane as annotated (empty)",
             unmark_button="Unmark",
             import_button="Import labels layer as annotations",
+            masks_button="Import mask files",
+            save_button="Save annotations…",
+            open_button="Open annotations…",
         )
+        self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
+        self.mask_files.tooltip = (
+            "one label file per plane (TIFF/PNG), or a folder of them; the plane is the number "
+            "in the file name (man_seg001.tif: plane 1), or the image file it names"
+        )
+        self.match_combo = ComboBox(label="match by", choices=list(MATCHING), value="auto")
+        self.match_combo.tooltip = (
+            "auto: the image's own file names when known, else the number in the name; "
+            "number: the number in the name; order: the files in name order fill planes 0, 1, ..."
+        )
+        self.import_status = Label(value="", tooltip="the last import, save or open")
+        self.import_status.native.setWordWrap(True)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
         set_tooltips(self, TIPS["annotate"])
+        set_tooltips(self, IO_TIPS)
         fields = (self.image_combo, self.channel_combo, self.mode_combo)
         column(
             self.body,
@@ -158,9 +245,13 @@ class AnnotateWidget(DockWidget):
                 self,
                 Container(widgets=[self.source_combo, self.import_planes]),
                 self.import_button,
+                Container(widgets=[self.mask_files, self.match_combo]),
+                self.masks_button,
                 "Copies the labels of those planes into the annotation layer "
                 "(scribbles: background becomes 1, objects 2).",
+                self.import_status,
             ),
+            group("Annotation file", self, (self.save_button, self.open_button)),
             stretch=True,
         )
 
@@ -173,7 +264,10 @@ class AnnotateWidget(DockWidget):
         self.ignore_button.clicked.connect(guarded(lambda: self.use_ignore_label()))
         self.mark_button.clicked.connect(guarded(lambda: self.mark_current_plane()))
         self.unmark_button.clicked.connect(guarded(lambda: self.mark_current_plane(False)))
-        self.import_button.clicked.connect(guarded(self._on_import_clicked))
+        self.import_button.clicked.connect(self._reporting(self._on_import_clicked))
+        self.masks_button.clicked.connect(self._reporting(self._on_masks_clicked))
+        self.save_button.clicked.connect(self._reporting(self._on_save_clicked))
+        self.open_button.clicked.connect(self._reporting(self._on_open_clicked))
         self.plane_list.itemClicked.connect(self._on_plane_clicked)
         self._on_image_changed()
         self._on_labels_changed()
@@ -228,6 +322,8 @@ class AnnotateWidget(DockWidget):
             layer.events.paint.connect(self._schedule_refresh)
             layer.events.data.connect(self._schedule_refresh)
             self.mode_combo.value = layer_mode(layer)
+            if not isinstance(layer.colormap, DirectLabelColormap):  # e.g. opened from a file
+                layer.colormap = schema_colormap(layer_mode(layer))
             if layer.metadata.get(META_IMAGE) in self.viewer.layers:
                 self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
         self.schema_label.value = schema_html(self.mode_combo.value)
@@ -303,6 +399,31 @@ class AnnotateWidget(DockWidget):
         return index
 
     # ------------------------------------------------------------------ import
+    def _set_status(self, text: str) -> None:
+        self.import_status.value = text
+        self.import_status.tooltip = text
+
+    def _reporting(self, func: Callable[[], object]) -> Callable[..., object]:
+        """A button slot: errors become one short notification line, the full text the status."""
+
+        def slot(*_qt_args) -> object:
+            try:
+                return func()
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                text = error_message(exc)
+                if not isinstance(exc, NapariUnetError):
+                    log.error("napari-unet: %s", "".join(traceback.format_exception(exc)))
+                self._set_status(text)
+                show_error(one_line(text))
+                return None
+
+        return slot
+
+    def _confirm(self, text: str) -> str:
+        self._set_status(text)
+        show_info(one_line(text, 160))
+        return text
+
     def _on_import_clicked(self) -> None:
         source = self.source_combo.value
         if source is None:
@@ -316,37 +437,160 @@ class AnnotateWidget(DockWidget):
     ) -> list[tuple[int, ...]]:
         """Copy planes of ``source`` (default: all planes holding labels) into the annotations.
 
-        Creates the annotation layer for the chosen image when there is none yet. Returns the
-        planes copied; they count as annotated even when empty.
+        A 2D ``source`` into a stack goes into the one plane given (default: the plane on
+        screen). Creates the annotation layer for the chosen image when there is none yet.
+        Returns the planes copied; they count as annotated even when empty.
         """
         target = target or self.annotation_layer() or self.new_annotation_layer()
         if target is source:
             raise InputError("choose labels to import other than the annotation layer itself")
         data = np.asarray(layer_data(source))
-        if data.shape != target.data.shape:
-            raise InputError(
-                f"the labels to import have shape {data.shape} but the annotations "
-                f"have shape {target.data.shape}"
-            )
-        if data.size and (data.min() < 0 or data.max() > IGNORE_LABEL):
-            raise AnnotationError(f"labels to import must be 0..{IGNORE_LABEL}")
-        n_lead = data.ndim - 2
+        shape = tuple(target.data.shape)
+        n_lead = len(shape) - 2
+        if data.ndim == 2 and n_lead and data.shape == shape[-2:]:
+            return self._import_plane(source.name, data, planes, target)
+        if data.shape != shape:
+            raise InputError(f"labels {data.shape} do not fit the annotations {shape}")
+        check_labels(data, source.name, IGNORE_LABEL)
         chosen = (
             annotated_planes(data)
             if planes is None
             else [tuple(int(i) for i in np.atleast_1d(p))[:n_lead] for p in planes]
         )
-        mode = layer_mode(target)
         for index in chosen:
-            try:
-                plane = data[index]
-            except IndexError:
-                raise InputError(f"plane {index} is outside the labels {data.shape}") from None
-            if mode == "scribbles":
-                plane = np.where(plane == IGNORE_LABEL, plane, np.where(plane > 0, 2, 1))
-            target.data[index] = plane.astype(target.data.dtype)
-        marked = explicit_planes(target) | set(chosen)
+            if not plane_inside(index, shape):
+                raise InputError(f"plane {plane_names([index])} is outside the labels {shape}")
+        self._write_planes(target, {index: data[index] for index in chosen})
+        counts = [count_objects(data[index], IGNORE_LABEL) for index in chosen]
+        self._confirm(
+            f"imported '{source.name}' into planes {plane_names(chosen)}: "
+            f"{counts_text(counts, layer_mode(target))}"
+            if chosen
+            else f"'{source.name}' holds no labels: nothing imported"
+        )
+        return chosen
+
+    def _import_plane(self, name: str, data: np.ndarray, planes, target: Labels) -> list:
+        """A 2D label image into one plane of the stack ``target``."""
+        n_lead = target.ndim - 2
+        if planes is None:
+            index = current_plane(self.viewer, target, n_lead)
+        else:
+            chosen = [tuple(int(i) for i in np.atleast_1d(p)) for p in planes]
+            if len(chosen) != 1:
+                raise InputError(f"'{name}' is one 2D plane: name one plane to put it in")
+            index = chosen[0]
+        shape = target.data.shape
+        if not plane_inside(index, shape):
+            raise InputError(f"plane {plane_names([index])} is outside the annotations {shape}")
+        self._write_planes(target, {index: check_labels(data, name, IGNORE_LABEL)})
+        self._confirm(
+            f"imported '{name}' into plane {plane_names([index])}: "
+            f"{counts_text([count_objects(data, IGNORE_LABEL)], layer_mode(target))}"
+        )
+        return [index]
+
+    def _write_planes(self, target: Labels, planes: dict[tuple[int, ...], np.ndarray]) -> None:
+        """Put label planes into ``target`` in its schema and mark them annotated."""
+        mode = layer_mode(target)
+        dtype = np.dtype(target.data.dtype)
+        highest = np.iinfo(dtype).max if dtype.kind in "iu" else IGNORE_LABEL
+        for index, plane in planes.items():  # everything checked before anything is written
+            if plane.size and int(plane.max()) > highest:
+                raise InputError(
+                    f"plane {plane_names([index])}: label {int(plane.max())} does not fit the "
+                    f"annotations ({dtype}, at most {highest})"
+                )
+        for index, plane in planes.items():
+            target.data[index] = schema_plane(plane, mode).astype(dtype)
+        marked = explicit_planes(target) | set(planes)
         target.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
         target.refresh()
         self.refresh_planes()
-        return chosen
+
+    def _on_masks_clicked(self) -> None:
+        paths = list(self.mask_files.value or ())
+        if not paths:
+            raise InputError("choose mask files (or a folder of them) under 'mask files' first")
+        self.import_mask_files(paths, by=self.match_combo.value)
+
+    def import_mask_files(
+        self, paths, target: Labels | None = None, by: str = "auto"
+    ) -> dict[int, int]:
+        """Read per-plane mask files (or folders of them) into the matching planes.
+
+        Files are matched to planes by :func:`napari_unet.io.mask_files.match_mask_files`
+        (the image's own file names, the number in the name, or ``by="order"``). Every file is
+        checked before anything is written. Returns ``{plane: objects}``; the planes count as
+        annotated.
+        """
+        target = target or self.annotation_layer() or self.new_annotation_layer()
+        shape = tuple(target.data.shape)
+        if len(shape) != 3:
+            raise InputError(f"mask files fill the planes of a stack (Z/T, Y, X), not {shape}")
+        name = target.metadata.get(META_IMAGE)
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
+        files = mask_paths(paths)
+        matched = match_mask_files(files, shape[0], image_plane_names(image, shape[0]), by)
+        planes = {(i,): read_mask(path, shape[1:]) for i, path in matched.items()}
+        self._write_planes(target, planes)
+        counts = {i: count_objects(plane, IGNORE_LABEL) for (i,), plane in planes.items()}
+        n = len(counts)
+        self._confirm(
+            f"imported {n} mask file{'s' * (n != 1)} into plane{'s' * (n != 1)} "
+            f"{plane_names((i,) for i in counts)}: "
+            f"{counts_text(list(counts.values()), layer_mode(target))}"
+        )
+        return counts
+
+    # ------------------------------------------------------------------ annotation files
+    def _on_save_clicked(self) -> None:
+        layer = self._require_layer()
+        start = f"{layer.metadata.get(META_IMAGE) or layer.name}{SUFFIX}"
+        path, _ = QFileDialog.getSaveFileName(self, "Save annotations", start, FILE_FILTER)
+        if path:
+            self.save_annotations(path, layer)
+
+    def _on_open_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open annotations", "", FILE_FILTER)
+        if path:
+            self.open_annotations(path)
+
+    def save_annotations(self, path: str | os.PathLike, layer: Labels | None = None) -> Path:
+        """Write the annotation layer (values, schema, marked planes) to an annotation file.
+
+        A name without a TIFF ending gets ``.unet-annotations.tif``.
+        """
+        layer = self._require_layer(layer)
+        path = Path(path)
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            path = path.with_name(path.name + SUFFIX)
+        state = {"metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate}
+        written = save_annotations(path, layer_data(layer), metadata_from_layer(state))
+        self._confirm(f"saved '{layer.name}' ({plane_count(layer)}) to {written.name}")
+        return written
+
+    def open_annotations(self, path: str | os.PathLike) -> Labels:
+        """Add the annotation layer stored in ``path`` and choose it."""
+        data, metadata = load_annotations(path)
+        kwargs = layer_kwargs(metadata, Path(path).name.split(".")[0])
+        layer = self.viewer.add_labels(data, **kwargs)
+        layer.colormap = schema_colormap(metadata.mode)
+        self.labels_combo.value = layer
+        self._on_labels_changed()
+        self._confirm(f"opened '{layer.name}' ({plane_count(layer)}) from {Path(path).name}")
+        return layer
+
+
+def plane_inside(index: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``index`` names a plane of an array of ``shape`` (all leading axes)."""
+    n_lead = len(shape) - 2
+    return len(index) == n_lead and all(
+        0 <= i < n for i, n in zip(index, shape[:n_lead], strict=True)
+    )
+
+
+def plane_count(layer: Labels) -> str:
+    """``3 annotated planes`` of an annotation layer."""
+    n = len(training_plane_list(layer))
+    return f"{n} annotated plane{'s' * (n != 1)}"
