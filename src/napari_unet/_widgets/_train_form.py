@@ -7,7 +7,7 @@ The fields are magicgui widgets built from the config dataclasses' field metadat
 from __future__ import annotations
 
 from magicgui.types import Separator
-from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit
+from magicgui.widgets import FileEdit, Label
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
@@ -26,7 +26,6 @@ from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import (
     Remembered,
     config_form,
-    defaults_of,
     field_widget,
     layer_picker,
     widget_value,
@@ -40,50 +39,19 @@ from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
 from napari_unet.training.augment import AugmentConfig
 from napari_unet.training.job import TrainJob
+from napari_unet.training.recipe import MODEL_CHOICES, TrainChoices
 from napari_unet.training.trainer import TrainConfig
 
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
 ARCH_FIELDS = ("width", "depth", "padding")
-#: The model choices, in the order shown: the new networks, then (after a separator) the two
-#: ways to go on from a trained one. The first is the default: from scratch, which beat the
-#: starting model on data it had not seen (docs/benchmarks.md, "Starting model").
-MODEL_CHOICES = (
-    "new: small preset, from scratch",
-    "new: from the starting model",
-    "new: paper U-Net",
-    "new: custom (Advanced)",
-    "continue: model just trained",
-    "fine-tune model file...",
-)
-STARTING = MODEL_CHOICES[1]
-CUSTOM = MODEL_CHOICES[3]
-#: Fine-tune the session's model just trained (the human-in-the-loop round: segment, correct a
-#: plane, continue, segment again); offered once a run has finished in this session.
-CONTINUE = MODEL_CHOICES[4]
-FINE_TUNE = MODEL_CHOICES[5]
+STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
 NO_SESSION_MODEL = (
     "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
 )
-
-
 SCHEMA_TIP = (
     "how the annotation values are read (set in 1 Annotate): instances, scribbles or classes; "
     "see docs/annotations.md"
-)
-MODEL_TIP = (
-    "small preset from scratch (the default): 16 base channels, depth 3, from random weights; "
-    "from the starting model: fine-tune the same network as shipped with the plugin, "
-    "pretrained on synthetic and public cell images (needs one channel and two classes, else "
-    "it starts from scratch; better on phase contrast, worse on EM than from scratch in our "
-    "benchmarks); paper U-Net: 64 channels, depth 4, 31 M parameters (use a GPU); custom: "
-    "width/depth/padding from Advanced; continue: train the model just trained further on "
-    f"every annotated plane (after correcting its segmentation; {default_steps(True)} steps by "
-    "default, the plot goes on); fine-tune: start from a model file of yours"
-)
-HOLD_OUT_TIP = (
-    "annotated planes kept out of training to measure progress (validation IoU in the plot; "
-    "the best validated weights are kept), e.g. 3 or 2, 5-7"
 )
 
 
@@ -109,7 +77,8 @@ class TrainForm(DockWidget):
         )
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
-        self.model_combo = ComboBox(label="model", choices=choices, tooltip=MODEL_TIP)
+        self.model_combo, self.hold_out = config_form(TrainChoices, model={"choices": choices})
+        self.hold_out.native.setPlaceholderText("none, or e.g. 3")
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = (
             "the model file (.safetensors) to fine-tune; its architecture, normalisation and "
@@ -123,23 +92,13 @@ class TrainForm(DockWidget):
         self.lr = field_widget(TrainConfig, "lr")
         more = config_form(TrainConfig, MORE_FIELDS)
         self.augment = field_widget(AugmentConfig, "strength")
-        self.hold_out = LineEdit(label="hold out planes", name="hold_out", tooltip=HOLD_OUT_TIP)
-        self.hold_out.native.setPlaceholderText("none, or e.g. 3")
         small = {n: {"value": getattr(PRESETS["small"], n)} for n in ARCH_FIELDS}
         self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
         self.advanced.append(field_widget(TrainConfig, "tile"))
         self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
         remembered = [*self.form, self.partial, self.lr, *more, self.augment, *self.advanced]
-        defaults = {
-            **defaults_of(TrainConfig, (*TRAIN_FIELDS, *MORE_FIELDS, "lr", "tile")),
-            **defaults_of(AugmentConfig, ["strength"]),
-            **defaults_of(AnnotationConfig, ["partial"]),
-            **defaults_of(TrainJob, ("preview_every_s", "cpu_threads")),
-            **{n: v["value"] for n, v in small.items()},
-            "device": devices[0],
-        }
         self._continuing = False  # see _steps_of
-        self.settings = Remembered("train", remembered, defaults, self._not_remembered)
+        self.settings = Remembered("train", remembered, skip=self._not_remembered)
         self.form.extend([self.partial, self.lr, *more, self.augment, self.hold_out])
         for widget in self.form:
             setattr(self, widget.name, widget)
@@ -284,11 +243,3 @@ class TrainForm(DockWidget):
         if device != "cpu":
             return None
         return self.threads.value or gui_cpu_threads()
-
-    def set_running(self, running: bool, can_resume: bool, can_save: bool) -> None:
-        """Enable the buttons that make sense now."""
-        self.train_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        self.resume_button.setEnabled(not running and can_resume)
-        self.save_button.setEnabled(not running and can_save)
-        self.preview_button.setEnabled(not running)

@@ -13,7 +13,6 @@ from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._augpreview import show_augmentation_preview
 from napari_unet._widgets._common import (
     META_WEIGHTMAP,
     channel_axis,
@@ -25,6 +24,7 @@ from napari_unet._widgets._common import (
     parse_planes,
     plane_names,
     report_error,
+    reusable_layer,
     spatial_shape,
 )
 from napari_unet._widgets._dock import wait_until, worker_returned
@@ -35,8 +35,9 @@ from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.annotation.weightmap import WeightMapConfig
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.modelfile import save_model
+from napari_unet.io.planes import read_plane
 from napari_unet.model import PRESETS
-from napari_unet.training.augment import AugmentConfig
+from napari_unet.training.augment import AugmentConfig, preview_row
 from napari_unet.training.job import TrainJob, run_job, warm_up
 from napari_unet.training.recipe import TrainingRecipe
 from napari_unet.training.trainer import TrainEvent
@@ -54,16 +55,12 @@ def stop_training(job: TrainJob, worker) -> None:
 
 
 class TrainWidget(TrainForm):
-    """Train, cancel, resume and save; the result becomes the "model just trained".
+    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
+    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
 
-    "continue: model just trained" fine-tunes that model (via its model file, as "fine-tune
-    model file..." does) on every annotated plane; the plot draws the new steps after the
-    earlier curve.
-
-    Training runs in a napari ``thread_worker`` over :meth:`Trainer.run` (see ``_train_job``);
-    the GUI thread only receives small messages: events for the progress bar and the plot (the
-    plot redraws at most every 0.5 s) and, every few seconds, a predicted crop of the plane on
-    screen for the "<image> live prediction" layer.
+    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
+    only gets small messages: event batches for the progress bar and the plot and, every few
+    seconds, a predicted crop of the plane on screen for "<image> live prediction".
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -165,7 +162,7 @@ class TrainWidget(TrainForm):
         self._update_preview_request()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
-        self.worker.errored.connect(self._on_worker_error)
+        self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_worker_finished)
         self.background.set(partial(stop_training, job, self.worker))
         self.progress.setRange(0, job.config.steps)
@@ -249,28 +246,36 @@ class TrainWidget(TrainForm):
             self.status.setText(f"saved {saved}")
 
     def preview_augmentation(self, n: int = 4):
-        """Show ``n`` augmented versions of the current annotated plane; returns the layers."""
+        """Show ``n`` augmented versions of the current annotated plane right of the image (layers
+        "augmentation preview" and "... labels"); returns the two layers."""
         image, labels = self._layers()
         plane = current_plane(self.viewer, labels, labels.ndim - 2)
         planes = training_plane_list(labels)
         if not planes:
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
-        layers = show_augmentation_preview(
-            self.viewer,
-            image,
-            labels,
-            plane,
-            self.annotation_config(labels),
-            AugmentConfig(strength=self.augment.value),
-            n,
-        )
+        raw = read_plane(layer_data(image), plane, channel_axis(image))
+        config = AugmentConfig(strength=self.augment.value)
+        row = preview_row(raw, labels.data[plane], self.annotation_config(labels), config, n)
+        scale, (y, x) = tuple(labels.scale[-2:]), labels.translate[-2:]
+        where = {"scale": scale, "translate": (y, x + (labels.data.shape[-1] + 16) * scale[-1])}
+        layers = []
+        for data, kind, name in zip(row, (Image, Labels), ("", " labels"), strict=True):
+            name = f"augmentation preview{name}"
+            layer = reusable_layer(self.viewer, name, kind)
+            if layer is not None:  # the samples are always one 2D row
+                layer.data, layer.scale, layer.translate = data, where["scale"], where["translate"]
+            elif kind is Image:
+                layer = self.viewer.add_image(data, name=name, colormap="gray", **where)
+            else:
+                layer = self.viewer.add_labels(data, name=name, opacity=0.4, **where)
+            layers.append(layer)
         self.viewer.reset_view()  # the samples lie right of the image: bring both into view
         self.status.setText(
             f"augmentation preview of plane {plane_names([plane])}: {n} samples right of the image "
             "(layers 'augmentation preview'; delete them when done)"
         )
-        return layers
+        return tuple(layers)
 
     # ------------------------------------------------------------------ worker messages
     def _update_preview_request(self) -> None:
@@ -355,13 +360,15 @@ class TrainWidget(TrainForm):
         parent = metadata.provenance.get("parent_model") or "the model trained before"
         return f"trained on {name!r}, {before} + {step} steps (continued from {parent})"
 
-    def _on_worker_error(self, exc: Exception) -> None:
-        report_error(exc)
-
     def _on_worker_finished(self) -> None:
         self.worker = None
         self.background.set(None)
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
-        self.set_running(running, self.last_checkpoint is not None, self.result is not None)
+        """Enable the buttons that make sense now."""
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self.last_checkpoint is not None)
+        self.save_button.setEnabled(not running and self.result is not None)
+        self.preview_button.setEnabled(not running)

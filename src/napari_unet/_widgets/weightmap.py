@@ -27,7 +27,6 @@ from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import (
     Remembered,
     config_form,
-    defaults_of,
     layer_picker,
     read_config,
 )
@@ -77,7 +76,7 @@ class WeightMapWidget(DockWidget):
             "listed in 1 Annotate",
         )
         add_buttons(self, compute_button="Compute weight map")
-        self.settings = Remembered("weightmap", self.form, defaults_of(WeightMapConfig, FIELDS))
+        self.settings = Remembered("weightmap", self.form)
         self.form.insert(0, self.labels_combo)
         self.form.extend([self.scope, self.settings.button])
         for name in FIELDS:
