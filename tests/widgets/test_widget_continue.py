@@ -9,7 +9,7 @@ import pytest
 from widget_helpers import TINY, add_cells, configure_tiny, wait_idle
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._train_form import CONTINUE, MODEL_CHOICES
+from napari_unet._widgets.train import CONTINUE, MODEL_CHOICES
 from napari_unet.defaults import default_steps
 from napari_unet.io.modelfile import read_metadata
 
