@@ -174,6 +174,25 @@ def plane_names(planes: Iterable[tuple[int, ...]]) -> str:
     return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
 
 
+def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:
+    """Show ``text`` in a magicgui ``Label``, word-wrapped, words longer than ``longest``
+    characters (file paths) cut in the middle, so it never widens the dock; the tooltip holds
+    ``tip`` and the whole text."""
+    cut = (
+        w if len(w) <= longest else f"{w[: longest // 2 - 1]}...{w[-longest // 2 + 2 :]}"
+        for w in text.split(" ")
+    )
+    label.value = " ".join(cut)
+    label.native.setToolTip(f"{tip}: {text}" if tip else text)
+
+
+def plane_label(index: tuple[int, ...]) -> str:
+    """A plane as a status line names it: "plane 7", "t 3, z 7" (4D), "the image" (2D)."""
+    if len(index) == 2:
+        return f"t {index[0]}, z {index[1]}"
+    return f"plane {plane_names([index])}" if index else "the image"
+
+
 def hint(text: str) -> QLabel:
     """A small word-wrapped explanatory label."""
     label = QLabel(text)

@@ -23,6 +23,7 @@ class LivePreview:
         self.viewer = viewer
         self.max_edge = max_edge
         self.updates = 0
+        self.shown: set[str] = set()  # names of the layers this preview made
 
     def request(self, labels: Labels) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
         """(plane index, (y0, y1, x0, x1)) of the region around the camera centre."""
@@ -46,9 +47,17 @@ class LivePreview:
         """Name of the layer framing a windowed preview: "<image> live prediction window"."""
         return self.layer_name(image, labels) + " window"
 
+    def remove(self) -> None:
+        """Take the preview layers (and their frame) of this widget's runs off the screen."""
+        for layer in list(self.viewer.layers):
+            if layer.name in self.shown:
+                self.viewer.layers.remove(layer)
+        self.shown.clear()
+
     def layer(self, image: Image | None, labels: Labels) -> Labels:
         """The preview layer, created (empty, aligned with ``labels``) when missing."""
         name, shape = self.layer_name(image, labels), tuple(labels.data.shape)
+        self.shown.update({name, self.frame_name(image, labels)})
         layer = reusable_layer(self.viewer, name, Labels, shape)
         if layer is None:
             with keeping_selection(self.viewer):

@@ -31,9 +31,11 @@ from napari_unet._widgets._common import (
     group,
     layer_data,
     log,
+    plane_label,
     report_error,
     reusable_layer,
     set_tooltips,
+    show_long,
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
@@ -64,6 +66,7 @@ from napari_unet.threads import gui_cpu_threads
 _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
+NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
 POST = ("watershed", "watershed_min_distance")
 
 
@@ -216,18 +219,15 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if not from_file:
             entry = _session.trained()
             metadata, model = (entry.metadata, id(entry.model)) if entry else (None, None)
-            self.model_info.value = (
-                entry.description
-                if entry
-                else "no model trained yet in this session (use 3 Train, or choose a model file)"
-            )
+            info = entry.description if entry else NO_MODEL
         else:
             path = self.model_file()
-            self.model_info.value = path or "choose a model file"
+            info = path or "choose a model file"
             try:
                 metadata, model = ModelSource(path=path).read_metadata() if path else None, path
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
+        show_long(self.model_info, info, "which model will be used")
         recorded = getattr(metadata, "postprocess", None) or {}
         post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
@@ -440,7 +440,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 self._put_plane(image, "probability", index, prob, "image", np.float32)
             if unc is not None:
                 self._put_plane(image, "uncertainty", index, unc, "image", np.float32)
-            self.status.setText(f"done: plane {index} in {took:.1f} s")
+            self.status.setText(f"done: {plane_label(index)} in {took:.1f} s")
             self._after_segmentation(job, image, whole=False)
 
     def result_layer(self, image: Image, what: str = "segmentation"):

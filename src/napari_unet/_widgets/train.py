@@ -269,6 +269,12 @@ class TrainForm(DockWidget):
         return self.threads.value or gui_cpu_threads()
 
 
+def safe_name(name: str) -> str:
+    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
+    ``_``."""
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
+
+
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 
 
@@ -294,11 +300,16 @@ class TrainWidget(TrainForm):
         super().__init__(viewer, parent)
         warm_up()
         self.worker = None
+        self._done = True  # no run stopped half-way (see _on_worker_finished)
         self.job: TrainJob | None = None
         self.events: list[TrainEvent] = []
         self.last_checkpoint: Path | None = None
         self.result = None  # (model, metadata) of the last finished or cancelled run
         self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
+        entry = _session.trained()
+        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
+            self.plot.show_history(entry.history)
+            self._plotted = entry
         self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
         self.preview = LivePreview(viewer)
         self._started = time.perf_counter()
@@ -366,6 +377,11 @@ class TrainWidget(TrainForm):
         except Exception:  # noqa: BLE001 - already disconnected
             pass
         super().stop_workers()
+        try:
+            if not self._done:  # the stopped run's preview is not the model's output
+                self.preview.remove()
+        except Exception:  # noqa: BLE001 - the viewer may be closing
+            log.debug("napari-unet: live preview not removed", exc_info=True)
 
     def _start(self, resume: bool):
         if self.worker is not None:
@@ -392,8 +408,11 @@ class TrainWidget(TrainForm):
         self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_worker_finished)
         self.background.set(partial(stop_training, job, self.worker))
-        self.progress.setRange(0, job.config.steps)
-        self.progress.setFormat("step %v/%m")
+        self._first_step = None  # this run's first step (a resumed run starts at its checkpoint)
+        self._done = False  # the run finished: its last preview is the model's output
+        self.progress.setRange(job.steps_before, job.steps_before + job.config.steps)
+        self.progress.setValue(job.steps_before)
+        self.progress.setFormat(self._step_format())
         self._set_running(True)
         self.status.setText("starting ...")
         self._started = time.perf_counter()
@@ -464,9 +483,18 @@ class TrainWidget(TrainForm):
         model, metadata = self.result
         return save_model(path, model, metadata)
 
+    def default_model_path(self) -> Path:
+        """Where Save model suggests to write: ``<image layer name>.unet.safetensors`` next to
+        the image's file, if it was opened from one, else in the working folder."""
+        image = self.image_combo.value
+        name = image.name if image is not None else "unet"
+        source = getattr(getattr(image, "source", None), "path", None)
+        folder = Path(source).parent if source else Path.cwd()
+        return folder / f"{safe_name(name)}.unet.safetensors"
+
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save model", "unet.safetensors", "napari-unet models (*.safetensors)"
+            self, "Save model", str(self.default_model_path()), "napari-unet models (*.safetensors)"
         )
         if path:
             saved = self.save_model(path)
@@ -539,6 +567,8 @@ class TrainWidget(TrainForm):
         last_step = None
         for event in events:
             if event.kind == "step":
+                if self._first_step is None:
+                    self._first_step = event.step
                 self.plot.add_loss(event.step, event.loss)
                 last_step = event
             elif event.kind == "validation" and event.metrics:
@@ -547,8 +577,8 @@ class TrainWidget(TrainForm):
                 self.last_checkpoint = Path(event.path)
         if last_step is not None:  # QProgressBar.setValue repaints at once: once per batch
             eta = time.strftime("%M:%S", time.gmtime(last_step.eta_s or 0))
-            self.progress.setFormat(f"step %v/%m   loss {last_step.loss:.4f}   ETA {eta}")
-            self.progress.setValue(last_step.step)
+            self.progress.setFormat(self._step_format(f"loss {last_step.loss:.4f}   ETA {eta}"))
+            self.progress.setValue(self.job.steps_before + last_step.step)
             self.speed = last_step.tiles_per_s
 
     def _on_finished(self, kind: str, step: int, path, model, metadata) -> None:
@@ -559,24 +589,34 @@ class TrainWidget(TrainForm):
                 self.last_checkpoint = Path(path)
             saved = ", checkpoint saved" if path else ""
             self.status.setText(f"cancelled at step {step}{saved}")
-            self.progress.setFormat("step %v/%m   cancelled")
+            self.progress.setFormat(self._step_format("cancelled"))
         else:
             self.last_checkpoint = None  # finished: Resume would retrain an older state
-            self.progress.setValue(step)
-            self.progress.setFormat("step %v/%m   done")
+            self._done = True
+            self.progress.setValue(self.job.steps_before + step)
+            self.progress.setFormat(self._step_format("done"))
             self._plotted = _session.set_trained(
                 model,
                 metadata,
                 self._description(step, metadata),
                 chain_steps=self.job.steps_before + step,
                 stem=Path(self.job.recipe.checkpoint).stem,
+                history=self.plot.history(),
             )
             took = time.perf_counter() - self._started
+            ran = step - (self._first_step or 1) + 1  # a resumed run did the rest before
+            here = f" ({ran} in this run)" if ran != step else ""
             self.status.setText(
-                f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
+                f"done: {step} steps{here} in {took:.0f} s ({self.speed or 0:.1f} "
                 "tiles/s); use 4 Segment or Save model"
             )
         self.plot.redraw_if_needed()
+
+    def _step_format(self, note: str = "") -> str:
+        """The progress bar's text: steps of the model over all its runs, as the plot's x axis."""
+        before = self.job.steps_before if self.job is not None else 0
+        where = f" (continued from {before})" if before else ""
+        return f"step %v/%m{where}" + (f"   {note}" if note else "")
 
     def _description(self, step: int, metadata) -> str:
         """How 4 Segment names the model just trained, e.g. "trained on 'cells', 2000 steps"."""
@@ -591,6 +631,8 @@ class TrainWidget(TrainForm):
         self.worker = None
         self.background.set(None)
         self._set_running(False)
+        if not self._done:  # a stopped run's preview must not pass for the model's output
+            self.preview.remove()
 
     def _set_running(self, running: bool) -> None:
         """Enable the buttons that make sense now."""
