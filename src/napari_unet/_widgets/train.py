@@ -62,7 +62,7 @@ from napari_unet.io.planes import read_plane
 from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
 from napari_unet.training.augment import AugmentConfig, preview_row
-from napari_unet.training.job import TrainJob, run_job, warm_up
+from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
 from napari_unet.training.recipe import MODEL_CHOICES, TrainChoices, TrainingRecipe
 from napari_unet.training.trainer import TrainConfig, TrainEvent
 
@@ -298,7 +298,6 @@ class TrainWidget(TrainForm):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        warm_up()
         self.worker = None
         self._done = True  # no run stopped half-way (see _on_worker_finished)
         self.job: TrainJob | None = None
@@ -403,6 +402,10 @@ class TrainWidget(TrainForm):
             self.last_checkpoint = None  # Resume continues this run, never an older one
         self.preview.layer(self.image_combo.value, self.labels_combo.value)
         self._update_preview_request()
+        if not is_warm():  # seconds of imports, once: when asked to train, not when opened
+            self.status.setText("loading PyTorch's optimiser (once per session) ...")
+            self.status.repaint()
+            warm_up()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
         self.worker.errored.connect(report_error)
