@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,8 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     assert train.status.text().startswith("done: 40 steps in ")  # one run: no "in this run"
     assert _session.trained() is not None
     assert train.save_button.isEnabled()
+    # Save model suggests a name after the image (no file behind it: the working folder)
+    assert train.default_model_path() == Path.cwd() / "cells.unet.safetensors"
     # the loss is drawn smoothed (EMA) over the faint raw points
     assert list(train.plot.raw_line.get_ydata()) == train.plot.losses
     np.testing.assert_allclose(train.plot.loss_line.get_ydata(), ema(train.plot.losses))
