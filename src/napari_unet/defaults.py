@@ -35,3 +35,12 @@ def default_steps(continuing: bool) -> int:
 #: with 3 on two of the three sets, entropy on one (ISBI: 0.188 against 0.185).
 SUGGEST_MEASURES: tuple[str, ...] = ("disagreement", "entropy", "boundary_per_object")
 DEFAULT_SUGGEST_MEASURE = "disagreement"
+
+
+def form_field(default, label: str, tooltip: str, **meta):
+    """A dataclass field whose ``metadata`` the widget forms read: ``label``, ``tooltip`` and
+    e.g. ``min``, ``max``, ``step``, ``choices``, ``special``, ``suffix`` (see
+    ``napari_unet._widgets._forms``)."""
+    from dataclasses import field
+
+    return field(default=default, metadata={"label": label, "tooltip": tooltip, **meta})

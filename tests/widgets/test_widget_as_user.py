@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qtpy
+from qtpy.QtCore import QPoint, QRect
 from qtpy.QtWidgets import (
     QAbstractButton,
     QAbstractSlider,
@@ -20,7 +21,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QScrollBar,
 )
-from widget_helpers import TINY, add_cells, configure_tiny, wait_idle
+from widget_helpers import TINY, add_cells, configure_tiny, train_tiny_model, wait_idle
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._preview import LivePreview
@@ -28,6 +29,7 @@ from napari_unet._widgets.train import TrainWidget
 from napari_unet.inference.batch import SegmentConfig, segment_plane
 from napari_unet.io.modelfile import ModelMetadata
 from napari_unet.model import UNet
+from napari_unet.training import job as train_job
 
 pytestmark = pytest.mark.viewer
 
@@ -144,6 +146,44 @@ def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
     assert "65535" in legend.value
     label = legend.native
     assert label.height() >= label.heightForWidth(label.width())
+
+
+def test_three_docks_and_a_long_model_name_stay_on_screen(big_viewer, cells, qtbot, monkeypatch):
+    """A continued model's long file name cut in the middle (whole in the tooltip), no control
+    past a dock's right edge, Train's button reachable by scrolling; opening Train does not
+    load PyTorch's optimiser (seconds of imports: only when a run starts)."""
+    viewer = big_viewer
+    add_cells(viewer, cells)
+    path = "/tmp/napari-unet/" + "cells_annotations-20261203-153000-" * 3 + "2.safetensors"
+    description = f"trained on 'cells', 6 + 4 steps (continued from {path})"
+    _session.set_trained(*train_tiny_model(cells, steps=2), description)
+    monkeypatch.setattr(train_job, "_WARM", False)
+    names = ("1 Annotate", "3 Train", "4 Segment")
+    opened = {name: viewer.window.add_plugin_dock_widget("napari-unet", name) for name in names}
+    _settle(qtbot, viewer)
+    assert not train_job.is_warm()
+    segment, train = opened["4 Segment"][1], opened["3 Train"][1]
+    assert description in segment.model_info.native.toolTip()
+    assert len(segment.model_info.value) < len(description) and path not in segment.model_info.value
+    for name, (_, widget) in opened.items():
+        viewport = widget.scroll.viewport()
+        for control in widget.body.findChildren((QAbstractButton, QComboBox)):
+            if control.isVisibleTo(widget.body):
+                right = control.mapTo(viewport, QPoint(control.width(), 0)).x()
+                assert right <= viewport.width(), (
+                    name,
+                    control.objectName(),
+                    control.text() if hasattr(control, "text") else "",
+                )
+    window = viewer.window._qt_window
+    screen = QApplication.primaryScreen().availableGeometry()
+    assert window.frameGeometry().width() <= screen.width()  # no dock widened the window
+    for name, (dock, _) in opened.items():
+        assert dock.width() <= screen.width() // 3, name
+    train.scroll.ensureWidgetVisible(train.train_button)
+    QApplication.processEvents()
+    button = QRect(train.train_button.mapTo(window, QPoint(0, 0)), train.train_button.size())
+    assert window.rect().contains(button)
 
 
 # ------------------------------------------------------------------ 3 never train on GT silently

@@ -9,7 +9,7 @@ import pytest
 from widget_helpers import TINY, add_cells, configure_tiny, wait_idle
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._train_form import CONTINUE, MODEL_CHOICES
+from napari_unet._widgets.train import CONTINUE, MODEL_CHOICES
 from napari_unet.defaults import default_steps
 from napari_unet.io.modelfile import read_metadata
 
@@ -90,6 +90,10 @@ def test_continue_the_model_just_trained(viewer, cells, qtbot, notifications):
     assert steps[: len(first_curve)] == first_curve
     assert steps[-1] == 6 + 4 and all(s > 6 for s in steps[len(first_curve) :])
     assert [line.get_xdata()[0] for line in train.plot.continuations] == [6]
+    # the progress bar counts the same steps as the plot's x axis, and says so (#21)
+    bar = train.progress
+    assert (bar.value(), bar.maximum()) == (steps[-1], 6 + 4)
+    assert "continued from 6" in bar.format() and "all runs" in train.plot.ax.get_xlabel()
 
     # each kind of run keeps its own steps: the new-model value comes back, and the 4
     train.model_combo.value = MODEL_CHOICES[1]
@@ -104,6 +108,13 @@ def test_continue_the_model_just_trained(viewer, cells, qtbot, notifications):
     wait_idle(qtbot, train)
     assert train.plot.steps == [1, 2] and not train.plot.continuations
     assert _session.trained().chain_steps == 2
+
+    # a Train dock closed and opened again draws the model's curve again (#21)
+    curve = (list(train.plot.steps), list(train.plot.losses))
+    train.parent().titleBarWidget().close_button.click()
+    qtbot.waitUntil(lambda: train._shut_down, timeout=10000)
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3 Train")
+    assert (train.plot.steps, train.plot.losses) == curve and len(curve[0]) == 2
 
     _session.clear()  # the session forgets its model: continue is greyed out again
     assert not _continue_offered(train)

@@ -17,14 +17,11 @@ from widget_helpers import add_cells, configure_tiny, train_tiny_model, wait_idl
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import META_PLANES, current_plane
-from napari_unet._widgets._train_form import CONTINUE
+from napari_unet._widgets._next import NOTHING_TO_RANK
 from napari_unet._widgets.annotate import AnnotateWidget, training_plane_list
-from napari_unet._widgets.segment import (
-    MAX_OBJECTS,
-    NOTHING_TO_RANK,
-    SegmentWidget,
-    plane_as_annotation,
-)
+from napari_unet._widgets.segment import SegmentWidget
+from napari_unet._widgets.train import CONTINUE
+from napari_unet.annotation.schema import MAX_OBJECTS, plane_as_annotation
 from napari_unet.errors import AnnotationError
 
 pytestmark = pytest.mark.viewer
@@ -94,6 +91,11 @@ def test_segment_rank_correct_train_again(viewer, cells, tiny_model, qtbot, noti
     assert scores == sorted(scores, reverse=True)  # least sure first
     assert [e.index for e in widget.ranking] == [(p,) for p in _ranked_planes(widget)]
     assert widget.status.text().startswith("ranked 3 planes")
+    # the objects a row lists are the segmentation layer's objects of that plane (#21)
+    for text in rows:
+        plane, _, listed = ROW.match(text).groups()
+        segmented = result.data[int(plane)]
+        assert int(listed) == len(np.unique(segmented[segmented > 0])), (text, plane)
     uncertainty = viewer.layers["cells uncertainty"]
     assert uncertainty.data.shape == (4, 128, 128) and uncertainty.data.dtype == np.float32
     assert not uncertainty.data[0].any()  # the annotated plane is not scored

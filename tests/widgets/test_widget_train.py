@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from qtpy.QtWidgets import QApplication
 from widget_helpers import add_cells, configure_tiny, foreground_iou, wait_idle
 
 from napari_unet._widgets import _session
+from napari_unet._widgets._plot import ema
 from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget
@@ -64,9 +66,16 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     live = viewer.layers["cells live prediction"]
     assert live.data.shape == labels.data.shape and live.data.any()
     np.testing.assert_allclose(live.scale, image.scale)
-    assert "done" in train.status.text()
+    assert train.status.text().startswith("done: 40 steps in ")  # one run: no "in this run"
     assert _session.trained() is not None
     assert train.save_button.isEnabled()
+    # Save model suggests a name after the image (no file behind it: the working folder)
+    assert train.default_model_path() == Path.cwd() / "cells.unet.safetensors"
+    # the loss is drawn smoothed (EMA) over the faint raw points
+    assert list(train.plot.raw_line.get_ydata()) == train.plot.losses
+    np.testing.assert_allclose(train.plot.loss_line.get_ydata(), ema(train.plot.losses))
+    assert train.plot.raw_line.get_alpha() < 0.5 <= (train.plot.loss_line.get_alpha() or 1)
+    assert np.std(np.diff(train.plot.smooth)) < np.std(np.diff(train.plot.losses))
 
     # 4 segment the whole stack with the model just trained
     segment.image_combo.value = image
@@ -91,6 +100,7 @@ def test_end_to_end(viewer, cells, qtbot, tmp_path, notifications):
     viewer.dims.set_point(0, image.data_to_world((1, 0, 0))[0])
     segment.run("current plane")
     wait_idle(qtbot, segment)
+    assert segment.status.text().startswith("done: plane 1 in ")  # not "plane (1,)" (#21)
     probability = viewer.layers["cells probability"]
     uncertainty = viewer.layers["cells uncertainty"]
     assert probability.data.shape == truth.data.shape
@@ -129,6 +139,8 @@ def test_cancel_and_resume(viewer, cells, qtbot, tmp_path):
     assert read_checkpoint_metadata(checkpoint).provenance["steps"] == stopped.step
     assert train.resume_button.isEnabled() and train.save_button.isEnabled()
     assert _session.trained() is None  # only a finished run becomes "the model just trained"
+    # the stopped run's live prediction is gone: it is not the model's output (#21)
+    assert "cells live prediction" not in viewer.layers
 
     # the viewer is still usable
     viewer.add_points([[0, 5, 5]], name="still alive")
@@ -145,6 +157,10 @@ def test_cancel_and_resume(viewer, cells, qtbot, tmp_path):
     assert train.events[-1].kind == "done"
     assert train.plot.steps[-1] == stopped.step + 5  # the curve continues
     assert _session.trained() is not None
+    # the whole run's steps, and how many this resumed run did (#21)
+    total = stopped.step + 5
+    assert train.status.text().startswith(f"done: {total} steps (5 in this run) in ")
+    assert train.progress.value() == total == train.plot.steps[-1]
 
 
 def test_errors_become_notifications(viewer, cells, qtbot, notifications):

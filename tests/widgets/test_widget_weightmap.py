@@ -10,6 +10,7 @@ from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
 from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
+from napari_unet.errors import AnnotationError
 
 pytestmark = pytest.mark.viewer
 
@@ -31,9 +32,9 @@ def test_weight_map_layer(viewer, cells, qtbot):
     assert layer.data.shape == labels.data.shape
     np.testing.assert_allclose(layer.scale, image.scale)
     np.testing.assert_allclose(layer.translate, image.translate)
-    assert layer.colormap.name == "magma"
-    # drawn opaque under the annotations: objects keep their colours, the gaps show weights
-    assert str(layer.blending) == "translucent" and layer.opacity == 1.0
+    # transparent at the base weight (1 here), so only what the border term adds shows
+    assert layer.colormap.map([0.0])[0, 3] == 0 and layer.colormap.map([1.0])[0, 3] > 0.9
+    assert layer.contrast_limits[0] == pytest.approx(1.0)
     assert viewer.layers.index(layer) == viewer.layers.index(labels) - 1
     config = WeightMapConfig(w0=8.0, sigma=4.0)
     plane = labels.data[2].astype(np.int64)
@@ -54,6 +55,53 @@ def test_weight_map_layer(viewer, cells, qtbot):
     falk = weight_map(labels.data[0].astype(np.int64), WeightMapConfig(variant="falk"))
     np.testing.assert_allclose(layer.data[0], falk, rtol=1e-5)
     np.testing.assert_allclose(layer.data[2], expected, rtol=1e-4)
+
+
+def _with_and_without(viewer, layer) -> tuple[np.ndarray, np.ndarray]:
+    """The canvas with ``layer`` shown and hidden."""
+    shown = viewer.screenshot(canvas_only=True, flash=False)
+    layer.visible = False
+    hidden = viewer.screenshot(canvas_only=True, flash=False)
+    layer.visible = True
+    return shown, hidden
+
+
+def test_weight_map_shows_only_the_gaps(viewer, qtbot):
+    """Apart objects: the map adds nothing on screen and the status says why; a plane that is
+    not annotated shows nothing and its error replaces the status; touching objects glow."""
+    rng = np.random.default_rng(0)
+    image = viewer.add_image(rng.random((3, 64, 64)).astype(np.float32), name="img")
+    annotate = AnnotateWidget(viewer)
+    annotate.image_combo.value = image
+    labels = annotate.new_annotation_layer()
+    labels.data[0, 8:20, 8:20], labels.data[0, 40:52, 40:52] = 1, 2  # far apart
+    labels.data[1, 10:40, 10:25], labels.data[1, 10:40, 25:40] = 1, 2  # touching
+    labels.visible = False  # the image and the weights only
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.labels_combo.value = labels
+    viewer.dims.set_point(0, 0)
+    widget.compute("current plane")
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert "no touching objects on plane 0" in widget.status.text()
+    layer = viewer.layers["img annotations weight map"]
+    shown, hidden = _with_and_without(viewer, layer)
+    np.testing.assert_array_equal(shown, hidden)  # no opaque sheet over the image
+
+    viewer.dims.set_point(0, 2)
+    with pytest.raises(AnnotationError, match="plane 2 is not annotated"):
+        widget.compute("current plane")
+    assert "plane 2 is not annotated" in widget.status.text()
+    shown, hidden = _with_and_without(viewer, layer)
+    np.testing.assert_array_equal(shown, hidden)  # not black: nothing at all
+
+    viewer.dims.set_point(0, 1)
+    widget.compute("current plane")
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
+    assert "no touching" not in widget.status.text()
+    shown, hidden = _with_and_without(viewer, layer)
+    differ = np.any(shown != hidden, axis=-1)
+    assert 0 < differ.mean() < 0.2  # the gap glows, the rest of the image is untouched
 
 
 def test_weight_map_errors_are_notifications(viewer, cells, notifications):

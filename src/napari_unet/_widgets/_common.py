@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ META_WEIGHTMAP = "napari_unet_weightmap"  # WeightMapConfig fields chosen in the
 META_CHANNEL_AXIS = "napari_unet_channel_axis"  # image axis holding channels (None: none / RGB)
 META_INSTANCES = "napari_unet_instances"  # a segmentation result numbers objects (else classes)
 
+
+HINT_STYLE = "color: palette(mid); font-size: 11px;"  # small grey explanatory text
 
 #: The tooltips of the widgets' buttons and status parts, by widget and attribute name.
 TIPS: dict[str, dict[str, str]] = {
@@ -171,11 +174,30 @@ def plane_names(planes: Iterable[tuple[int, ...]]) -> str:
     return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
 
 
+def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:
+    """Show ``text`` in a magicgui ``Label``, word-wrapped, words longer than ``longest``
+    characters (file paths) cut in the middle, so it never widens the dock; the tooltip holds
+    ``tip`` and the whole text."""
+    cut = (
+        w if len(w) <= longest else f"{w[: longest // 2 - 1]}...{w[-longest // 2 + 2 :]}"
+        for w in text.split(" ")
+    )
+    label.value = " ".join(cut)
+    label.native.setToolTip(f"{tip}: {text}" if tip else text)
+
+
+def plane_label(index: tuple[int, ...]) -> str:
+    """A plane as a status line names it: "plane 7", "t 3, z 7" (4D), "the image" (2D)."""
+    if len(index) == 2:
+        return f"t {index[0]}, z {index[1]}"
+    return f"plane {plane_names([index])}" if index else "the image"
+
+
 def hint(text: str) -> QLabel:
     """A small word-wrapped explanatory label."""
     label = QLabel(text)
     label.setWordWrap(True)
-    label.setStyleSheet("color: palette(mid); font-size: 11px;")
+    label.setStyleSheet(HINT_STYLE)
     return label
 
 
@@ -235,6 +257,28 @@ def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
 def parse_planes(text: str, n_lead: int) -> list[tuple[int, ...]]:
     """Plane indices typed into a widget (:func:`napari_unet.io.plane_lists.parse_plane_list`)."""
     return parse_plane_list(text, n_lead)
+
+
+def reusable_layer(viewer, name: str, kind: type[Layer], shape=None) -> Layer | None:
+    """The layer ``name`` if it is a ``kind`` (of ``shape``, when given) to write into; else
+    None, and a layer of that name that does not fit is removed."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(layer, kind) and (shape is None or tuple(layer.data.shape) == tuple(shape)):
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return None
+
+
+@contextmanager
+def keeping_selection(viewer) -> Iterator[None]:
+    """Keep the viewer's active layer (a layer added inside would take the selection)."""
+    active = viewer.layers.selection.active
+    try:
+        yield
+    finally:
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
 
 
 def is_annotation_layer(layer: Layer) -> bool:

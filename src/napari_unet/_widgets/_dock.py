@@ -1,15 +1,11 @@
 """The frame every dock widget of the plugin shares: a scroll area and a clean shutdown.
 
-Two things a dock widget must get right in napari, whatever it shows:
-
-* **fit the screen**: the content sits in a :class:`QScrollArea`, so four docked widgets share
-  the window's height (each scrolls) instead of growing the main window past the screen;
-* **stop what it started**: napari's title-bar x (``QtViewerDockWidget.destroyOnClose`` ->
-  ``Window.remove_dock_widget``) only takes the widget out of its dock (``setParent(None)``);
-  the Python object, and a training run in a worker thread, would live on. The widget therefore
-  calls :meth:`DockWidget.shutdown` when it loses its dock, when it is destroyed, and when the
-  viewer's window closes. Subclasses stop their workers there and wait (briefly) until the
-  worker threads have returned, so no thread outlives the Qt objects it reports to.
+* **fit the screen**: the content sits in a :class:`QScrollArea`, so docks stacked in one area
+  share the window's height (each scrolls) instead of growing the window past the screen;
+* **stop what it started**: napari's title-bar x (``QtViewerDockWidget.destroyOnClose``) only
+  takes the widget out of its dock, so the widget calls :meth:`DockWidget.shutdown` when it
+  loses its dock, is destroyed or the viewer's window closes: subclasses stop their workers
+  there and wait (briefly) until the threads return, so none outlives the Qt objects it feeds.
 """
 
 from __future__ import annotations
@@ -88,11 +84,9 @@ class DockWidget(QWidget):
         return QSize(hint.width() + bar, min(hint.height(), MAX_HINT_HEIGHT))
 
     def share_height(self) -> None:
-        """Give the plugin's docks in this dock's area equal heights (each scrolls its content).
-
-        napari stacks a newly opened dock under the others; Qt would keep the first one tall and
-        squeeze the rest to their title bars. Called once, right after the dock first shows.
-        """
+        """Give the plugin's docks in this dock's area equal heights (each scrolls): napari
+        stacks a new dock under the others and Qt would squeeze them to their title bars.
+        Called once, right after the dock first shows."""
         window, dock = self.window(), self.parent()
         if not isinstance(window, QMainWindow) or not isinstance(dock, QDockWidget):
             return
@@ -112,11 +106,8 @@ class DockWidget(QWidget):
             window.resizeDocks(ours, [total // len(ours)] * len(ours), Qt.Orientation.Vertical)
 
     def shutdown(self) -> None:
-        """Stop every worker this widget started and wait until their threads return.
-
-        Called once when the widget is closed (title-bar x, viewer closed, widget deleted);
-        subclasses override :meth:`stop_workers`.
-        """
+        """Stop every worker this widget started and wait until their threads return (once;
+        subclasses override :meth:`stop_workers`)."""
         if self._shut_down:
             return
         self._shut_down = True

@@ -118,16 +118,6 @@ def read_config(container: Container, cls: type, **extra: Any) -> Any:
     return cls(**{**values, **extra})
 
 
-def defaults_of(cls: type, names: Iterable[str]) -> dict[str, Any]:
-    """The dataclass defaults of ``names``, as the form shows them (None at the minimum)."""
-    out = {}
-    for name in names:
-        field = _field(cls, name)
-        value = _default(field)
-        out[name] = field.metadata.get("min", 0) if value is None else value
-    return out
-
-
 # ----------------------------------------------------------------------------- layer pickers
 def layer_picker(
     viewer,
@@ -206,7 +196,8 @@ def settings_dir() -> Path:
 
 class Remembered:
     """The values of some form widgets, saved to ``<settings_dir>/<key>.json`` on every change,
-    put back when the widget is created again, and reset to ``defaults`` by :attr:`button`.
+    put back when the widget is created again, and reset to ``defaults`` (default: the values
+    shown when it is made, i.e. the form's defaults) by :attr:`button`.
 
     ``skip()`` names widgets whose value is not to be saved now (e.g. steps while continuing).
     """
@@ -215,12 +206,14 @@ class Remembered:
         self,
         key: str,
         widgets: Iterable[Widget],
-        defaults: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
         skip: Callable[[], set[str]] = set,
     ) -> None:
         self.path = settings_dir() / f"{key}.json"
         self.widgets = {w.name: w for w in widgets}
-        self.defaults = defaults
+        self.defaults = (
+            {n: w.value for n, w in self.widgets.items()} if defaults is None else defaults
+        )
         self._skip = skip
         self._loading = False
         self.apply(self.load())

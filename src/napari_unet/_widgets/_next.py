@@ -1,16 +1,9 @@
-"""The human-in-the-loop round of 4 Segment (issue #14): what to annotate next, and going on.
+"""The human-in-the-loop round of 4 Segment (issue #14), mixed into its widget.
 
-:class:`AnnotateNext` is the part of :class:`~napari_unet._widgets.segment.SegmentWidget` that
-closes the loop after a segmentation:
-
-* "Annotate next" ranks the planes not annotated yet by how unsure the model is
-  (:mod:`napari_unet.inference.suggest`, in the widget's worker), lists them least sure first and
-  fills
-  the "<image> uncertainty" layer; clicking a row goes to that plane;
-* "Use plane as annotation" copies the corrected plane of "<image> segmentation" into the
-  image's annotation layer (:func:`plane_as_annotation`; one Ctrl+Z undoes it);
-* a new model from 3 Train (``_session.changed``) segments the last plane or stack again, and
-  ranks again, by itself.
+"Annotate next" ranks the planes not annotated yet by how unsure the model is
+(:mod:`napari_unet.inference.suggest`), least sure first, and fills "<image> uncertainty"; "Use
+plane as annotation" copies the corrected plane of "<image> segmentation" into the annotation
+layer (one Ctrl+Z undoes it); a new model from 3 Train segments (and ranks) again by itself.
 """
 
 from __future__ import annotations
@@ -40,6 +33,7 @@ from napari_unet._widgets._common import (
     guarded,
     hint,
     is_annotation_layer,
+    keeping_selection,
     layer_data,
     plane_names,
     report_error,
@@ -51,12 +45,11 @@ from napari_unet._widgets.annotate import (
     layer_mode,
     training_plane_list,
 )
-from napari_unet.annotation.schema import IGNORE_LABEL
+from napari_unet.annotation.schema import plane_as_annotation
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.inference.job import rank_whole
 from napari_unet.inference.suggest import PlaneScore, SuggestConfig
 
-MAX_OBJECTS = IGNORE_LABEL - 1  # ids an annotation plane can hold (65535 = ignore)
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"
 
 
@@ -77,17 +70,10 @@ class Job:
 class AnnotateNext:
     """The human-in-the-loop round, mixed into the Segment widget (see the module docstring).
 
-    :meth:`_build_next` creates its widgets and state (the widget lays out the
-    "Annotate next" box), :meth:`_connect_next` connects its signals and :meth:`_stop_next`
-    disconnects from the session when the widget closes. The widget calls
-    :meth:`_after_segmentation` and :meth:`_on_ranked` with results, :meth:`_continue_round`
-    when its worker has finished and :meth:`_drop_pending` on Cancel.
-
-    The widget provides ``viewer``, ``image_combo``, ``device``, ``status``, ``worker``,
-    ``_job``, ``_cancel``, ``_progress``, ``_started``, ``_shut_down`` and the methods
-    ``_uses_trained_model``, ``model_source``, ``_config_for``, ``_session_entry``,
-    ``_guarded_start``, ``_launch``, ``_start``, ``result_layer`` and ``_put`` (one worker runs
-    either a segmentation or a ranking).
+    The widget calls :meth:`_build_next` (widgets and state), :meth:`_connect_next`,
+    :meth:`_stop_next` (closing), :meth:`_after_segmentation` and :meth:`_on_ranked` (results),
+    :meth:`_continue_round` (its worker finished) and :meth:`_drop_pending` (Cancel); it provides
+    the viewer, its fields, its worker state and ``_launch`` / ``_start`` / ``_put``.
     """
 
     ranking: list[PlaneScore]  # the last ranking shown, least sure first
@@ -202,10 +188,8 @@ class AnnotateNext:
         """Keep the ranking, fill "<image> uncertainty" and the list; the selection stays."""
         self.ranking = list(scores)
         self._ranked_image = image.name
-        active = self.viewer.layers.selection.active  # e.g. the segmentation being corrected
-        layer = self._put(image, "uncertainty", maps, "image")
-        if active is not None and active is not layer and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active  # a new layer would take the selection
+        with keeping_selection(self.viewer):  # e.g. the segmentation being corrected
+            layer = self._put(image, "uncertainty", maps, "image")
         layer.contrast_limits = (0.0, max(float(maps.max()), 1e-3))
         self._fill_next_list()
         took = time.perf_counter() - self._started
@@ -264,13 +248,11 @@ class AnnotateNext:
     def use_plane_as_annotation(self) -> tuple[int, ...]:
         """Copy the plane on screen of "<image> segmentation" into the image's annotations.
 
-        The plane (as corrected with napari's label tools) replaces that plane of the annotation
-        layer, converted to the layer's schema (instances: objects renumbered 1..n); other
-        planes are never touched. The write goes through ``Labels.data_setitem``, so one Ctrl+Z
-        (``undo()``) on the annotation layer restores the plane. A plane with labels counts as
-        annotated by itself; an empty plane (no objects) is also marked as annotated in the
-        layer's metadata. Without an annotation layer one is created (instances). Returns the
-        plane index.
+        The (corrected) plane replaces that plane of the annotation layer, in the layer's schema
+        (:func:`~napari_unet.annotation.schema.plane_as_annotation`); other planes are never
+        touched. The write goes through ``Labels.data_setitem``, so one Ctrl+Z on the layer
+        undoes it. An empty plane is marked as annotated in the layer's metadata; without an
+        annotation layer one is created (instances). Returns the plane index.
         """
         image = self.image_combo.value
         if image is None:
@@ -291,13 +273,14 @@ class AnnotateNext:
             )
         index = current_plane(self.viewer, result, result.ndim - 2)
         name = plane_names([index])
-        plane = np.asarray(layer_data(result)[index])
-        mode = layer_mode(target)
+        instances = bool(result.metadata.get(META_INSTANCES, True))
         new, objects = plane_as_annotation(
-            plane, mode, bool(result.metadata.get(META_INSTANCES, True)), name
+            np.asarray(layer_data(result)[index]), layer_mode(target), instances, name
         )
-        created = target is None
-        target = target or add_annotation_layer(self.viewer, image)
+        notes = []
+        if target is None:
+            target = add_annotation_layer(self.viewer, image)
+            notes.append(f"created the annotation layer '{target.name}'")
         dtype = target.data.dtype
         if new.size and np.issubdtype(dtype, np.integer) and new.max() > np.iinfo(dtype).max:
             raise AnnotationError(
@@ -305,34 +288,29 @@ class AnnotateNext:
             )
         new = new.astype(dtype)
         old = np.asarray(target.data[index])
-        replaced = bool(old.any()) and not np.array_equal(old, new)
+        if old.any() and not np.array_equal(old, new):
+            notes.append("it replaced the annotations that plane held")
         changed = np.nonzero(old != new)
         if changed[0].size:
             where = tuple(np.full(changed[0].size, i, np.intp) for i in index) + changed
             # napari 0.9 gives a hidden labels layer an empty slice, and data_setitem's display
             # update then fails: show the layer for the write (users hide it to correct)
-            hidden = not target.visible
-            target.visible = True
+            hidden, target.visible = not target.visible, True
             try:
                 target.data_setitem(where, new[changed])
             finally:
                 target.visible = not hidden
         if not new.any():  # an empty plane is annotated only when marked
-            target.metadata[META_PLANES] = [
-                list(p) for p in sorted(explicit_planes(target) | {index})
-            ]
+            marked = sorted(explicit_planes(target) | {index})
+            target.metadata[META_PLANES] = [list(p) for p in marked]
             target.events.paint(value=[])  # the Annotate widget refreshes its plane list
         self._drop_from_ranking(image, index)
-        notes = [
+        notes.insert(
+            0,
             f"plane {name} of '{result.name}' is now an annotated plane of '{target.name}' "
-            f"({objects} object{'' if objects == 1 else 's'})"
-        ]
-        if created:
-            notes.append(f"created the annotation layer '{target.name}'")
-        if replaced:
-            notes.append("it replaced the annotations that plane held")
-        notes.append("to undo: select the annotation layer and press Ctrl+Z")
-        show_info("; ".join(notes))
+            f"({objects} object{'' if objects == 1 else 's'})",
+        )
+        show_info("; ".join([*notes, "to undo: select the annotation layer and press Ctrl+Z"]))
         self.status.setText(notes[0])
         return index
 
@@ -394,45 +372,3 @@ class AnnotateNext:
             self._segment_again(rerun)
         elif rank:
             self.rank_planes(auto=True)
-
-
-def plane_as_annotation(
-    plane: np.ndarray, mode: str, instances: bool, name: str = ""
-) -> tuple[np.ndarray, int]:
-    """A segmented (Y, X) plane as annotation values of ``mode``, and its number of objects.
-
-    ``instances``: the plane numbers objects (ids may be large and unique over a stack); else
-    it holds classes. Instances mode renumbers objects 1..n (a class plane: its connected
-    foreground parts); scribbles: background 1, objects 2 (class c: c + 1); classes: objects
-    become class 1 (a class plane is kept). Pixels at :data:`IGNORE_LABEL` stay ignored.
-    """
-    from scipy import ndimage
-    from skimage.segmentation import relabel_sequential
-
-    plane = np.asarray(plane)
-    ignore = plane == IGNORE_LABEL
-    objects = np.where(ignore, 0, plane).astype(np.int64)
-    if mode == "instances":
-        if instances:
-            out = relabel_sequential(objects)[0]
-        else:
-            out = ndimage.label(objects > 0)[0]
-        count = int(out.max()) if out.size else 0
-        if count > MAX_OBJECTS:
-            raise AnnotationError(
-                f"plane {name} holds {count} objects but an annotation plane holds at most "
-                f"{MAX_OBJECTS}: remove objects (or tile the image) before using it"
-            )
-    elif mode == "scribbles":
-        out = np.where(objects > 0, 2 if instances else objects + 1, 1)
-        count = int(len(np.unique(objects[objects > 0])))
-    else:
-        out = (objects > 0).astype(np.int64) if instances else objects
-        count = int(len(np.unique(objects[objects > 0])))
-    if out.size and out.max() > MAX_OBJECTS:
-        raise AnnotationError(
-            f"plane {name} holds label {int(out.max())}; annotations hold at most {MAX_OBJECTS}"
-        )
-    out = np.asarray(out, np.int64)
-    out[ignore] = IGNORE_LABEL
-    return out, count

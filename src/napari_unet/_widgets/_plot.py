@@ -8,7 +8,9 @@ again only when the loss leaves its range or the widget is resized.
 
 A run that continues the model just trained keeps the earlier curves and draws its steps after
 them (``start(..., keep=True, offset=steps already trained)``), behind a dashed line where the
-continuation begins; a new model clears the plot.
+continuation begins; a new model clears the plot. The x axis counts the model's steps over all
+its runs. The loss is drawn as faint raw points under its exponential moving average.
+:meth:`LivePlot.history` and :meth:`LivePlot.show_history` keep a curve beyond the widget.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 FG, BG, LOSS, IOU = "#d0d0d0", "#262930", "#5fa8ff", "#ffa040"
+EMA = 0.9  # weight of the running mean in the smoothed loss (TensorBoard-style, debiased)
+HISTORY = ("steps", "losses", "val_steps", "val_ious", "continued_at")
+
+
+def ema(values: list[float], alpha: float = EMA) -> list[float]:
+    """The debiased exponential moving average of ``values`` (the first value stays)."""
+    out, mean = [], 0.0
+    for i, value in enumerate(values, start=1):
+        mean = alpha * mean + (1 - alpha) * value
+        out.append(mean / (1 - alpha**i))
+    return out
 
 
 class LivePlot(QWidget):
@@ -30,6 +43,7 @@ class LivePlot(QWidget):
         super().__init__(parent)
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.smooth: list[float] = []  # ema(self.losses), kept up to date
         self.val_steps: list[int] = []
         self.val_ious: list[float] = []
         self.offset = 0  # x of the current run's step 0 (steps trained before it in the chain)
@@ -50,7 +64,7 @@ class LivePlot(QWidget):
             axis.tick_params(colors=FG, labelsize=8)
             for spine in axis.spines.values():
                 spine.set_color("#808080")
-        ax.set_xlabel("step", color=FG, fontsize=8)
+        ax.set_xlabel("step (all runs of the model)", color=FG, fontsize=8)
         ax.set_ylabel("loss", color=LOSS, fontsize=8)
         ax2.set_ylabel("val IoU", color=IOU, fontsize=8)
         ax2.set_ylim(0, 1)
@@ -68,7 +82,8 @@ class LivePlot(QWidget):
             fontsize=8,
             transform=ax.transAxes,
         )
-        (self.loss_line,) = ax.plot([], [], color=LOSS, lw=1, animated=True)
+        (self.raw_line,) = ax.plot([], [], ".", color=LOSS, alpha=0.25, ms=2, animated=True)
+        (self.loss_line,) = ax.plot([], [], color=LOSS, lw=1.5, animated=True)
         (self.iou_line,) = ax2.plot([], [], "o-", color=IOU, lw=1, ms=3, animated=True)
         self.canvas.mpl_connect("draw_event", self._on_full_draw)
         layout = QVBoxLayout(self)
@@ -87,7 +102,7 @@ class LivePlot(QWidget):
             chain so far); the run's points are drawn at ``offset + step``.
         """
         if not keep:
-            for values in (self.steps, self.losses, self.val_steps, self.val_ious):
+            for values in (self.steps, self.losses, self.smooth, self.val_steps, self.val_ious):
                 values.clear()
             for line in self.continuations:
                 line.remove()
@@ -110,6 +125,9 @@ class LivePlot(QWidget):
         """Append one training-loss point (``step`` of the current run)."""
         self.steps.append(self.offset + step)
         self.losses.append(loss)
+        n, last = len(self.losses), self.smooth[-1] if self.smooth else 0.0
+        mean = last * (1 - EMA ** (n - 1)) * EMA + (1 - EMA) * loss  # undo, update, debias
+        self.smooth.append(mean / (1 - EMA**n))
         self._dirty = True
 
     def add_validation(self, step: int, iou: float) -> None:
@@ -127,8 +145,10 @@ class LivePlot(QWidget):
         self._draw_lines()
 
     def _draw_lines(self) -> None:
-        self.loss_line.set_data(self.steps, self.losses)
+        self.raw_line.set_data(self.steps, self.losses)
+        self.loss_line.set_data(self.steps, self.smooth)
         self.iou_line.set_data(self.val_steps, self.val_ious)
+        self.ax.draw_artist(self.raw_line)
         self.ax.draw_artist(self.loss_line)
         self.ax_iou.draw_artist(self.iou_line)
 
@@ -152,3 +172,21 @@ class LivePlot(QWidget):
         self.canvas.blit(self.figure.bbox)
         self.redraws += 1
         self.last_draw_s = time.perf_counter() - start
+
+    def history(self) -> dict[str, list]:
+        """The curves drawn so far (x: the model's steps), for :meth:`show_history`."""
+        marks = [float(line.get_xdata()[0]) for line in self.continuations]
+        return {**{k: list(getattr(self, k)) for k in HISTORY[:4]}, "continued_at": marks}
+
+    def show_history(self, history: dict[str, list]) -> None:
+        """Draw the curves of :meth:`history` again (e.g. in a Train dock opened anew)."""
+        if not history.get("steps"):
+            return
+        self.start(max(history["steps"]), offset=0)
+        for name in HISTORY[:4]:
+            getattr(self, name)[:] = history[name]
+        self.smooth[:] = ema(self.losses)
+        for x in history.get("continued_at", []):
+            self.continuations.append(self.ax.axvline(x, color="#808080", lw=0.8, ls="--"))
+        self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
+        self._full_draw()

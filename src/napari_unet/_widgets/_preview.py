@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_unet._widgets._common import current_plane
+from napari_unet._widgets._common import current_plane, keeping_selection, reusable_layer
 
 MAX_EDGE = 1024  # a plane up to this size is predicted whole; larger ones in a window this big
 
@@ -23,6 +23,7 @@ class LivePreview:
         self.viewer = viewer
         self.max_edge = max_edge
         self.updates = 0
+        self.shown: set[str] = set()  # names of the layers this preview made
 
     def request(self, labels: Labels) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
         """(plane index, (y0, y1, x0, x1)) of the region around the camera centre."""
@@ -46,25 +47,27 @@ class LivePreview:
         """Name of the layer framing a windowed preview: "<image> live prediction window"."""
         return self.layer_name(image, labels) + " window"
 
+    def remove(self) -> None:
+        """Take the preview layers (and their frame) of this widget's runs off the screen."""
+        for layer in list(self.viewer.layers):
+            if layer.name in self.shown:
+                self.viewer.layers.remove(layer)
+        self.shown.clear()
+
     def layer(self, image: Image | None, labels: Labels) -> Labels:
         """The preview layer, created (empty, aligned with ``labels``) when missing."""
-        name = self.layer_name(image, labels)
-        shape = tuple(labels.data.shape)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(layer, Labels) and tuple(layer.data.shape) == shape:
-            return layer
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        active = self.viewer.layers.selection.active
-        layer = self.viewer.add_labels(
-            np.zeros(shape, np.uint8),
-            name=name,
-            opacity=0.45,
-            scale=labels.scale,
-            translate=labels.translate,
-        )
-        if active is not None:
-            self.viewer.layers.selection.active = active
+        name, shape = self.layer_name(image, labels), tuple(labels.data.shape)
+        self.shown.update({name, self.frame_name(image, labels)})
+        layer = reusable_layer(self.viewer, name, Labels, shape)
+        if layer is None:
+            with keeping_selection(self.viewer):
+                layer = self.viewer.add_labels(
+                    np.zeros(shape, np.uint8),
+                    name=name,
+                    opacity=0.45,
+                    scale=labels.scale,
+                    translate=labels.translate,
+                )
         return layer
 
     def show(
@@ -106,19 +109,17 @@ class LivePreview:
         if existing is not None:
             existing.data = [corners]
             return
-        active = self.viewer.layers.selection.active
-        self.viewer.add_shapes(
-            [corners],
-            shape_type="rectangle",
-            name=name,
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=2,
-            scale=labels.scale,
-            translate=labels.translate,
-        )
-        if active is not None:
-            self.viewer.layers.selection.active = active
+        with keeping_selection(self.viewer):
+            self.viewer.add_shapes(
+                [corners],
+                shape_type="rectangle",
+                name=name,
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+                scale=labels.scale,
+                translate=labels.translate,
+            )
 
 
 def _span(centre: float, size: int, edge: int) -> tuple[int, int]:

@@ -27,6 +27,8 @@ class TrainedModel:
         up to this model (a model continued by 300 steps from one trained 2000 steps: 2300).
     stem : file name (without suffix) for :meth:`model_file`, e.g. ``cells-20250101-120000``.
     path : the model file holding exactly these weights, once :meth:`model_file` wrote it.
+    history : the loss and validation curves of its runs (``LivePlot.history``), so a Train
+        dock opened anew draws them again.
     """
 
     model: UNet
@@ -36,6 +38,7 @@ class TrainedModel:
     chain_steps: int = 0
     stem: str = "session-model"
     path: Path | None = None
+    history: dict | None = None
 
     def model_file(self, folder: str | Path) -> Path:
         """This model as a model file in ``folder`` (written on the first call, then reused).
@@ -72,6 +75,7 @@ def set_trained(
     *,
     chain_steps: int | None = None,
     stem: str = "session-model",
+    history: dict | None = None,
 ) -> TrainedModel:
     """Record ``model`` as the model just trained (moved to the CPU to free accelerator memory).
 
@@ -83,6 +87,7 @@ def set_trained(
     entry = TrainedModel(
         model.cpu().eval(), metadata, description, datetime.now(), chain_steps, stem
     )
+    entry.history = history
     _SESSION.latest = entry
     _SESSION.changed.emit()
     return entry

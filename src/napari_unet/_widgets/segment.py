@@ -1,10 +1,7 @@
 """4 Segment: apply the model just trained (or a model file) to a plane or a whole stack.
 
-This module is the segmenting: the model source, the settings, running on the current plane or
-the whole stack in a worker, and the result layers. The human-in-the-loop round the widget also
-closes (issue #14: "Annotate next", "Use plane as annotation", segmenting again when 3 Train
-gives a new model) lives in :mod:`napari_unet._widgets._next`, mixed into
-:class:`SegmentWidget`.
+Segmenting in a worker and the result layers; the human-in-the-loop round (Annotate next, Use
+plane as annotation, segmenting again after training) is :mod:`napari_unet._widgets._next`.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from functools import partial
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label
+from magicgui.widgets import Container, FileEdit, Label
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -24,6 +21,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
+    HINT_STYLE,
     META_INSTANCES,
     TIPS,
     add_buttons,
@@ -33,49 +31,43 @@ from napari_unet._widgets._common import (
     group,
     layer_data,
     log,
+    plane_label,
     report_error,
+    reusable_layer,
     set_tooltips,
+    show_long,
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import (
     Remembered,
     config_form,
-    defaults_of,
     field_widget,
     layer_picker,
 )
-from napari_unet._widgets._live import CACHE_TIP, OutputCache, relabel
-
-# MAX_OBJECTS, NOTHING_TO_RANK, plane_as_annotation: re-exported
-from napari_unet._widgets._next import (
-    MAX_OBJECTS,  # noqa: F401
-    NOTHING_TO_RANK,  # noqa: F401
-    AnnotateNext,
-    Job,
-    plane_as_annotation,  # noqa: F401
-)
+from napari_unet._widgets._next import AnnotateNext, Job
 from napari_unet.annotation.derived import describe, postprocess_config
 from napari_unet.devices import available_devices
 from napari_unet.errors import InputError
 from napari_unet.inference.batch import SegmentConfig, plane_layout
-from napari_unet.inference.job import ModelSource, segment_current, segment_whole
+from napari_unet.inference.cache import CACHE_TIP, OutputCache, live_key, relabel
+from napari_unet.inference.job import (
+    SCOPES,
+    SOURCES,
+    ModelSource,
+    SegmentRequest,
+    segment_current,
+    segment_whole,
+)
 from napari_unet.inference.postprocess import PostprocessConfig
 from napari_unet.inference.predictor import PredictConfig
 from napari_unet.threads import gui_cpu_threads
 
-STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
-SOURCES = ("model just trained", "model file...")
-SCOPES = ("current plane", "whole stack")
 _KINDS = {"labels": Labels, "image": Image}
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
-SOURCE_TIP = (
-    "the network: the one trained last in 3 Train (this session) or a model file (.safetensors)"
-)
-SCOPE_TIP = (
-    "current plane: the plane on screen (seconds); whole stack: every plane, read one at a "
-    "time, with progress and Cancel"
-)
+NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
+POST = ("watershed", "watershed_min_distance")
 
 
 class _Progress(QObject):
@@ -104,90 +96,50 @@ def stop_segmentation(cancel: threading.Event, ended: threading.Event) -> None:
 
 
 class SegmentWidget(AnnotateNext, DockWidget):
-    """Segment an image layer; results are layers aligned with the image.
-
-    The human-in-the-loop round (:class:`~napari_unet._widgets._next.AnnotateNext`):
-    :meth:`use_plane_as_annotation` copies the plane on screen of the (corrected) result into
-    the annotation layer; :meth:`rank_planes` lists the planes not annotated yet in
-    :attr:`next_list`, least sure first, and fills the "<image> uncertainty" layer; a new model
-    from 3 Train re-runs the last segmentation (:attr:`resegment`).
-    """
+    """Segment an image layer; results are layers "<image> segmentation" (and probability,
+    uncertainty) aligned with the image. The round after it: see :class:`AnnotateNext`."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self.worker = None
         self.last_result: tuple | None = None
         self._job: Job | None = None  # what the worker now running does
-        self._cancel = threading.Event()
-        self._ended = threading.Event()
+        self._cancel, self._ended = threading.Event(), threading.Event()
         self._ended.set()
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
-        self.source = ComboBox(label="model", choices=SOURCES, tooltip=SOURCE_TIP)
+        self.source, self.scope, self.probability, self.uncertainty = config_form(SegmentRequest)
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
-        self.model_path.tooltip = (
-            "the model file to segment with (.safetensors, loaded without running code)"
-        )
+        self.model_path.tooltip = "the model file to segment with (.safetensors, no code is run)"
         self.model_info = Label(label="", tooltip="which model will be used")
         self.model_info.native.setWordWrap(True)
         self.image_combo = layer_picker(
-            viewer,
-            Image,
-            "image",
-            "the image layer to segment (numpy or dask, any number of planes)",
+            viewer, Image, "image", "the image layer to segment (numpy or dask, any planes)"
         )
-        self.scope = ComboBox(label="planes", choices=SCOPES, tooltip=SCOPE_TIP)
         devices = available_devices()  # the first is the default
         device = {"choices": devices, "value": devices[0]}
         self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
         self.instances = field_widget(SegmentConfig, "instances")
-        post = ("watershed", "watershed_min_distance")
-        self.watershed, self.seed_distance = config_form(PostprocessConfig, post)
+        self.watershed, self.seed_distance = config_form(PostprocessConfig, POST)
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
         self.min_size = field_widget(PostprocessConfig, "min_size", **auto)
-        self.fill_holes = field_widget(PostprocessConfig, "fill_holes", label="fill holes")
-        self.fill_holes.tooltip = (
-            "fill holes inside objects; set from the model file (on when no annotated object "
-            "had a hole)"
+        self.fill_holes = field_widget(
+            PostprocessConfig,
+            "fill_holes",
+            label="fill holes",
+            tooltip="fill holes inside objects; set from the model file (on when no annotated "
+            "object had a hole)",
         )
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
-        self.derived.native.setStyleSheet("color: palette(mid); font-size: 11px;")
+        self.derived.native.setStyleSheet(HINT_STYLE)
         self.cache = OutputCache()
         self._model_shown = None  # the model whose recorded settings the form shows
-        self.probability = CheckBox(label="extra layers: foreground probability", value=False)
-        self.probability.tooltip = (
-            "also add the foreground probability (0..1) of the current plane as an image layer"
-        )
-        self.uncertainty = CheckBox(label="uncertainty layer (8 passes)", value=False)
-        self.uncertainty.tooltip = (
-            "also add the uncertainty of the current plane (the disagreement of its 8 "
-            "flipped/rotated predictions: where the model is unsure) as an image layer"
-        )
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
-        defaults = {
-            **defaults_of(PredictConfig, ["tta"]),
-            **defaults_of(SegmentConfig, ["instances"]),
-            **defaults_of(PostprocessConfig, post),
-            "device": devices[0],
-            "min_size": -1,
-        }
-        self.settings = Remembered("segment", [*fields, self.min_size], defaults)
-        self.form = Container(
-            widgets=[
-                self.source,
-                self.model_path,
-                self.model_info,
-                self.image_combo,
-                self.scope,
-                *fields,
-                self.min_size,
-                self.fill_holes,
-                self.derived,
-                self.probability,
-                self.uncertainty,
-            ]
-        )
+        self.settings = Remembered("segment", [*fields, self.min_size])
+        top = [self.source, self.model_path, self.model_info, self.image_combo, self.scope]
+        rest = [self.min_size, self.fill_holes, self.derived, self.probability, self.uncertainty]
+        self.form = Container(widgets=[*top, *fields, *rest])
         add_buttons(self, run_button="Segment", cancel_button="Cancel")
         self.progress, self.status = QProgressBar(self), QLabel("", self)
         self.status.setWordWrap(True)
@@ -223,8 +175,13 @@ class SegmentWidget(AnnotateNext, DockWidget):
         _session.changed.connect(self._update_info)
         self._relabel_timer = QTimer(self, singleShot=True, interval=150)
         self._relabel_timer.timeout.connect(self._relabel)
-        live = (self.min_size, self.fill_holes, self.watershed, self.seed_distance, self.instances)
-        for widget in live:
+        for widget in (
+            self.min_size,
+            self.fill_holes,
+            self.watershed,
+            self.seed_distance,
+            self.instances,
+        ):
             widget.changed.connect(lambda *_: self._relabel_timer.start())
             widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
             widget.native.setToolTip(widget.tooltip)
@@ -262,18 +219,15 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if not from_file:
             entry = _session.trained()
             metadata, model = (entry.metadata, id(entry.model)) if entry else (None, None)
-            self.model_info.value = (
-                entry.description
-                if entry
-                else "no model trained yet in this session (use 3 Train, or choose a model file)"
-            )
+            info = entry.description if entry else NO_MODEL
         else:
             path = self.model_file()
-            self.model_info.value = path or "choose a model file"
+            info = path or "choose a model file"
             try:
                 metadata, model = ModelSource(path=path).read_metadata() if path else None, path
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
+        show_long(self.model_info, info, "which model will be used")
         recorded = getattr(metadata, "postprocess", None) or {}
         post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
@@ -310,11 +264,9 @@ class SegmentWidget(AnnotateNext, DockWidget):
             raise InputError("choose a model file")
         return ModelSource(path=path)
 
-    def segment_config(self, metadata=None) -> SegmentConfig:
-        """Prediction and post-processing settings shown in the widget.
-
-        "auto" settings come from ``metadata`` (the model's recommendation).
-        """
+    def segment_config(self, metadata=None, image: Image | None = None) -> SegmentConfig:
+        """Prediction and post-processing settings shown in the widget ("auto" ones from the
+        model's ``metadata``), with the channel axis of ``image``."""
         min_size = self.min_size.value
         post = replace(
             postprocess_config(getattr(metadata, "postprocess", None) or {}),
@@ -323,17 +275,12 @@ class SegmentWidget(AnnotateNext, DockWidget):
             watershed_min_distance=self.seed_distance.value,
             **({"min_size": min_size} if min_size >= 0 else {}),
         )
-        return SegmentConfig(
-            predict=PredictConfig(tta=self.tta.value, device=self.device.value),
-            postprocess=post,
-            instances=self.instances.value,
-        )
+        predict = PredictConfig(tta=self.tta.value, device=self.device.value)
+        axis = None if image is None else channel_axis(image)
+        return SegmentConfig(predict, post, self.instances.value, axis)
 
     def _config_for(self, image: Image, source: ModelSource) -> SegmentConfig:
-        config = self.segment_config(source.read_metadata())
-        return SegmentConfig(
-            config.predict, config.postprocess, config.instances, channel_axis(image)
-        )
+        return self.segment_config(source.read_metadata(), image)
 
     # ------------------------------------------------------------------ run
     @property
@@ -377,7 +324,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
         keep, planes = self.cache.collector()
         model = source.path or id(source.model)
-        self._kept = (image, model, source.read_metadata(), _live_key(config), planes)
+        self._kept = (image, model, source.read_metadata(), live_key(config), planes)
         if scope == SCOPES[0]:
             index = self._plane_index(image, source, axis)
             args = (
@@ -493,7 +440,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
                 self._put_plane(image, "probability", index, prob, "image", np.float32)
             if unc is not None:
                 self._put_plane(image, "uncertainty", index, unc, "image", np.float32)
-            self.status.setText(f"done: plane {index} in {took:.1f} s")
+            self.status.setText(f"done: {plane_label(index)} in {took:.1f} s")
             self._after_segmentation(job, image, whole=False)
 
     def result_layer(self, image: Image, what: str = "segmentation"):
@@ -502,24 +449,23 @@ class SegmentWidget(AnnotateNext, DockWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _put(self, image: Image, what: str, data, kind: str):
-        layer = self.result_layer(image, what)
-        if isinstance(layer, _KINDS[kind]) and layer.data.shape == data.shape:
+        """Write ``data`` into the layer "<image> <what>" (made anew if it does not fit)."""
+        name = f"{image.name} {what}"
+        layer = reusable_layer(self.viewer, name, _KINDS[kind], data.shape)
+        if layer is not None:
             layer.data = data
             return layer
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        transform = spatial_transform(image)
         if kind == "labels":
-            return self.viewer.add_labels(data, name=f"{image.name} {what}", **transform)
+            return self.viewer.add_labels(data, name=name, **spatial_transform(image))
         cmap = "viridis" if what == "probability" else "inferno"
         return self.viewer.add_image(
             data,
-            name=f"{image.name} {what}",
+            name=name,
             colormap=cmap,
             blending="additive",
             opacity=0.7,
             contrast_limits=(0, 1),
-            **transform,
+            **spatial_transform(image),
         )
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
@@ -547,13 +493,13 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if self.worker is not None or not cache.planes or self._shut_down:
             return None  # a run is going on: it checks again when it ends
         config = self.segment_config(cache.metadata)
-        if _live_key(config) == cache.config:
+        if live_key(config) == cache.config:
             return None
         layer = self.result_layer(cache.image)
         if cache.image not in self.viewer.layers or not isinstance(layer, Labels):
             cache.drop()
             return None
-        self._relabelled = _live_key(config)
+        self._relabelled = live_key(config)
         args = (dict(cache.planes), cache.metadata, config, cache.stack)
         job = Job("relabel", "", cache.image.name, None)
         return self._launch(relabel, args, "cpu", cache.image, job, counted=False)
@@ -578,8 +524,3 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self._update_rank_state()
         if not running:
             self.progress.setRange(0, 1)
-
-
-def _live_key(config: SegmentConfig) -> tuple:
-    """What the live settings decide: the post-processing and instances or classes."""
-    return (config.postprocess, config.instances)

@@ -1,4 +1,8 @@
-"""3 Train: train a U-Net on the annotated planes in a worker thread, with live plot and preview."""
+"""3 Train: train a U-Net on the annotated planes in a worker thread, with live plot and preview.
+
+:class:`TrainForm` holds the fields (magicgui, from the config dataclasses' field metadata),
+buttons, progress bar and live plot; :class:`TrainWidget` is what they do.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,268 @@ from functools import partial
 from pathlib import Path
 
 import napari
+from magicgui.types import Separator
+from magicgui.widgets import FileEdit, Label
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtWidgets import QFileDialog, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
+from superqt import QCollapsible
 
 from napari_unet._widgets import _session
-from napari_unet._widgets._augpreview import show_augmentation_preview
 from napari_unet._widgets._common import (
+    META_IMAGE,
     META_WEIGHTMAP,
+    TIPS,
+    add_buttons,
     channel_axis,
+    column,
     current_plane,
     error_message,
     guarded,
+    is_annotation_layer,
     layer_data,
     log,
     parse_planes,
     plane_names,
     report_error,
+    reusable_layer,
+    set_tooltips,
     spatial_shape,
 )
-from napari_unet._widgets._dock import wait_until, worker_returned
+from napari_unet._widgets._dock import DockWidget, wait_until, worker_returned
+from napari_unet._widgets._forms import (
+    Remembered,
+    config_form,
+    field_widget,
+    layer_picker,
+    widget_value,
+)
+from napari_unet._widgets._plot import LivePlot
 from napari_unet._widgets._preview import LivePreview
-from napari_unet._widgets._train_form import CONTINUE, NO_SESSION_MODEL, TrainForm
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
 from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.annotation.weightmap import WeightMapConfig
+from napari_unet.defaults import default_steps
+from napari_unet.devices import available_devices
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.modelfile import save_model
-from napari_unet.model import PRESETS
-from napari_unet.training.augment import AugmentConfig
-from napari_unet.training.job import TrainJob, run_job, warm_up
-from napari_unet.training.recipe import TrainingRecipe
-from napari_unet.training.trainer import TrainEvent
+from napari_unet.io.planes import read_plane
+from napari_unet.model import PRESETS, UNetConfig
+from napari_unet.threads import gui_cpu_threads
+from napari_unet.training.augment import AugmentConfig, preview_row
+from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
+from napari_unet.training.recipe import MODEL_CHOICES, TrainChoices, TrainingRecipe
+from napari_unet.training.trainer import TrainConfig, TrainEvent
+
+TRAIN_FIELDS = ("device", "steps", "minutes")
+MORE_FIELDS = ("optimizer", "batch_size")
+ARCH_FIELDS = ("width", "depth", "padding")
+STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
+NO_SESSION_MODEL = (
+    "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
+)
+SCHEMA_TIP = (
+    "how the annotation values are read (set in 1 Annotate): instances, scribbles or classes; "
+    "see docs/annotations.md"
+)
+
+
+class TrainForm(DockWidget):
+    """Fields, buttons, progress bar and live plot of the Train widget (no behaviour)."""
+
+    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+        super().__init__(viewer, parent)
+        self._custom = PRESETS["small"]
+        self.image_combo = layer_picker(
+            viewer, Image, "image", "the image layer to learn from (chosen with the annotations)"
+        )
+        # only layers made (or imported) in 1 Annotate: a ground-truth layer opened with the
+        # sample data is never trained on without the user saying so
+        self.labels_combo = layer_picker(
+            viewer,
+            Labels,
+            "annotations",
+            "the annotation layer made in 1 Annotate; only its annotated planes are used "
+            "(import ground truth there to train on it)",
+            accept=is_annotation_layer,
+            placeholder="none: create one in 1 Annotate",
+        )
+        self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
+        choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
+        self.model_combo, self.hold_out = config_form(TrainChoices, model={"choices": choices})
+        self.hold_out.native.setPlaceholderText("none, or e.g. 3")
+        self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self.model_path.tooltip = (
+            "the model file (.safetensors) to fine-tune; its architecture, normalisation and "
+            "classes are kept"
+        )
+        devices = available_devices()  # the first is the default
+        self.form = config_form(
+            TrainConfig, TRAIN_FIELDS, device={"choices": devices, "value": devices[0]}
+        )
+        self.partial = field_widget(AnnotationConfig, "partial")
+        self.lr = field_widget(TrainConfig, "lr")
+        more = config_form(TrainConfig, MORE_FIELDS)
+        self.augment = field_widget(AugmentConfig, "strength")
+        small = {n: {"value": getattr(PRESETS["small"], n)} for n in ARCH_FIELDS}
+        self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
+        self.advanced.append(field_widget(TrainConfig, "tile"))
+        self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
+        remembered = [*self.form, self.partial, self.lr, *more, self.augment, *self.advanced]
+        self._continuing = False  # see _steps_of
+        self.settings = Remembered("train", remembered, skip=self._not_remembered)
+        self.form.extend([self.partial, self.lr, *more, self.augment, self.hold_out])
+        for widget in self.form:
+            setattr(self, widget.name, widget)
+        arch = self.advanced
+        self.width_spin, self.depth_spin, self.padding = arch["width"], arch["depth"], arch[2]
+        self.tile, self.preview_every, self.threads = arch[3], arch[4], arch[5]
+        top = (self.image_combo, self.labels_combo, self.schema, self.model_combo, self.model_path)
+        for index, widget in enumerate(top):
+            self.form.insert(index, widget)
+        # the steps each kind of run had last: a new model, or continuing the model just
+        # trained (the field shows one; switching kind swaps them, so no typed value is lost)
+        self._steps_of = {False: self.steps.value, True: default_steps(True)}
+        add_buttons(
+            self,
+            preview_button="Preview augmentation",
+            train_button="Train",
+            cancel_button="Cancel",
+            resume_button="Resume",
+            save_button="Save model...",
+        )
+        self.progress, self.status, self.plot = QProgressBar(self), QLabel("", self), LivePlot(self)
+        self.status.setWordWrap(True)
+        set_tooltips(self, TIPS["train"])
+        advanced = QCollapsible("Advanced", self)
+        advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
+        advanced.addWidget(self.advanced.native)
+        column(
+            self.body,
+            self.form,
+            advanced,
+            self.settings.button,
+            self.preview_button,
+            (self.train_button, self.cancel_button, self.resume_button, self.save_button),
+            self.progress,
+            self.status,
+            self.plot,
+            "Training runs in the background. The live prediction layer shows the plane on "
+            "screen every few seconds; the plot shows the loss and, with hold-out planes, the "
+            "validation IoU.",
+            stretch=True,
+        )
+        self.labels_combo.changed.connect(self._on_labels_changed)
+        self.model_combo.changed.connect(self._on_model_choice)
+        _session.changed.connect(self._on_session_changed)
+        self._on_labels_changed()
+        self._on_model_choice(self.model_combo.value)
+        self._on_session_changed()
+
+    def _not_remembered(self) -> set[str]:
+        """Steps are remembered for new models only (continuing has its own default)."""
+        return {"steps"} if self._continuing else set()
+
+    def _on_labels_changed(self, *_args) -> None:
+        layer = self.labels_combo.value
+        if layer is None:
+            self.schema.value = "(no annotation layer)"
+            return
+        self.schema.value = layer_mode(layer)
+        if layer.metadata.get(META_IMAGE) in self.viewer.layers:
+            self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+
+    def _on_model_choice(self, choice: str) -> None:
+        self.model_path.visible = choice == FINE_TUNE
+        # fine-tuning a model (the session's or a file) gets the short budget, as `train --init`
+        continuing = choice in (CONTINUE, FINE_TUNE)
+        if continuing != self._continuing:  # default_steps(True) to continue, else (False)
+            self._steps_of[self._continuing] = self.steps.value
+            self._continuing = continuing
+            self.steps.value = self._steps_of[continuing]
+        if continuing and _session.trained() is None:
+            self.status.setText(f"continue: {NO_SESSION_MODEL}")
+
+    def _on_session_changed(self) -> None:
+        """Offer "continue: model just trained" only while the session holds a model."""
+        try:
+            combo = self.model_combo.native
+            item = combo.model().item(combo.findText(CONTINUE))
+        except RuntimeError:  # the widget was deleted; the session signal outlived it
+            _session.changed.disconnect(self._on_session_changed)
+            return
+        entry = _session.trained()
+        item.setEnabled(entry is not None)
+        item.setData(
+            f"continue training the model just trained ({entry.description})"
+            if entry
+            else NO_SESSION_MODEL,
+            Qt.ItemDataRole.ToolTipRole,
+        )
+        if entry is None and self.is_continuing():
+            self.status.setText(f"continue: {NO_SESSION_MODEL}")
+
+    def stop_workers(self) -> None:
+        """The widget is closing: stop following the session, then stop the workers."""
+        _session.changed.disconnect(self._on_session_changed)  # psygnal: a no-op if gone
+        super().stop_workers()
+
+    def is_continuing(self) -> bool:
+        """Whether the chosen model is "continue: model just trained"."""
+        return self.model_combo.value == CONTINUE
+
+    def model_file(self) -> str:
+        """The model file to fine-tune, as typed or chosen ("" when none)."""
+        return self.model_path.line_edit.value.strip()
+
+    def set_custom_architecture(self, config: UNetConfig) -> None:
+        """Choose "new: custom" with ``config`` (width, depth, padding shown in Advanced)."""
+        self._custom = config
+        for name in ARCH_FIELDS:
+            self.advanced[name].value = getattr(config, name)
+        self.model_combo.value = CUSTOM
+
+    def architecture(self) -> UNetConfig | None:
+        """The architecture of a new network (None when fine-tuning or continuing a model)."""
+        choice = self.model_combo.value
+        if choice in (CONTINUE, FINE_TUNE):
+            return None
+        if choice in MODEL_CHOICES[:2]:
+            return PRESETS["small"]
+        if choice == MODEL_CHOICES[2]:
+            return PRESETS["paper"]
+        return self._custom.with_(**{n: self.advanced[n].value for n in ARCH_FIELDS})
+
+    def start(self) -> str:
+        """Where a new network starts: ``scratch`` (the default choice) or ``starting-model``."""
+        return "starting-model" if self.model_combo.value == STARTING else "scratch"
+
+    def train_config(self) -> TrainConfig:
+        """The training settings shown in the widget."""
+        fields = (*TRAIN_FIELDS, *MORE_FIELDS, "lr")
+        values = {n: widget_value(self.form[n], TrainConfig) for n in fields}
+        return TrainConfig(
+            **values,
+            tile=widget_value(self.tile, TrainConfig),
+            augment=AugmentConfig(strength=self.augment.value),
+        )
+
+    def cpu_threads(self) -> int | None:
+        """PyTorch CPU threads for the run (None on a GPU); auto leaves one core to the viewer."""
+        device = self.device.value
+        if device == "auto":
+            device = available_devices()[0]
+        if device != "cpu":
+            return None
+        return self.threads.value or gui_cpu_threads()
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
+    ``_``."""
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
+
 
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 
@@ -54,27 +288,27 @@ def stop_training(job: TrainJob, worker) -> None:
 
 
 class TrainWidget(TrainForm):
-    """Train, cancel, resume and save; the result becomes the "model just trained".
+    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
+    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
 
-    "continue: model just trained" fine-tunes that model (via its model file, as "fine-tune
-    model file..." does) on every annotated plane; the plot draws the new steps after the
-    earlier curve.
-
-    Training runs in a napari ``thread_worker`` over :meth:`Trainer.run` (see ``_train_job``);
-    the GUI thread only receives small messages: events for the progress bar and the plot (the
-    plot redraws at most every 0.5 s) and, every few seconds, a predicted crop of the plane on
-    screen for the "<image> live prediction" layer.
+    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
+    only gets small messages: event batches for the progress bar and the plot and, every few
+    seconds, a predicted crop of the plane on screen for "<image> live prediction".
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        warm_up()
         self.worker = None
+        self._done = True  # no run stopped half-way (see _on_worker_finished)
         self.job: TrainJob | None = None
         self.events: list[TrainEvent] = []
         self.last_checkpoint: Path | None = None
         self.result = None  # (model, metadata) of the last finished or cancelled run
         self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
+        entry = _session.trained()
+        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
+            self.plot.show_history(entry.history)
+            self._plotted = entry
         self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
         self.preview = LivePreview(viewer)
         self._started = time.perf_counter()
@@ -142,6 +376,11 @@ class TrainWidget(TrainForm):
         except Exception:  # noqa: BLE001 - already disconnected
             pass
         super().stop_workers()
+        try:
+            if not self._done:  # the stopped run's preview is not the model's output
+                self.preview.remove()
+        except Exception:  # noqa: BLE001 - the viewer may be closing
+            log.debug("napari-unet: live preview not removed", exc_info=True)
 
     def _start(self, resume: bool):
         if self.worker is not None:
@@ -163,13 +402,20 @@ class TrainWidget(TrainForm):
             self.last_checkpoint = None  # Resume continues this run, never an older one
         self.preview.layer(self.image_combo.value, self.labels_combo.value)
         self._update_preview_request()
+        if not is_warm():  # seconds of imports, once: when asked to train, not when opened
+            self.status.setText("loading PyTorch's optimiser (once per session) ...")
+            self.status.repaint()
+            warm_up()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
-        self.worker.errored.connect(self._on_worker_error)
+        self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_worker_finished)
         self.background.set(partial(stop_training, job, self.worker))
-        self.progress.setRange(0, job.config.steps)
-        self.progress.setFormat("step %v/%m")
+        self._first_step = None  # this run's first step (a resumed run starts at its checkpoint)
+        self._done = False  # the run finished: its last preview is the model's output
+        self.progress.setRange(job.steps_before, job.steps_before + job.config.steps)
+        self.progress.setValue(job.steps_before)
+        self.progress.setFormat(self._step_format())
         self._set_running(True)
         self.status.setText("starting ...")
         self._started = time.perf_counter()
@@ -240,37 +486,54 @@ class TrainWidget(TrainForm):
         model, metadata = self.result
         return save_model(path, model, metadata)
 
+    def default_model_path(self) -> Path:
+        """Where Save model suggests to write: ``<image layer name>.unet.safetensors`` next to
+        the image's file, if it was opened from one, else in the working folder."""
+        image = self.image_combo.value
+        name = image.name if image is not None else "unet"
+        source = getattr(getattr(image, "source", None), "path", None)
+        folder = Path(source).parent if source else Path.cwd()
+        return folder / f"{safe_name(name)}.unet.safetensors"
+
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save model", "unet.safetensors", "napari-unet models (*.safetensors)"
+            self, "Save model", str(self.default_model_path()), "napari-unet models (*.safetensors)"
         )
         if path:
             saved = self.save_model(path)
             self.status.setText(f"saved {saved}")
 
     def preview_augmentation(self, n: int = 4):
-        """Show ``n`` augmented versions of the current annotated plane; returns the layers."""
+        """Show ``n`` augmented versions of the current annotated plane right of the image (layers
+        "augmentation preview" and "... labels"); returns the two layers."""
         image, labels = self._layers()
         plane = current_plane(self.viewer, labels, labels.ndim - 2)
         planes = training_plane_list(labels)
         if not planes:
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
-        layers = show_augmentation_preview(
-            self.viewer,
-            image,
-            labels,
-            plane,
-            self.annotation_config(labels),
-            AugmentConfig(strength=self.augment.value),
-            n,
-        )
+        raw = read_plane(layer_data(image), plane, channel_axis(image))
+        config = AugmentConfig(strength=self.augment.value)
+        row = preview_row(raw, labels.data[plane], self.annotation_config(labels), config, n)
+        scale, (y, x) = tuple(labels.scale[-2:]), labels.translate[-2:]
+        where = {"scale": scale, "translate": (y, x + (labels.data.shape[-1] + 16) * scale[-1])}
+        layers = []
+        for data, kind, name in zip(row, (Image, Labels), ("", " labels"), strict=True):
+            name = f"augmentation preview{name}"
+            layer = reusable_layer(self.viewer, name, kind)
+            if layer is not None:  # the samples are always one 2D row
+                layer.data, layer.scale, layer.translate = data, where["scale"], where["translate"]
+            elif kind is Image:
+                layer = self.viewer.add_image(data, name=name, colormap="gray", **where)
+            else:
+                layer = self.viewer.add_labels(data, name=name, opacity=0.4, **where)
+            layers.append(layer)
         self.viewer.reset_view()  # the samples lie right of the image: bring both into view
         self.status.setText(
             f"augmentation preview of plane {plane_names([plane])}: {n} samples right of the image "
             "(layers 'augmentation preview'; delete them when done)"
         )
-        return layers
+        return tuple(layers)
 
     # ------------------------------------------------------------------ worker messages
     def _update_preview_request(self) -> None:
@@ -307,6 +570,8 @@ class TrainWidget(TrainForm):
         last_step = None
         for event in events:
             if event.kind == "step":
+                if self._first_step is None:
+                    self._first_step = event.step
                 self.plot.add_loss(event.step, event.loss)
                 last_step = event
             elif event.kind == "validation" and event.metrics:
@@ -315,8 +580,8 @@ class TrainWidget(TrainForm):
                 self.last_checkpoint = Path(event.path)
         if last_step is not None:  # QProgressBar.setValue repaints at once: once per batch
             eta = time.strftime("%M:%S", time.gmtime(last_step.eta_s or 0))
-            self.progress.setFormat(f"step %v/%m   loss {last_step.loss:.4f}   ETA {eta}")
-            self.progress.setValue(last_step.step)
+            self.progress.setFormat(self._step_format(f"loss {last_step.loss:.4f}   ETA {eta}"))
+            self.progress.setValue(self.job.steps_before + last_step.step)
             self.speed = last_step.tiles_per_s
 
     def _on_finished(self, kind: str, step: int, path, model, metadata) -> None:
@@ -327,24 +592,34 @@ class TrainWidget(TrainForm):
                 self.last_checkpoint = Path(path)
             saved = ", checkpoint saved" if path else ""
             self.status.setText(f"cancelled at step {step}{saved}")
-            self.progress.setFormat("step %v/%m   cancelled")
+            self.progress.setFormat(self._step_format("cancelled"))
         else:
             self.last_checkpoint = None  # finished: Resume would retrain an older state
-            self.progress.setValue(step)
-            self.progress.setFormat("step %v/%m   done")
+            self._done = True
+            self.progress.setValue(self.job.steps_before + step)
+            self.progress.setFormat(self._step_format("done"))
             self._plotted = _session.set_trained(
                 model,
                 metadata,
                 self._description(step, metadata),
                 chain_steps=self.job.steps_before + step,
                 stem=Path(self.job.recipe.checkpoint).stem,
+                history=self.plot.history(),
             )
             took = time.perf_counter() - self._started
+            ran = step - (self._first_step or 1) + 1  # a resumed run did the rest before
+            here = f" ({ran} in this run)" if ran != step else ""
             self.status.setText(
-                f"done: {step} steps in {took:.0f} s ({self.speed or 0:.1f} "
+                f"done: {step} steps{here} in {took:.0f} s ({self.speed or 0:.1f} "
                 "tiles/s); use 4 Segment or Save model"
             )
         self.plot.redraw_if_needed()
+
+    def _step_format(self, note: str = "") -> str:
+        """The progress bar's text: steps of the model over all its runs, as the plot's x axis."""
+        before = self.job.steps_before if self.job is not None else 0
+        where = f" (continued from {before})" if before else ""
+        return f"step %v/%m{where}" + (f"   {note}" if note else "")
 
     def _description(self, step: int, metadata) -> str:
         """How 4 Segment names the model just trained, e.g. "trained on 'cells', 2000 steps"."""
@@ -355,13 +630,17 @@ class TrainWidget(TrainForm):
         parent = metadata.provenance.get("parent_model") or "the model trained before"
         return f"trained on {name!r}, {before} + {step} steps (continued from {parent})"
 
-    def _on_worker_error(self, exc: Exception) -> None:
-        report_error(exc)
-
     def _on_worker_finished(self) -> None:
         self.worker = None
         self.background.set(None)
         self._set_running(False)
+        if not self._done:  # a stopped run's preview must not pass for the model's output
+            self.preview.remove()
 
     def _set_running(self, running: bool) -> None:
-        self.set_running(running, self.last_checkpoint is not None, self.result is not None)
+        """Enable the buttons that make sense now."""
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self.last_checkpoint is not None)
+        self.save_button.setEnabled(not running and self.result is not None)
+        self.preview_button.setEnabled(not running)

@@ -1,14 +1,20 @@
-"""2 Weight map: show the U-Net loss weights (class balance + border term) of the annotations."""
+"""2 Weight map: show the U-Net loss weights (class balance + border term) of the annotations.
+
+The layer shows what the border term adds: weights up to the class-balance weights of the plane
+are transparent, the gaps between touching objects glow (orange to yellow up to the largest
+weight), and a plane that is not annotated shows nothing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_unet._widgets._common import (
@@ -17,20 +23,16 @@ from napari_unet._widgets._common import (
     add_buttons,
     column,
     current_plane,
+    error_message,
     guarded,
     is_annotation_layer,
     plane_names,
     report_error,
+    reusable_layer,
     set_tooltips,
 )
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import (
-    Remembered,
-    config_form,
-    defaults_of,
-    layer_picker,
-    read_config,
-)
+from napari_unet._widgets._forms import Remembered, config_form, layer_picker, read_config
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
 from napari_unet.annotation.schema import AnnotationConfig, plane_targets
 from napari_unet.annotation.weightmap import WeightMapConfig
@@ -39,14 +41,23 @@ from napari_unet.errors import AnnotationError
 PAPER_FIELDS = ("w0", "sigma", "class_balance")
 FALK_FIELDS = ("v_bal", "sigma_bal", "lam", "sigma_sep")
 FIELDS = ("variant", *PAPER_FIELDS, *FALK_FIELDS)
+#: Transparent at the contrast limits' low end (the base weight), then orange to pale yellow.
+GLOW = Colormap(
+    [[0.0, 0.0, 0.0, 0.0], [0.9, 0.3, 0.05, 0.85], [1.0, 1.0, 0.55, 1.0]],
+    name="napari-unet weight glow",
+    controls=[0.0, 0.25, 1.0],
+)
+VISIBLE = 0.05  # a border term below this adds nothing one can see: "no touching objects"
 
 
 def _weights_job(labels, planes, config: AnnotationConfig):
-    """Worker: yield ("plane", index, weights) per plane, or ("error", exception)."""
+    """Worker: yield ("plane", index, weights, base weights) per plane, or ("error", exc); the
+    base weights leave out the border term (the class-balance part)."""
+    flat = replace(config, weight_map=replace(config.weight_map, w0=0.0, lam=0.0))
     try:
         for index in planes:
-            _, weight, _ = plane_targets(np.asarray(labels[index]), config)
-            yield ("plane", index, weight)
+            plane = np.asarray(labels[index])
+            yield ("plane", index, plane_targets(plane, config)[1], plane_targets(plane, flat)[1])
     except Exception as exc:  # noqa: BLE001 - reported on the main thread
         yield ("error", exc)
 
@@ -58,7 +69,8 @@ class WeightMapWidget(DockWidget):
         super().__init__(viewer, parent)
         self.worker = None
         self._planes: list[tuple[int, ...]] = []
-        self._range = (np.inf, -np.inf)
+        self._range, self._floor = (np.inf, -np.inf), 0.0  # weights; largest base weight
+        self._flat: list[tuple[int, ...]] = []  # planes computed without touching objects
         self.labels_combo = layer_picker(
             viewer,
             Labels,
@@ -77,7 +89,7 @@ class WeightMapWidget(DockWidget):
             "listed in 1 Annotate",
         )
         add_buttons(self, compute_button="Compute weight map")
-        self.settings = Remembered("weightmap", self.form, defaults_of(WeightMapConfig, FIELDS))
+        self.settings = Remembered("weightmap", self.form)
         self.form.insert(0, self.labels_combo)
         self.form.extend([self.scope, self.settings.button])
         for name in FIELDS:
@@ -92,8 +104,8 @@ class WeightMapWidget(DockWidget):
             self.status,
             "paper: w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2) on background, d1, d2 the "
             "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
-            "Bright = high weight: the gaps between touching objects. Training uses these "
-            "settings for this annotation layer.",
+            "Shown: what the border term adds (the class-balance weights are transparent), so "
+            "the gaps between touching objects glow. Training uses these settings.",
             stretch=True,
         )
         self.variant.changed.connect(self._show_variant_rows)
@@ -111,23 +123,28 @@ class WeightMapWidget(DockWidget):
     def compute(self, scope: str | None = None, layer: Labels | None = None):
         """Start computing; ``scope`` is "current plane" or "all annotated planes".
 
-        Returns the thread worker (``self.worker`` until it finishes).
+        Returns the thread worker (``self.worker`` until it finishes). A reason not to start
+        (no layer, a plane not annotated) is raised and also replaces the status line.
         """
         if self.worker is not None:
             return self.worker
-        layer = layer or self.labels_combo.value
+        try:
+            return self._start(scope or self.scope.value, layer or self.labels_combo.value)
+        except Exception as exc:
+            self.status.setText(f"not computed: {error_message(exc)}")
+            raise
+
+    def _start(self, scope: str, layer: Labels | None):
         if layer is None:
             raise AnnotationError("choose an annotation layer (create one in 1 Annotate)")
-        scope = scope or self.scope.value
         config = self.config()
         layer.metadata[META_WEIGHTMAP] = asdict(config)
         annotated = training_plane_list(layer)
         if scope.startswith("current"):
             planes = [current_plane(self.viewer, layer, layer.ndim - 2)]
             if planes[0] not in annotated:
-                where = plane_names(planes)
                 raise AnnotationError(
-                    f"plane {where} is not annotated: its weights would all be 1; paint or "
+                    f"plane {plane_names(planes)} is not annotated: it has no weights; paint or "
                     "import annotations there, or choose 'all annotated planes'"
                 )
         else:
@@ -143,50 +160,52 @@ class WeightMapWidget(DockWidget):
         self.worker.finished.connect(self._on_finished)
         self.background.set(self.worker.quit)  # closing: stop after the plane being computed
         self.compute_button.setEnabled(False)
-        self._planes, self._range = planes, (np.inf, -np.inf)
+        self._planes, self._range, self._floor, self._flat = planes, (np.inf, -np.inf), 0.0, []
         self.status.setText(f"computing plane {plane_names(planes)} ...")
         self.worker.start()
         return self.worker
 
     def _output_layer(self, labels: Labels) -> Image:
-        name = f"{labels.name} weight map"
-        shape = tuple(labels.data.shape)
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Image) and tuple(existing.data.shape) == shape:
-            return existing
-        if existing is not None:
-            self.viewer.layers.remove(existing)
-        output = self.viewer.add_image(
-            np.zeros(shape, np.float32),
-            name=name,
-            colormap="magma",
-            blending="translucent",
-            opacity=1.0,
-            scale=labels.scale,
-            translate=labels.translate,
-            contrast_limits=(0, 1),
-        )
-        # under the annotations: objects keep their label colours, the background between
-        # them (where the border weights live) shows the weights, unmixed
-        layers = self.viewer.layers
-        layers.move(layers.index(output), layers.index(labels))
+        name, shape = f"{labels.name} weight map", tuple(labels.data.shape)
+        output = reusable_layer(self.viewer, name, Image, shape)
+        if output is None:
+            output = self.viewer.add_image(
+                np.zeros(shape, np.float32),
+                name=name,
+                colormap=GLOW,
+                blending="translucent",
+                scale=labels.scale,
+                translate=labels.translate,
+                contrast_limits=(0.0, 1.0),
+            )
+            # under the annotations: objects keep their label colours, the gaps glow
+            layers = self.viewer.layers
+            layers.move(layers.index(output), layers.index(labels))
         return output
 
     def _on_message(self, output: Image, message: tuple) -> None:
         if message[0] == "error":
             report_error(message[1])
+            self.status.setText(f"failed: {error_message(message[1])}")
             return
-        _, index, weight = message
+        _, index, weight, base = message
         output.data[index] = weight
-        high = max(float(output.contrast_limits[1]), float(weight.max()), 1e-3)
-        output.contrast_limits = (0.0, high)
-        output.refresh()
         low, high = self._range
         self._range = (min(low, float(weight.min())), max(high, float(weight.max())))
+        if float((weight - base).max(initial=0.0)) < VISIBLE:
+            self._flat.append(index)
+        # transparent up to the base (class-balance) weight, brightest at the largest weight
+        self._floor = floor = max(self._floor, float(base.max(initial=0.0)))
+        output.contrast_limits = (floor, max(self._range[1], floor + 1e-3))
+        output.refresh()
         done = self._planes[: self._planes.index(index) + 1] if index in self._planes else []
-        self.status.setText(
-            f"plane {plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
-        )
+        text = f"plane {plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
+        if self._flat:
+            text += (
+                f"; no touching objects on plane {plane_names(self._flat)}: every weight is "
+                "the class-balance weight"
+            )
+        self.status.setText(text)
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -38,6 +38,7 @@ from napari_unet.io.planes import guess_channel_axis, split_channels
 from napari_unet.normalization import Normalization, normalize_plane
 
 IGNORE_LABEL = 65535
+MAX_OBJECTS = IGNORE_LABEL - 1  # ids an annotation plane can hold (65535 = ignore)
 Mode = Literal["instances", "scribbles", "classes"]
 MODES: tuple[str, ...] = ("instances", "scribbles", "classes")
 InstanceTargets = Literal["interiors", "paper"]
@@ -334,3 +335,45 @@ def _check_classes_present(planes: list[TrainingPlane], mode: str) -> None:
             else "unpainted (0) pixels in an annotated plane"
         )
         raise AnnotationError(f"the annotations hold no background: paint some ({what})")
+
+
+def plane_as_annotation(
+    plane: np.ndarray, mode: str, instances: bool, name: str = ""
+) -> tuple[np.ndarray, int]:
+    """A segmented (Y, X) plane as annotation values of ``mode``, and its number of objects.
+
+    ``instances``: the plane numbers objects (ids may be large and unique over a stack); else
+    it holds classes. Instances mode renumbers objects 1..n (a class plane: its connected
+    foreground parts); scribbles: background 1, objects 2 (class c: c + 1); classes: objects
+    become class 1 (a class plane is kept). Pixels at :data:`IGNORE_LABEL` stay ignored.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import relabel_sequential
+
+    plane = np.asarray(plane)
+    ignore = plane == IGNORE_LABEL
+    objects = np.where(ignore, 0, plane).astype(np.int64)
+    if mode == "instances":
+        if instances:
+            out = relabel_sequential(objects)[0]
+        else:
+            out = ndimage.label(objects > 0)[0]
+        count = int(out.max()) if out.size else 0
+        if count > MAX_OBJECTS:
+            raise AnnotationError(
+                f"plane {name} holds {count} objects but an annotation plane holds at most "
+                f"{MAX_OBJECTS}: remove objects (or tile the image) before using it"
+            )
+    elif mode == "scribbles":
+        out = np.where(objects > 0, 2 if instances else objects + 1, 1)
+        count = int(len(np.unique(objects[objects > 0])))
+    else:
+        out = (objects > 0).astype(np.int64) if instances else objects
+        count = int(len(np.unique(objects[objects > 0])))
+    if out.size and out.max() > MAX_OBJECTS:
+        raise AnnotationError(
+            f"plane {name} holds label {int(out.max())}; annotations hold at most {MAX_OBJECTS}"
+        )
+    out = np.asarray(out, np.int64)
+    out[ignore] = IGNORE_LABEL
+    return out, count

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet.defaults import form_field
 from napari_unet.errors import Cancelled, InputError
 from napari_unet.inference.batch import (
     SegmentConfig,
@@ -31,6 +32,40 @@ from napari_unet.inference.suggest import (
 )
 from napari_unet.io.planes import read_plane
 from napari_unet.threads import limited_threads
+
+SOURCES = ("model just trained", "model file...")
+SCOPES = ("current plane", "whole stack")
+
+
+@dataclass
+class SegmentRequest:
+    """What 4 Segment runs: with which model, on which planes, and which extra layers."""
+
+    source: str = form_field(
+        SOURCES[0],
+        "model",
+        "the network: the one trained last in 3 Train (this session) or a model file "
+        "(.safetensors)",
+        choices=SOURCES,
+    )
+    scope: str = form_field(
+        SCOPES[0],
+        "planes",
+        "current plane: the plane on screen (seconds); whole stack: every plane, read one at a "
+        "time, with progress and Cancel",
+        choices=SCOPES,
+    )
+    probability: bool = form_field(
+        False,
+        "extra layers: foreground probability",
+        "also add the foreground probability (0..1) of the current plane as an image layer",
+    )
+    uncertainty: bool = form_field(
+        False,
+        "uncertainty layer (8 passes)",
+        "also add the uncertainty of the current plane (the disagreement of its 8 "
+        "flipped/rotated predictions: where the model is unsure) as an image layer",
+    )
 
 
 @dataclass

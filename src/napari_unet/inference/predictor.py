@@ -310,14 +310,11 @@ def _predict_tiled(model, plane, tile, pconfig, device, cancelled) -> np.ndarray
     return result[:, :height, :width]
 
 
-def predict_plane_with_uncertainty(
+def dihedral_predictions(
     model: UNet, plane: np.ndarray, pconfig: PredictConfig | None = None, device=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities averaged over the 8 dihedral transforms, and their disagreement.
-
-    The uncertainty is, per pixel, the standard deviation over the 8 transforms of the
-    probability of the class finally chosen (0 = all agree).
-    """
+) -> np.ndarray:
+    """Probabilities (8, K, Y, X) of the plane under the 8 dihedral transforms, mapped back; the
+    first is the plane as it is (what :func:`predict_plane` gives without TTA)."""
     pconfig = pconfig or PredictConfig()
     members = []
     for k, flip in DIHEDRAL:
@@ -331,11 +328,24 @@ def predict_plane_with_uncertainty(
         if flip:
             p = p[..., ::-1]
         members.append(np.ascontiguousarray(p))
-    stack = np.stack(members)
+    return np.stack(members)
+
+
+def mean_and_disagreement(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (K, Y, X) of :func:`dihedral_predictions` and their disagreement (Y, X): per
+    pixel, the standard deviation of the probability of the class finally chosen."""
     mean = stack.mean(axis=0)
     chosen = mean.argmax(axis=0)
     chosen_probs = np.take_along_axis(stack, chosen[None, None], axis=1)[:, 0]
     return mean.astype(np.float32), chosen_probs.std(axis=0).astype(np.float32)
+
+
+def predict_plane_with_uncertainty(
+    model: UNet, plane: np.ndarray, pconfig: PredictConfig | None = None, device=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities averaged over the 8 dihedral transforms, and their disagreement (0 = all
+    agree; see :func:`mean_and_disagreement`)."""
+    return mean_and_disagreement(dihedral_predictions(model, plane, pconfig, device))
 
 
 def load_predictor(model_path, device: str = "auto"):

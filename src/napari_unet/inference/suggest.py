@@ -2,7 +2,7 @@
 
 The human-in-the-loop round is: segment a stack, correct the plane the model is least sure of,
 continue training, repeat. This module scores each plane from the 8 dihedral test-time
-transforms (:func:`napari_unet.inference.predictor.predict_plane_with_uncertainty`) with three
+transforms (:func:`napari_unet.inference.predictor.dihedral_predictions`) with three
 measures:
 
 * ``disagreement`` -- mean over the plane of the standard deviation, over the 8 transforms, of
@@ -37,7 +37,12 @@ from napari_unet.inference.batch import (
     labels_from_probabilities,
     plane_layout,
 )
-from napari_unet.inference.predictor import PredictConfig, predict_plane_with_uncertainty
+from napari_unet.inference.predictor import (
+    PredictConfig,
+    dihedral_predictions,
+    mean_and_disagreement,
+    predict_plane,
+)
 from napari_unet.io.modelfile import ModelMetadata
 from napari_unet.model import UNet
 from napari_unet.normalization import Normalization, normalize_plane
@@ -94,7 +99,7 @@ class PlaneUncertainty:
     entropy_map: np.ndarray
     unsure_map: np.ndarray  # 1 where the averaged foreground probability is in UNSURE_BAND
     labels: np.ndarray
-    probabilities: np.ndarray  # (K, Y, X), averaged over the 8 transforms
+    probabilities: np.ndarray  # (K, Y, X) the labels come from (as 4 Segment predicts)
 
     def map_for(self, measure: str) -> np.ndarray:
         """The per-pixel map (float32) whose plane mean or count makes ``measure``'s score."""
@@ -108,13 +113,18 @@ class PlaneUncertainty:
 def plane_uncertainty(
     model: UNet, metadata: ModelMetadata, plane: np.ndarray, config: SegmentConfig
 ) -> PlaneUncertainty:
-    """Scores of one raw (C, Y, X) plane, its disagreement map (Y, X) and its TTA labels."""
+    """Scores of one raw (C, Y, X) plane, its disagreement map (Y, X) and its labels.
+
+    The labels (and the objects counted) are the ones 4 Segment gives for the plane with the
+    same ``config``: from the untransformed prediction, or with TTA from ``predict_plane``'s.
+    """
     norm = Normalization.from_dict(metadata.normalization)
     predict: PredictConfig = config.predict
-    mean, disagreement = predict_plane_with_uncertainty(
-        model, normalize_plane(plane, norm), predict
-    )
-    labels = labels_from_probabilities(mean, metadata, config)
+    normed = normalize_plane(plane, norm)
+    stack = dihedral_predictions(model, normed, predict)
+    mean, disagreement = mean_and_disagreement(stack)
+    probs = predict_plane(model, normed, predict) if predict.tta else stack[0]
+    labels = labels_from_probabilities(probs, metadata, config)
     classes = mean.shape[0]
     clipped = np.clip(mean.astype(np.float64), 1e-7, 1.0)
     entropy = -(clipped * np.log(clipped)).sum(axis=0) / np.log(max(classes, 2))
@@ -129,7 +139,7 @@ def plane_uncertainty(
         "boundary_per_object": unsure / (objects + 1),
     }
     return PlaneUncertainty(
-        scores, objects, disagreement, entropy.astype(np.float32), unsure_map, labels, mean
+        scores, objects, disagreement, entropy.astype(np.float32), unsure_map, labels, probs
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "AugmentConfig",
     "augment_batch",
     "augment_preview",
+    "preview_row",
     "elastic_displacement",
     "sampling_grid",
     "warp",
@@ -421,3 +422,61 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     if np.issubdtype(img.dtype, np.floating) and in_range:
         return out
     return normalize_plane(out)
+
+
+PREVIEW_EDGE = 256  # preview samples are cut around the annotated pixels to at most this size
+PREVIEW_GAP = 8  # pixels between preview samples
+
+
+def _preview_window(weight: np.ndarray, edge: int) -> tuple[slice, slice]:
+    """A window of at most ``edge`` pixels centred on the annotated (weight > 0) pixels."""
+    ys, xs = np.nonzero(weight > 0)
+    cy, cx = (ys.mean(), xs.mean()) if ys.size else (weight.shape[0] / 2, weight.shape[1] / 2)
+    spans = []
+    for centre, size in ((cy, weight.shape[0]), (cx, weight.shape[1])):
+        length = min(edge, size)
+        start = int(np.clip(round(centre - length / 2), 0, size - length))
+        spans.append(slice(start, start + length))
+    return spans[0], spans[1]
+
+
+def _montage(samples: np.ndarray, fill: float) -> np.ndarray:
+    """Put (n, [C,] H, W) samples side by side: ([C,] H, n * (W + GAP) - GAP)."""
+    parts = []
+    for i, sample in enumerate(samples):
+        if i:
+            parts.append(np.full(sample.shape[:-1] + (PREVIEW_GAP,), fill, sample.dtype))
+        parts.append(sample)
+    return np.concatenate(parts, axis=-1)
+
+
+def preview_row(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    annotation,
+    config: AugmentConfig,
+    n: int = 4,
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` augmented versions of an annotated plane side by side, as training sees them.
+
+    ``raw``: the ``(C, H, W)`` plane, ``labels``: its annotations, ``annotation``: an
+    :class:`~napari_unet.annotation.schema.AnnotationConfig`. A window of at most
+    :data:`PREVIEW_EDGE` px around the annotated pixels is augmented. Returns the images (the
+    first channel) and the targets (0 where ignored), each ``(H, n * (W + gap) - gap)``.
+    """
+    from napari_unet.annotation.schema import plane_targets
+    from napari_unet.normalization import normalize_plane
+
+    target, weight, _ = plane_targets(np.asarray(labels), annotation)
+    rows, cols = _preview_window(weight, PREVIEW_EDGE)
+    norm = normalize_plane(raw[:, rows, cols], annotation.normalization)
+    seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
+    image = norm[0] if norm.shape[0] == 1 else norm
+    images, targets, weights = augment_preview(
+        image, target[rows, cols], weight[rows, cols], config, n=n, seed=seed
+    )
+    if images.ndim == 4:  # several channels: show the first
+        images = images[:, 0]
+    targets = np.where(weights > 0, targets, 0).astype(np.uint8)
+    return _montage(images, 0.0), _montage(targets, 0)

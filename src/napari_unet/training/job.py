@@ -42,13 +42,18 @@ def warm_up() -> None:
     """Do PyTorch's one-time lazy imports now, on the calling (GUI) thread.
 
     The first optimiser a process creates imports ``torch._dynamo`` (1-2 s of imports). Inside
-    the worker that import would hold the GIL in long stretches and freeze the viewer; done once
-    when the Train widget opens, it is just part of opening the widget.
+    the worker that import would hold the GIL in long stretches and freeze the viewer; the Train
+    widget does it once, when the first run starts (not when it opens: 2-6 s).
     """
     global _WARM
     if not _WARM:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         _WARM = True
+
+
+def is_warm() -> bool:
+    """Whether :func:`warm_up` has run in this process."""
+    return _WARM
 
 
 PreviewRequest = tuple[tuple[int, ...], Box]

@@ -47,6 +47,7 @@ from napari_unet.annotation.schema import (
     annotated_planes,
     training_planes,
 )
+from napari_unet.defaults import default_steps, form_field
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.planes import read_plane
 from napari_unet.model import UNet, UNetConfig
@@ -56,6 +57,46 @@ from napari_unet.training.starting_model import STARTING_ARCHITECTURE, starting_
 from napari_unet.training.trainer import TrainConfig, Trainer
 
 PlaneIndex = tuple[int, ...]
+
+#: The model choices of the Train widget, in the order shown: the new networks, then the two
+#: ways to go on from a trained one. The first is the default: from scratch, which beat the
+#: starting model on data it had not seen (docs/benchmarks.md, "Starting model"). "continue"
+#: fine-tunes the session's model just trained (the human-in-the-loop round), offered once a run
+#: has finished in the session.
+MODEL_CHOICES = (
+    "new: small preset, from scratch",
+    "new: from the starting model",
+    "new: paper U-Net",
+    "new: custom (Advanced)",
+    "continue: model just trained",
+    "fine-tune model file...",
+)
+
+
+@dataclass
+class TrainChoices:
+    """The Train widget's choices beside the recipe's settings: the model and the hold-out."""
+
+    model: str = form_field(
+        MODEL_CHOICES[0],
+        "model",
+        "small preset from scratch (the default): 16 base channels, depth 3, from random "
+        "weights; from the starting model: fine-tune the same network as shipped with the "
+        "plugin, pretrained on synthetic and public cell images (needs one channel and two "
+        "classes, else it starts from scratch; better on phase contrast, worse on EM than from "
+        "scratch in our benchmarks); paper U-Net: 64 channels, depth 4, 31 M parameters (use a "
+        "GPU); custom: width/depth/padding from Advanced; continue: train the model just "
+        "trained further on every annotated plane (after correcting its segmentation; "
+        f"{default_steps(True)} steps by default, the plot goes on); fine-tune: start from a "
+        "model file of yours",
+        choices=MODEL_CHOICES,
+    )
+    hold_out: str = form_field(
+        "",
+        "hold out planes",
+        "annotated planes kept out of training to measure progress (validation IoU in the "
+        "plot; the best validated weights are kept), e.g. 3 or 2, 5-7",
+    )
 
 
 @dataclass(frozen=True)

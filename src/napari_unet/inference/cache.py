@@ -1,6 +1,6 @@
-"""Live instance settings of 4 Segment: the network output of the planes segmented last is
-kept, so that changing min size, fill holes or the watershed re-labels them without the network
-(:func:`relabel`, in the widget's worker)."""
+"""The network output of the planes segmented last, kept so that changing an instance setting
+(min size, fill holes, the watershed) re-labels them without the network (:func:`relabel`; the
+live settings of 4 Segment, in the widget's worker)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,9 @@ def relabel(planes: dict, metadata, config, stack: bool, cancelled, threads=None
             labels, offset = offset_instances(labels, offset)
         out[index] = labels
     return ("relabelled", out)
+
+
+def live_key(config) -> tuple:
+    """What the live settings of a :class:`~napari_unet.inference.batch.SegmentConfig` decide:
+    the post-processing and instances or classes."""
+    return (config.postprocess, config.instances)
