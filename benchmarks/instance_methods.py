@@ -89,11 +89,8 @@ def dips(probs: np.ndarray, cfg: PostprocessConfig, h: float, fg_classes=None) -
 
 
 def necks(probs: np.ndarray, cfg: PostprocessConfig, frac: float, diameter: float) -> np.ndarray:
-    fg = _foreground(probs, cfg)
-    dist = ndimage.distance_transform_edt(fg)
-    h = max(1.0, frac * diameter / 2)
-    seeds = h_maxima(np.round(dist * 10).astype(np.int32), int(round(h * 10))) > 0
-    return _finish(_grow(fg, seeds, dist), cfg)
+    cfg = replace(cfg, method="necks", neck_depth=frac, object_diameter=diameter)
+    return instance_labels(semantic_labels(probs), cfg, probabilities=probs)
 
 
 def cores(probs: np.ndarray, cfg: PostprocessConfig, threshold: float) -> np.ndarray:
@@ -114,6 +111,24 @@ def interiors_dips(probs: np.ndarray, cfg: PostprocessConfig, h: float) -> np.nd
     has[regions[peaks]] = True
     seeds = peaks | (interior & ~has[regions])
     return _finish(_grow(fg, seeds, smooth), replace(cfg, close_gaps=0))
+
+
+def interior_necks(probs: np.ndarray, cfg: PostprocessConfig, frac: float, diameter: float):
+    """Interiors split where they narrow: h-maxima of the interiors' distance transform seed a
+    watershed over the interior probability through the foreground."""
+    fg = _foreground(probs, cfg)
+    interior = (semantic_labels(probs) == cfg.interior_class) & fg
+    dist = ndimage.distance_transform_edt(interior)
+    h = max(1.0, frac * diameter / 2)
+    seeds = (h_maxima(np.round(dist * 10).astype(np.int32), int(round(h * 10))) > 0) & interior
+    regions, n = ndimage.label(interior)
+    has = np.zeros(n + 1, bool)
+    has[regions[seeds]] = True
+    seeds |= interior & ~has[regions]
+    smooth = ndimage.gaussian_filter(probs[cfg.interior_class].astype(np.float32), 1.0)
+    return _finish(
+        _grow(fg, seeds, smooth + dist / max(dist.max(), 1.0)), replace(cfg, close_gaps=0)
+    )
 
 
 def _truth_train(name: str, labels: np.ndarray) -> np.ndarray:
@@ -144,8 +159,15 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
             out.append((f"interiors-dips@{h}", lambda p, h=h: interiors_dips(p, cfg, h)))
         for f in NECKS:
             out.append((f"interiors-necks@{f}", lambda p, f=f: necks(p, cfg, f, diameter)))
+        for f in (0.2, 0.3, 0.5):
+            out.append(
+                (f"interiors-inecks@{f}", lambda p, f=f: interior_necks(p, cfg, f, diameter))
+            )
         two = replace(cfg, method="cores")
-        out.append(("interiors-as-fg-cores@0.98", lambda p: cores(p, two, 0.98)))
+        for t in (0.9, 0.98):
+            out.append((f"interiors-as-fg-cores@{t}", lambda p, t=t: cores(p, two, t)))
+        for h in (0.2, 0.5):
+            out.append((f"interiors-as-fg-dips@{h}", lambda p, h=h: dips(p, two, h)))
         return out
     for t in (0.9, 0.98):
         out.append((f"cores@{t}", lambda p, t=t: cores(p, cfg, t)))

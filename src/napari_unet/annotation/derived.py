@@ -116,6 +116,8 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
         "method": str(derived.get("method", "cores")),
         "foreground_classes": tuple(int(c) for c in derived.get("foreground_classes", (1,))),
     }
+    if derived.get("object_diameter"):
+        settings["object_diameter"] = float(derived["object_diameter"])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)
 

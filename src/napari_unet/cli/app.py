@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "--method",
-        choices=["interiors", "cores"],
+        choices=["interiors", "necks", "cores"],
         default=None,
         help="how touching objects are parted; default: what the model was trained for "
         "(interiors: three-class models; cores: the paper's two classes)",

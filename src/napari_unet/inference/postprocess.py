@@ -10,9 +10,14 @@ foreground into numbered objects. Two ways to part touching objects (``method``)
   (interior or border) over the "not interior" probability. Only arg-max decisions are taken,
   so a less confident network (another seed, another lab's data, a fine-tuned start) gives the
   same objects as long as it ranks the classes the same way.
-* ``cores`` (the paper's two classes, the default): connected components split at cores where
-  the smoothed foreground probability exceeds ``seed_threshold`` (0.98), and separation gaps
-  given back.
+* ``necks``: connected components of the foreground split where they narrow: the maxima of
+  the distance transform (scipy.ndimage) that stand at least ``neck_depth`` x the annotated
+  objects' radius above the neck joining them to a higher maximum (h-maxima,
+  scikit-image) seed a watershed over the distance. Only the arg-max foreground is used, so a
+  network's confidence does not move the objects; separation gaps are given back.
+* ``cores`` (the paper's two classes, as first released): connected components split at cores
+  where the smoothed foreground probability exceeds ``seed_threshold`` (0.98), and separation
+  gaps given back.
 
 Then holes are optionally filled and specks below ``min_size`` removed.
 """
@@ -24,9 +29,12 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from napari_unet.errors import InputError
+
+METHODS = ("cores", "interiors", "necks")
 
 
 @dataclass(frozen=True)
@@ -37,9 +45,15 @@ class PostprocessConfig:
     ----------
     foreground_classes : tuple of int
         Semantic classes that form objects; all others are background.
-    method : {"cores", "interiors"}
+    method : {"cores", "interiors", "necks"}
         How touching objects are parted (module docstring). A model file says which its network
         was trained for (:func:`napari_unet.annotation.derived.postprocess_config`).
+    neck_depth : float
+        ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
+        the object radius (``object_diameter / 2``).
+    object_diameter : float or None
+        Typical object diameter in pixels (derived from the annotations); None: necks deeper
+        than 2 px part objects.
     interior_class : int
         ``interiors``: the class whose connected regions seed one object each.
     min_size : int
@@ -72,8 +86,10 @@ class PostprocessConfig:
     """
 
     foreground_classes: tuple[int, ...] = (1,)
-    method: Literal["cores", "interiors"] = "cores"
+    method: Literal["cores", "interiors", "necks"] = "cores"
     interior_class: int = 1
+    neck_depth: float = 0.4
+    object_diameter: float | None = None
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
     min_size: int = field(
         default=0,
@@ -129,8 +145,12 @@ class PostprocessConfig:
             )
         if self.seed_threshold is not None and not 0 < self.seed_threshold < 1:
             raise InputError(f"seed_threshold must be between 0 and 1, got {self.seed_threshold}.")
-        if self.method not in ("cores", "interiors"):
-            raise InputError(f"method must be 'cores' or 'interiors', got {self.method!r}.")
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if not self.neck_depth > 0:
+            raise InputError(f"neck_depth must be positive, got {self.neck_depth}.")
+        if self.object_diameter is not None and not self.object_diameter > 0:
+            raise InputError(f"object_diameter must be positive, got {self.object_diameter}.")
         if self.close_gaps < 0:
             raise InputError(f"close_gaps must be >= 0, got {self.close_gaps}.")
         if self.connectivity < 1:
@@ -221,6 +241,8 @@ def _instances(
         fg = ndimage.binary_fill_holes(fg)
     if cfg.method == "interiors" and interior is not None:
         labels = grow_interiors(fg, interior, interior_prob, cfg)
+    elif cfg.method == "necks" and not cfg.watershed:
+        labels = close_gaps(split_at_necks(fg, cfg), cfg.close_gaps)
     else:
         labels = _parted_components(fg, fg_prob, cfg, structure)
     if cfg.min_size > 1:
@@ -275,6 +297,28 @@ def grow_interiors(
     else:
         elevation = ndimage.distance_transform_edt(~(markers > 0)).astype(np.float32)
     return watershed(elevation, markers, mask=fg, connectivity=cfg.connectivity)
+
+
+def split_at_necks(fg: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """Objects of method ``necks``: the foreground's connected components, parted where they
+    narrow by more than ``neck_depth`` x the object radius (see the module docstring)."""
+    structure = ndimage.generate_binary_structure(fg.ndim, cfg.connectivity)
+    regions, n = ndimage.label(fg, structure=structure)
+    if not n:
+        return regions
+    depth = 2.0
+    if cfg.object_diameter:
+        depth = max(1.0, cfg.neck_depth * cfg.object_diameter / 2.0)
+    distance = ndimage.distance_transform_edt(fg)
+    # h-maxima on a fixed-point copy: float plateaus would make ties depend on rounding
+    peaks = h_maxima(np.round(distance * 10).astype(np.int32), int(round(depth * 10))) > 0
+    seeds, n_seeds = ndimage.label(peaks & fg, structure=np.ones((3,) * fg.ndim, bool))
+    markers = seeds.astype(np.int64)
+    seeded = np.zeros(n + 1, bool)
+    seeded[regions[seeds > 0]] = True
+    lonely = fg & ~seeded[regions]
+    markers[lonely] = n_seeds + regions[lonely]
+    return watershed(-distance, markers, mask=fg, connectivity=cfg.connectivity)
 
 
 def split_at_cores(
