@@ -1,4 +1,4 @@
-"""Labels from elsewhere as annotation planes (what 1 Annotate's Import buttons do, Qt-free)."""
+"""What 1 Annotate does without Qt: labels from elsewhere as annotation planes, brush values."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from napari_unet.annotation.imported import (
     plane_inside,
     planes_from_labels,
 )
-from napari_unet.annotation.schema import IGNORE_LABEL
+from napari_unet.annotation.schema import IGNORE_LABEL, brush_value
 from napari_unet.errors import InputError
 from napari_unet.io.mask_files import folder_plane_names
 from napari_unet.io.plane_lists import plane_label, plane_names
@@ -74,3 +74,11 @@ def test_a_folder_of_2d_files_names_the_planes(tmp_path):
     assert folder_plane_names(tmp_path, 2) == ["img2.png", "img10.png"]
     assert folder_plane_names(tmp_path, 3) is None
     assert folder_plane_names(None, 2) is None
+
+
+def test_brushes_paint_the_schema_values():
+    plane = np.array([[0, 3], [IGNORE_LABEL, 0]])
+    assert [brush_value(m, "background", plane) for m in ("instances", "scribbles")] == [0, 1]
+    assert brush_value("instances", "object", plane) == 4  # a new id, the ignore label aside
+    assert brush_value("scribbles", "object", plane) == 2
+    assert brush_value("classes", "object", plane) == 1

@@ -39,12 +39,7 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
-from napari_unet._widgets._schema import (
-    background_value,
-    object_value,
-    schema_colormap,
-    schema_html,
-)
+from napari_unet._widgets._schema import schema_colormap, schema_html
 from napari_unet.annotation.imported import (
     ImportRequest,
     as_annotations,
@@ -52,7 +47,13 @@ from napari_unet.annotation.imported import (
     object_counts,
     planes_from_labels,
 )
-from napari_unet.annotation.schema import IGNORE_LABEL, MODES, AnnotationConfig, annotated_planes
+from napari_unet.annotation.schema import (
+    IGNORE_LABEL,
+    MODES,
+    AnnotationConfig,
+    annotated_planes,
+    brush_value,
+)
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
 from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
@@ -303,13 +304,8 @@ class AnnotateWidget(DockWidget):
     def use_brush(self, what: str) -> int:
         """Select the paint brush with the schema's background or object label."""
         layer = self._require_layer()
-        mode = layer_mode(layer)
-        if what == "background":
-            value = background_value(mode)
-        else:
-            plane = current_plane(self.viewer, layer, layer.ndim - 2)
-            value = object_value(mode, np.asarray(layer.data[plane]))
-        return self._select(layer, value)
+        plane = np.asarray(layer.data[current_plane(self.viewer, layer, layer.ndim - 2)])
+        return self._select(layer, brush_value(layer_mode(layer), what, plane))
 
     def use_ignore_label(self) -> int:
         """Paint with :data:`IGNORE_LABEL` (pixels the loss skips)."""

@@ -67,7 +67,7 @@ _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
 NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
-POST = ("watershed", "watershed_min_distance")
+POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes")
 
 
 class _Progress(QObject):
@@ -120,16 +120,10 @@ class SegmentWidget(AnnotateNext, DockWidget):
         device = {"choices": devices, "value": devices[0]}
         self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
         self.instances = field_widget(SegmentConfig, "instances")
-        self.watershed, self.seed_distance = config_form(PostprocessConfig, POST)
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
-        self.min_size = field_widget(PostprocessConfig, "min_size", **auto)
-        self.fill_holes = field_widget(
-            PostprocessConfig,
-            "fill_holes",
-            label="fill holes",
-            tooltip="fill holes inside objects; set from the model file (on when no annotated "
-            "object had a hole)",
-        )
+        post = config_form(PostprocessConfig, POST, min_size=auto)
+        self.watershed, self.seed_distance, self.min_size, self.fill_holes = post
+        live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
         self.derived.native.setStyleSheet(HINT_STYLE)
@@ -175,13 +169,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         _session.changed.connect(self._update_info)
         self._relabel_timer = QTimer(self, singleShot=True, interval=150)
         self._relabel_timer.timeout.connect(self._relabel)
-        for widget in (
-            self.min_size,
-            self.fill_holes,
-            self.watershed,
-            self.seed_distance,
-            self.instances,
-        ):
+        for widget in live:
             widget.changed.connect(lambda *_: self._relabel_timer.start())
             widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
             widget.native.setToolTip(widget.tooltip)
@@ -254,10 +242,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if self._uses_trained_model():
             entry = _session.trained()
             if entry is None:
-                raise InputError(
-                    "no model trained yet in this session: train one in 3 Train "
-                    "or choose a model file"
-                )
+                raise InputError(NO_MODEL)
             return ModelSource(model=entry.model, metadata=entry.metadata)
         path = self.model_file()
         if not path:
@@ -278,9 +263,6 @@ class SegmentWidget(AnnotateNext, DockWidget):
         predict = PredictConfig(tta=self.tta.value, device=self.device.value)
         axis = None if image is None else channel_axis(image)
         return SegmentConfig(predict, post, self.instances.value, axis)
-
-    def _config_for(self, image: Image, source: ModelSource) -> SegmentConfig:
-        return self.segment_config(source.read_metadata(), image)
 
     # ------------------------------------------------------------------ run
     @property
@@ -318,7 +300,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if image is None:
             raise InputError("choose an image layer to segment")
         source = self.model_source()
-        config = self._config_for(image, source)
+        config = self.segment_config(source.read_metadata(), image)
         device = self.device.value
         data, axis = layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
