@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.errors import NapariUnetError
+from napari_unet.io.annotation_file import SUFFIX
 from napari_unet.io.plane_lists import parse_plane_list
 from napari_unet.io.plane_lists import plane_label as plane_label
 from napari_unet.io.plane_lists import plane_names as plane_names
@@ -59,6 +60,16 @@ TIPS: dict[str, dict[str, str]] = {
         "of it is background (a plane without objects)",
         "unmark_button": "stop counting the plane on screen as an empty annotated plane",
         "import_button": "copy those planes into the annotation layer; they count as annotated",
+        "channel_combo": "the image axis that holds channels (none for a plain stack); the "
+        "other leading axes are planes (z or time)",
+        "mask_files": "one label file per plane (TIFF/PNG), or a folder of them; the plane is "
+        "the number in the file name (man_seg001.tif: plane 1), or the image file it names",
+        "masks_button": "read one mask file per plane (TIFF/PNG; e.g. man_seg001.tif, "
+        "img_0003_cp_masks.png) into the matching planes; they count as annotated",
+        "save_button": f"write the annotation layer with its schema and marked planes (also "
+        f"empty ones) to a TIFF ({SUFFIX}); napari's File > Save does the same with that ending",
+        "open_button": "open an annotation file saved before: the layer comes back with its "
+        "schema and marked planes",
     },
     "weightmap": {
         "compute_button": "compute the weights into the layer '<annotations> weight map' (drawn "
@@ -150,9 +161,10 @@ def guarded(func: Callable[[], Any], status: Callable[[str], Any] | None = None)
 
 
 def set_tooltips(owner: QWidget, tips: dict[str, str]) -> None:
-    """Give each part of ``owner`` (by attribute name) its tooltip from ``tips``."""
+    """Give each part of ``owner`` (by attribute name; Qt or magicgui) its tooltip from ``tips``."""
     for name, tip in tips.items():
-        getattr(owner, name).setToolTip(tip)
+        part = getattr(owner, name)
+        getattr(part, "native", part).setToolTip(tip)
 
 
 def add_buttons(owner: QWidget, **texts: str) -> None:

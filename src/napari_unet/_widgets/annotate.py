@@ -106,16 +106,6 @@ def add_annotation_layer(
     return layer
 
 
-IO_TIPS = {
-    "masks_button": "read one mask file per plane (TIFF/PNG; e.g. man_seg001.tif, "
-    "img_0003_cp_masks.png) into the matching planes; they count as annotated",
-    "save_button": f"write the annotation layer with its schema and marked planes (also "
-    f"empty ones) to a TIFF ({SUFFIX}); napari's File > Save does the same with that ending",
-    "open_button": "open an annotation file saved before: the layer comes back with its "
-    "schema and marked planes",
-}
-
-
 class AnnotateWidget(DockWidget):
     """Create and inspect annotation layers; see the user guide for the click-by-click flow."""
 
@@ -133,10 +123,6 @@ class AnnotateWidget(DockWidget):
             "axis), scale and translation",
         )
         self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
-        self.channel_combo.tooltip = (
-            "the image axis that holds channels (none for a plain stack); the other leading "
-            "axes are planes (z or time)"
-        )
         self.mode_combo = field_widget(AnnotationConfig, "mode")
         self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
@@ -171,16 +157,11 @@ class AnnotateWidget(DockWidget):
             open_button="Open annotations…",
         )
         self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
-        self.mask_files.tooltip = (
-            "one label file per plane (TIFF/PNG), or a folder of them; the plane is the number "
-            "in the file name (man_seg001.tif: plane 1), or the image file it names"
-        )
         self.import_status = Label(value="", tooltip="the last import, save or open")
         self.import_status.native.setWordWrap(True)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
         set_tooltips(self, TIPS["annotate"])
-        set_tooltips(self, IO_TIPS)
         fields = (self.image_combo, self.channel_combo, self.mode_combo)
         column(
             self.body,

@@ -345,11 +345,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
             _start_thread=False,
             **({"on_plane": keep} if keep else {}),
         )
-        if counted:
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0)
-        else:
-            self.progress.setRange(0, 0)
+        self.progress.setRange(0, 1 if counted else 0)  # 0, 0: busy until progress comes
+        self.progress.setValue(0)
         self.worker.returned.connect(lambda result: self._on_result(image, result))
         self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_finished)
