@@ -36,6 +36,7 @@ from napari_unet._widgets._common import (
     reusable_layer,
     set_tooltips,
     show_long,
+    spatial_shape,
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
@@ -360,12 +361,10 @@ class SegmentWidget(AnnotateNext, DockWidget):
         return self.worker
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
-        shape = tuple(layer_data(image).shape)
-        channels = source.model.config.in_channels if source.model is not None else None
-        if channels is not None:
-            lead, _ = plane_layout(shape, source.model, axis)
+        if source.model is not None:  # a model in memory checks the channels now
+            lead, _ = plane_layout(tuple(layer_data(image).shape), source.model, axis)
         else:
-            lead = tuple(s for i, s in enumerate(shape) if i != axis)[:-2]
+            lead = spatial_shape(image, axis)[:-2]
         position = list(image.world_to_data(self.viewer.dims.point))
         if axis is not None and not image.rgb:
             del position[axis]
@@ -448,8 +447,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         )
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
-        axis = channel_axis(image)
-        shape = tuple(s for i, s in enumerate(layer_data(image).shape) if i != axis)
+        shape = spatial_shape(image)
         layer = self.result_layer(image, what)
         if not isinstance(layer, _KINDS[kind]) or tuple(layer.data.shape) != shape:
             layer = self._put(image, what, np.zeros(shape, dtype), kind)
