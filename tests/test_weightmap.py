@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.segmentation import expand_labels
 
+from napari_unet.annotation.job import WeightSummary, weight_planes
+from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.annotation.weightmap import (
     WeightMapConfig,
     border_distances,
@@ -270,3 +272,21 @@ def test_cutoff_makes_terms_negligible():
     assert c == pytest.approx(5 * math.sqrt(2 * math.log(1e6)))
     assert math.exp(-c * c / 50) == pytest.approx(1e-6)
     assert FALK.cutoff == pytest.approx(6 * math.sqrt(2 * math.log(1e6)))
+
+
+def test_weight_map_worker_and_its_status_line():
+    labels = np.zeros((2, 32, 32), np.uint16)
+    labels[0, 8:16, 8:16], labels[0, 8:16, 16:24] = 1, 2  # touching
+    labels[1, 4:8, 4:8] = 1  # alone
+    config = AnnotationConfig(weight_map=WeightMapConfig(w0=10.0, sigma=5.0))
+    messages = list(weight_planes(labels, [(0,), (1,)], config))
+    assert [m[:2] for m in messages] == [("plane", (0,)), ("plane", (1,))]
+    summary = WeightSummary([(0,), (1,)])
+    for _, index, weight, base in messages:
+        low, high = summary.add(index, weight, base)
+        assert low == summary.floor and high > low
+    assert summary.flat == [(1,)] and summary.high > summary.floor + 1
+    text = summary.text((1,))
+    assert text.startswith("plane 0, 1: weights ")
+    assert text.endswith("no touching objects on plane 1: every weight is the class-balance weight")
+    assert list(weight_planes(labels, [(5,)], config))[0][0] == "error"

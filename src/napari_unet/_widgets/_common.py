@@ -12,11 +12,14 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLayout,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -24,7 +27,10 @@ from qtpy.QtWidgets import (
 
 from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.errors import NapariUnetError
+from napari_unet.io.annotation_file import SUFFIX
 from napari_unet.io.plane_lists import parse_plane_list
+from napari_unet.io.plane_lists import plane_label as plane_label
+from napari_unet.io.plane_lists import plane_names as plane_names
 
 log = logging.getLogger("napari_unet")
 
@@ -54,6 +60,16 @@ TIPS: dict[str, dict[str, str]] = {
         "of it is background (a plane without objects)",
         "unmark_button": "stop counting the plane on screen as an empty annotated plane",
         "import_button": "copy those planes into the annotation layer; they count as annotated",
+        "channel_combo": "the image axis that holds channels (none for a plain stack); the "
+        "other leading axes are planes (z or time)",
+        "mask_files": "one label file per plane (TIFF/PNG), or a folder of them; the plane is "
+        "the number in the file name (man_seg001.tif: plane 1), or the image file it names",
+        "masks_button": "read one mask file per plane (TIFF/PNG; e.g. man_seg001.tif, "
+        "img_0003_cp_masks.png) into the matching planes; they count as annotated",
+        "save_button": f"write the annotation layer with its schema and marked planes (also "
+        f"empty ones) to a TIFF ({SUFFIX}); napari's File > Save does the same with that ending",
+        "open_button": "open an annotation file saved before: the layer comes back with its "
+        "schema and marked planes",
     },
     "weightmap": {
         "compute_button": "compute the weights into the layer '<annotations> weight map' (drawn "
@@ -109,21 +125,34 @@ def error_message(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__}): {exc}"
 
 
-def report_error(exc: BaseException) -> None:
-    """Show ``exc`` as a napari error notification (never a traceback dialog); log bugs."""
+def one_line(text: str, limit: int = 100) -> str:
+    """``text`` as one short line for a notification (the full text goes to a status line)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def report_error(exc: BaseException, status: Callable[[str], Any] | None = None) -> None:
+    """Show ``exc`` as a napari error notification (never a traceback dialog); log bugs.
+
+    With ``status``, it gets the whole sentence and the notification is one short line.
+    """
     if not isinstance(exc, NapariUnetError):
         log.error("napari-unet: %s", "".join(traceback.format_exception(exc)))
-    show_error(error_message(exc))
+    text = error_message(exc)
+    if status is not None:
+        status(text)
+    show_error(text if status is None else one_line(text))
 
 
-def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
-    """A button slot calling ``func()`` (Qt arguments ignored); errors become notifications."""
+def guarded(func: Callable[[], Any], status: Callable[[str], Any] | None = None):
+    """A button slot calling ``func()`` (Qt arguments ignored); errors become notifications
+    (:func:`report_error`, with ``status``)."""
 
     def slot(*_qt_args: Any) -> Any:
         try:
             return func()
         except Exception as exc:  # noqa: BLE001 - shown to the user
-            report_error(exc)
+            report_error(exc, status)
             return None
 
     slot.__name__ = getattr(func, "__name__", "slot")
@@ -132,9 +161,10 @@ def guarded(func: Callable[[], Any]) -> Callable[..., Any]:
 
 
 def set_tooltips(owner: QWidget, tips: dict[str, str]) -> None:
-    """Give each part of ``owner`` (by attribute name) its tooltip from ``tips``."""
+    """Give each part of ``owner`` (by attribute name; Qt or magicgui) its tooltip from ``tips``."""
     for name, tip in tips.items():
-        getattr(owner, name).setToolTip(tip)
+        part = getattr(owner, name)
+        getattr(part, "native", part).setToolTip(tip)
 
 
 def add_buttons(owner: QWidget, **texts: str) -> None:
@@ -169,11 +199,6 @@ def group(title: str, parent: QWidget, *items) -> QGroupBox:
     return box
 
 
-def plane_names(planes: Iterable[tuple[int, ...]]) -> str:
-    """Plane indices as a user types them: "0, 2, 3" ("1,4" for a t, z plane; "the image" in 2D)."""
-    return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
-
-
 def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:
     """Show ``text`` in a magicgui ``Label``, word-wrapped, words longer than ``longest``
     characters (file paths) cut in the middle, so it never widens the dock; the tooltip holds
@@ -186,11 +211,18 @@ def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:
     label.native.setToolTip(f"{tip}: {text}" if tip else text)
 
 
-def plane_label(index: tuple[int, ...]) -> str:
-    """A plane as a status line names it: "plane 7", "t 3, z 7" (4D), "the image" (2D)."""
-    if len(index) == 2:
-        return f"t {index[0]}, z {index[1]}"
-    return f"plane {plane_names([index])}" if index else "the image"
+def fill_plane_list(widget: QListWidget, rows: Iterable[tuple[str, tuple[int, ...]]]) -> None:
+    """Show ``(text, plane index)`` rows in ``widget``; :func:`clicked_plane` reads one back."""
+    widget.clear()
+    for text, index in rows:
+        item = QListWidgetItem(text)
+        item.setData(Qt.ItemDataRole.UserRole, list(index))
+        widget.addItem(item)
+
+
+def clicked_plane(item: QListWidgetItem) -> tuple[int, ...]:
+    """The plane index of a row of :func:`fill_plane_list`."""
+    return tuple(int(i) for i in item.data(Qt.ItemDataRole.UserRole))
 
 
 def hint(text: str) -> QLabel:
@@ -254,9 +286,7 @@ def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
         viewer.dims.set_point(offset + i, float(world[i]))
 
 
-def parse_planes(text: str, n_lead: int) -> list[tuple[int, ...]]:
-    """Plane indices typed into a widget (:func:`napari_unet.io.plane_lists.parse_plane_list`)."""
-    return parse_plane_list(text, n_lead)
+parse_planes = parse_plane_list  # plane indices typed into a widget
 
 
 def reusable_layer(viewer, name: str, kind: type[Layer], shape=None) -> Layer | None:

@@ -2,10 +2,11 @@
 
 Labels, limits and tooltips live in one place: the ``metadata`` of the dataclass fields
 (``label``, ``tooltip``, ``min``, ``max``, ``step``, ``choices``, ``widget_type``, plus
-``special`` -- the text a spin box shows at its minimum, which stands for ``None`` -- and
-``suffix``). :func:`config_form` turns fields into magicgui widgets, :func:`read_config` reads
-them back. :class:`Remembered` keeps a form's values in a small JSON file under the user's
-config dir (:func:`settings_dir`; ``NAPARI_UNET_SETTINGS_DIR`` overrides it) and resets them.
+``special`` -- the text a spin box shows at its minimum, which stands for ``None`` --,
+``suffix`` and ``placeholder``). :func:`config_form` turns fields into magicgui widgets,
+:func:`read_config` reads them back. :class:`Remembered` keeps a form's values in a small JSON
+file under the user's config dir (:func:`settings_dir`; ``NAPARI_UNET_SETTINGS_DIR`` overrides
+it) and resets them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from qtpy.QtWidgets import QSpinBox
 log = logging.getLogger("napari_unet")
 #: Overrides where the settings are kept (tests point it to a temporary folder).
 SETTINGS_ENV = "NAPARI_UNET_SETTINGS_DIR"
-_QT_ONLY = ("special", "suffix", "none")
+_QT_ONLY = ("special", "suffix", "none", "placeholder")
 _NOT_OPTIONS = ("label", "tooltip", "widget_type", *_QT_ONLY)
 
 
@@ -92,6 +93,8 @@ def field_widget(cls: type, name: str, **override: Any) -> Widget:
         native.setSpecialValueText(meta["special"])
     if "suffix" in meta:
         native.setSuffix(meta["suffix"])
+    if "placeholder" in meta:
+        native.setPlaceholderText(meta["placeholder"])
     return widget
 
 

@@ -14,21 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QListWidget,
-    QListWidgetItem,
-)
+from qtpy.QtWidgets import QCheckBox, QListWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
     META_IMAGE,
     META_INSTANCES,
-    META_PLANES,
     add_buttons,
+    clicked_plane,
     current_plane,
     error_message,
+    fill_plane_list,
     go_to_plane,
     guarded,
     hint,
@@ -41,12 +37,13 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets.annotate import (
     add_annotation_layer,
-    explicit_planes,
     layer_mode,
+    mark_planes,
     training_plane_list,
 )
+from napari_unet.annotation.imported import as_annotations
 from napari_unet.annotation.schema import plane_as_annotation
-from napari_unet.errors import AnnotationError, InputError
+from napari_unet.errors import InputError
 from napari_unet.inference.job import rank_whole
 from napari_unet.inference.suggest import PlaneScore, SuggestConfig
 
@@ -155,7 +152,7 @@ class AnnotateNext:
         if not self._rankable(image):
             raise InputError(NOTHING_TO_RANK)
         source = self.model_source()
-        config = self._config_for(image, source)
+        config = self.segment_config(source.read_metadata(), image)
         target = self.annotation_layer(image)
         exclude = set(training_plane_list(target)) if target is not None else set()
         lead = spatial_shape(image)[:-2]
@@ -200,24 +197,22 @@ class AnnotateNext:
 
     def _fill_next_list(self) -> None:
         """One row per plane of :attr:`ranking`: plane, score, objects found."""
-        self.next_list.clear()
-        for entry in self.ranking:
-            n = entry.objects
-            item = QListWidgetItem(
-                f"plane {plane_names([entry.index])}   {entry.score:.3f}   "
-                f"({n} object{'' if n == 1 else 's'})"
+        rows = [
+            (
+                f"plane {plane_names([e.index])}   {e.score:.3f}   "
+                f"({e.objects} object{'' if e.objects == 1 else 's'})",
+                e.index,
             )
-            item.setData(Qt.ItemDataRole.UserRole, list(entry.index))
-            self.next_list.addItem(item)
+            for e in self.ranking
+        ]
+        fill_plane_list(self.next_list, rows)
 
-    def _on_next_clicked(self, item: QListWidgetItem) -> None:
+    def _on_next_clicked(self, item) -> None:
         """Go to the plane of the row clicked."""
-        name = self._ranked_image
         for what in ("uncertainty", "segmentation"):
-            layer_name = f"{name} {what}"
-            if layer_name in self.viewer.layers:
-                index = tuple(int(i) for i in item.data(Qt.ItemDataRole.UserRole))
-                go_to_plane(self.viewer, self.viewer.layers[layer_name], index)
+            name = f"{self._ranked_image} {what}"
+            if name in self.viewer.layers:
+                go_to_plane(self.viewer, self.viewer.layers[name], clicked_plane(item))
                 return
 
     def _drop_from_ranking(self, image: Image, index: tuple[int, ...]) -> None:
@@ -281,12 +276,7 @@ class AnnotateNext:
         if target is None:
             target = add_annotation_layer(self.viewer, image)
             notes.append(f"created the annotation layer '{target.name}'")
-        dtype = target.data.dtype
-        if new.size and np.issubdtype(dtype, np.integer) and new.max() > np.iinfo(dtype).max:
-            raise AnnotationError(
-                f"the annotation layer '{target.name}' ({dtype}) cannot hold label {new.max()}"
-            )
-        new = new.astype(dtype)
+        new = as_annotations({index: new}, target.data.dtype, "instances")[index]
         old = np.asarray(target.data[index])
         if old.any() and not np.array_equal(old, new):
             notes.append("it replaced the annotations that plane held")
@@ -301,8 +291,7 @@ class AnnotateNext:
             finally:
                 target.visible = not hidden
         if not new.any():  # an empty plane is annotated only when marked
-            marked = sorted(explicit_planes(target) | {index})
-            target.metadata[META_PLANES] = [list(p) for p in marked]
+            mark_planes(target, [index])
             target.events.paint(value=[])  # the Annotate widget refreshes its plane list
         self._drop_from_ranking(image, index)
         notes.insert(

@@ -85,19 +85,3 @@ def schema_html(mode: str) -> str:
         ]
         note = "Paint every pixel of an annotated plane that is not background."
     return f"<table>{''.join(rows)}{ignore}</table><small>{note}</small>"
-
-
-def background_value(mode: str) -> int:
-    """The label a 'Background' brush paints."""
-    return 1 if mode == "scribbles" else 0
-
-
-def object_value(mode: str, plane: np.ndarray) -> int:
-    """The label an 'Object' brush paints: a new id in ``plane`` (instances) or the first class."""
-    if mode == "scribbles":
-        return 2
-    if mode == "classes":
-        return 1
-    plane = np.asarray(plane)
-    largest = int(np.max(plane, where=plane != IGNORE_LABEL, initial=0))
-    return min(largest + 1, IGNORE_LABEL - 1)

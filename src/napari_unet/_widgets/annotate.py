@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog, QListWidget, QListWidgetItem, QWidget
+from qtpy.QtWidgets import QFileDialog, QListWidget, QWidget
 
 from napari_unet._widgets._common import (
     META_CHANNEL_AXIS,
@@ -25,44 +22,43 @@ from napari_unet._widgets._common import (
     TIPS,
     add_buttons,
     channel_axis,
+    clicked_plane,
     column,
     current_plane,
-    error_message,
+    fill_plane_list,
     go_to_plane,
     group,
     guarded,
     is_annotation_layer,
     layer_data,
+    one_line,
     parse_planes,
-    plane_names,
     set_tooltips,
     spatial_shape,
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import Remembered, field_widget, layer_picker
-from napari_unet._widgets._schema import (
-    background_value,
-    object_value,
-    schema_colormap,
-    schema_html,
+from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
+from napari_unet._widgets._schema import schema_colormap, schema_html
+from napari_unet.annotation.imported import (
+    ImportRequest,
+    as_annotations,
+    import_summary,
+    object_counts,
+    planes_from_labels,
 )
-from napari_unet.annotation.schema import IGNORE_LABEL, MODES, AnnotationConfig, annotated_planes
-from napari_unet.errors import AnnotationError, InputError, NapariUnetError
+from napari_unet.annotation.schema import (
+    IGNORE_LABEL,
+    MODES,
+    AnnotationConfig,
+    annotated_planes,
+    brush_value,
+)
+from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
 from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
-from napari_unet.io.mask_files import (
-    MATCHING,
-    check_labels,
-    count_objects,
-    mask_paths,
-    match_mask_files,
-    natural_key,
-    read_mask,
-)
+from napari_unet.io.mask_files import folder_plane_names, mask_paths, match_mask_files, read_mask
 
-log = logging.getLogger("napari_unet")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MASK_FILTER = "Masks (*.tif *.tiff *.png)"
 FILE_FILTER = f"napari-unet annotations (*{SUFFIX});;TIFF (*.tif *.tiff)"
 
@@ -75,6 +71,13 @@ def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
 def training_plane_list(layer: Labels) -> list[tuple[int, ...]]:
     """Every annotated plane of ``layer``: planes holding labels plus the explicitly marked ones."""
     return sorted(set(annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
+
+
+def mark_planes(layer: Labels, planes, annotated: bool = True) -> None:
+    """Record ``planes`` as annotated even when empty (all background), or unmark them."""
+    marked = explicit_planes(layer)
+    marked = marked | set(planes) if annotated else marked - set(planes)
+    layer.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
 
 
 def layer_mode(layer: Labels | None) -> str:
@@ -103,50 +106,6 @@ def add_annotation_layer(
     return layer
 
 
-def one_line(text: str, limit: int = 100) -> str:
-    """``text`` as one short line for a notification (the full text goes to the status)."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
-
-
-def and_join(items) -> str:
-    """``1, 2 and 3``."""
-    items = [str(i) for i in items]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def counts_text(counts: list[int], mode: str) -> str:
-    """``23 and 19 objects`` (instances) or ``2 and 1 label values`` (other schemas)."""
-    return f"{and_join(counts)} {'objects' if mode == 'instances' else 'label values'}"
-
-
-def schema_plane(plane: np.ndarray, mode: str) -> np.ndarray:
-    """Imported labels in the layer's schema: scribbles get background 1 and objects 2."""
-    if mode == "scribbles":
-        return np.where(plane == IGNORE_LABEL, plane, np.where(plane > 0, 2, 1))
-    return plane
-
-
-def image_plane_names(image: Image | None, n_planes: int) -> list[str] | None:
-    """The file names of the image's planes, when it was opened from a folder of 2D files."""
-    path = getattr(getattr(image, "source", None), "path", None)
-    if not path or not os.path.isdir(path):
-        return None
-    files = [f.name for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
-    names = sorted(files, key=natural_key)
-    return names if len(names) == n_planes else None
-
-
-IO_TIPS = {
-    "masks_button": "read one mask file per plane (TIFF/PNG; e.g. man_seg001.tif, "
-    "img_0003_cp_masks.png) into the matching planes; they count as annotated",
-    "save_button": f"write the annotation layer with its schema and marked planes (also "
-    f"empty ones) to a TIFF ({SUFFIX}); napari's File > Save does the same with that ending",
-    "open_button": "open an annotation file saved before: the layer comes back with its "
-    "schema and marked planes",
-}
-
-
 class AnnotateWidget(DockWidget):
     """Create and inspect annotation layers; see the user guide for the click-by-click flow."""
 
@@ -164,10 +123,6 @@ class AnnotateWidget(DockWidget):
             "axis), scale and translation",
         )
         self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
-        self.channel_combo.tooltip = (
-            "the image axis that holds channels (none for a plain stack); the other leading "
-            "axes are planes (z or time)"
-        )
         self.mode_combo = field_widget(AnnotationConfig, "mode")
         self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
@@ -187,12 +142,7 @@ class AnnotateWidget(DockWidget):
             "a labels layer to copy from, e.g. ground truth opened from file",
             prefer=lambda layer: not is_annotation_layer(layer),
         )
-        self.import_planes = LineEdit(label="planes")
-        self.import_planes.tooltip = (
-            "planes to copy (e.g. 0, 2, 5-7); empty: every plane that holds labels. A 2D "
-            "labels layer goes into the one plane named here (empty: the plane on screen)"
-        )
-        self.import_planes.native.setPlaceholderText("all planes with labels, or e.g. 0, 2")
+        self.import_planes, self.match_combo = config_form(ImportRequest)
         add_buttons(
             self,
             new_button="New annotation layer",
@@ -207,21 +157,11 @@ class AnnotateWidget(DockWidget):
             open_button="Open annotations…",
         )
         self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
-        self.mask_files.tooltip = (
-            "one label file per plane (TIFF/PNG), or a folder of them; the plane is the number "
-            "in the file name (man_seg001.tif: plane 1), or the image file it names"
-        )
-        self.match_combo = ComboBox(label="match by", choices=list(MATCHING), value="auto")
-        self.match_combo.tooltip = (
-            "auto: the image's own file names when known, else the number in the name; "
-            "number: the number in the name; order: the files in name order fill planes 0, 1, ..."
-        )
         self.import_status = Label(value="", tooltip="the last import, save or open")
         self.import_status.native.setWordWrap(True)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
         set_tooltips(self, TIPS["annotate"])
-        set_tooltips(self, IO_TIPS)
         fields = (self.image_combo, self.channel_combo, self.mode_combo)
         column(
             self.body,
@@ -264,10 +204,10 @@ class AnnotateWidget(DockWidget):
         self.ignore_button.clicked.connect(guarded(lambda: self.use_ignore_label()))
         self.mark_button.clicked.connect(guarded(lambda: self.mark_current_plane()))
         self.unmark_button.clicked.connect(guarded(lambda: self.mark_current_plane(False)))
-        self.import_button.clicked.connect(self._reporting(self._on_import_clicked))
-        self.masks_button.clicked.connect(self._reporting(self._on_masks_clicked))
-        self.save_button.clicked.connect(self._reporting(self._on_save_clicked))
-        self.open_button.clicked.connect(self._reporting(self._on_open_clicked))
+        self.import_button.clicked.connect(guarded(self._on_import_clicked, self._set_status))
+        self.masks_button.clicked.connect(guarded(self._on_masks_clicked, self._set_status))
+        self.save_button.clicked.connect(guarded(self._on_save_clicked, self._set_status))
+        self.open_button.clicked.connect(guarded(self._on_open_clicked, self._set_status))
         self.plane_list.itemClicked.connect(self._on_plane_clicked)
         self._on_image_changed()
         self._on_labels_changed()
@@ -345,13 +285,8 @@ class AnnotateWidget(DockWidget):
     def use_brush(self, what: str) -> int:
         """Select the paint brush with the schema's background or object label."""
         layer = self._require_layer()
-        mode = layer_mode(layer)
-        if what == "background":
-            value = background_value(mode)
-        else:
-            plane = current_plane(self.viewer, layer, layer.ndim - 2)
-            value = object_value(mode, np.asarray(layer.data[plane]))
-        return self._select(layer, value)
+        plane = np.asarray(layer.data[current_plane(self.viewer, layer, layer.ndim - 2)])
+        return self._select(layer, brush_value(layer_mode(layer), what, plane))
 
     def use_ignore_label(self) -> int:
         """Paint with :data:`IGNORE_LABEL` (pixels the loss skips)."""
@@ -371,30 +306,26 @@ class AnnotateWidget(DockWidget):
 
     def refresh_planes(self) -> None:
         """Recompute the list of annotated planes from the layer data."""
-        self.plane_list.clear()
         layer = self.annotation_layer()
-        if layer is None:
-            return
-        painted = set(annotated_planes(np.asarray(layer.data)))
-        for index in sorted(painted | explicit_planes(layer)):
+        painted = set() if layer is None else set(annotated_planes(np.asarray(layer.data)))
+        rows = []
+        for index in [] if layer is None else sorted(painted | explicit_planes(layer)):
             where = ", ".join(map(str, index)) if index else "whole image"
-            state = "painted" if index in painted else "marked, empty"
-            item = QListWidgetItem(f"plane {where}  ({state})")
-            item.setData(Qt.UserRole, list(index))
-            self.plane_list.addItem(item)
+            rows.append(
+                (f"plane {where}  ({'painted' if index in painted else 'marked, empty'})", index)
+            )
+        fill_plane_list(self.plane_list, rows)
 
-    def _on_plane_clicked(self, item: QListWidgetItem) -> None:
+    def _on_plane_clicked(self, item) -> None:
         layer = self.annotation_layer()
         if layer is not None:
-            go_to_plane(self.viewer, layer, tuple(item.data(Qt.UserRole)))
+            go_to_plane(self.viewer, layer, clicked_plane(item))
 
     def mark_current_plane(self, annotated: bool = True) -> tuple[int, ...]:
         """Record the plane on screen as annotated even if empty (all background), or unmark it."""
         layer = self._require_layer()
         index = current_plane(self.viewer, layer, layer.ndim - 2)
-        planes = explicit_planes(layer)
-        planes = planes | {index} if annotated else planes - {index}
-        layer.metadata[META_PLANES] = [list(p) for p in sorted(planes)]
+        mark_planes(layer, [index], annotated)
         self.refresh_planes()
         return index
 
@@ -402,22 +333,6 @@ class AnnotateWidget(DockWidget):
     def _set_status(self, text: str) -> None:
         self.import_status.value = text
         self.import_status.tooltip = text
-
-    def _reporting(self, func: Callable[[], object]) -> Callable[..., object]:
-        """A button slot: errors become one short notification line, the full text the status."""
-
-        def slot(*_qt_args) -> object:
-            try:
-                return func()
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                text = error_message(exc)
-                if not isinstance(exc, NapariUnetError):
-                    log.error("napari-unet: %s", "".join(traceback.format_exception(exc)))
-                self._set_status(text)
-                show_error(one_line(text))
-                return None
-
-        return slot
 
     def _confirm(self, text: str) -> str:
         self._set_status(text)
@@ -444,67 +359,18 @@ class AnnotateWidget(DockWidget):
         target = target or self.annotation_layer() or self.new_annotation_layer()
         if target is source:
             raise InputError("choose labels to import other than the annotation layer itself")
-        data = np.asarray(layer_data(source))
-        shape = tuple(target.data.shape)
-        n_lead = len(shape) - 2
-        if data.ndim == 2 and n_lead and data.shape == shape[-2:]:
-            return self._import_plane(source.name, data, planes, target)
-        if data.shape != shape:
-            raise InputError(f"labels {data.shape} do not fit the annotations {shape}")
-        check_labels(data, source.name, IGNORE_LABEL)
-        chosen = (
-            annotated_planes(data)
-            if planes is None
-            else [tuple(int(i) for i in np.atleast_1d(p))[:n_lead] for p in planes]
-        )
-        for index in chosen:
-            if not plane_inside(index, shape):
-                raise InputError(f"plane {plane_names([index])} is outside the labels {shape}")
-        self._write_planes(target, {index: data[index] for index in chosen})
-        counts = [count_objects(data[index], IGNORE_LABEL) for index in chosen]
-        self._confirm(
-            f"imported '{source.name}' into planes {plane_names(chosen)}: "
-            f"{counts_text(counts, layer_mode(target))}"
-            if chosen
-            else f"'{source.name}' holds no labels: nothing imported"
-        )
-        return chosen
-
-    def _import_plane(self, name: str, data: np.ndarray, planes, target: Labels) -> list:
-        """A 2D label image into one plane of the stack ``target``."""
-        n_lead = target.ndim - 2
-        if planes is None:
-            index = current_plane(self.viewer, target, n_lead)
-        else:
-            chosen = [tuple(int(i) for i in np.atleast_1d(p)) for p in planes]
-            if len(chosen) != 1:
-                raise InputError(f"'{name}' is one 2D plane: name one plane to put it in")
-            index = chosen[0]
-        shape = target.data.shape
-        if not plane_inside(index, shape):
-            raise InputError(f"plane {plane_names([index])} is outside the annotations {shape}")
-        self._write_planes(target, {index: check_labels(data, name, IGNORE_LABEL)})
-        self._confirm(
-            f"imported '{name}' into plane {plane_names([index])}: "
-            f"{counts_text([count_objects(data, IGNORE_LABEL)], layer_mode(target))}"
-        )
-        return [index]
+        current = current_plane(self.viewer, target, target.ndim - 2)
+        data, shape = layer_data(source), tuple(target.data.shape)
+        chosen = planes_from_labels(data, shape, planes, current, source.name)
+        self._write_planes(target, chosen)
+        self._confirm(import_summary(f"'{source.name}'", chosen, layer_mode(target)))
+        return list(chosen)
 
     def _write_planes(self, target: Labels, planes: dict[tuple[int, ...], np.ndarray]) -> None:
         """Put label planes into ``target`` in its schema and mark them annotated."""
-        mode = layer_mode(target)
-        dtype = np.dtype(target.data.dtype)
-        highest = np.iinfo(dtype).max if dtype.kind in "iu" else IGNORE_LABEL
-        for index, plane in planes.items():  # everything checked before anything is written
-            if plane.size and int(plane.max()) > highest:
-                raise InputError(
-                    f"plane {plane_names([index])}: label {int(plane.max())} does not fit the "
-                    f"annotations ({dtype}, at most {highest})"
-                )
-        for index, plane in planes.items():
-            target.data[index] = schema_plane(plane, mode).astype(dtype)
-        marked = explicit_planes(target) | set(planes)
-        target.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
+        for index, plane in as_annotations(planes, target.data.dtype, layer_mode(target)).items():
+            target.data[index] = plane
+        mark_planes(target, planes)
         target.refresh()
         self.refresh_planes()
 
@@ -530,18 +396,13 @@ class AnnotateWidget(DockWidget):
             raise InputError(f"mask files fill the planes of a stack (Z/T, Y, X), not {shape}")
         name = target.metadata.get(META_IMAGE)
         image = self.viewer.layers[name] if name in self.viewer.layers else None
-        files = mask_paths(paths)
-        matched = match_mask_files(files, shape[0], image_plane_names(image, shape[0]), by)
+        names = folder_plane_names(getattr(getattr(image, "source", None), "path", None), shape[0])
+        matched = match_mask_files(mask_paths(paths), shape[0], names, by)
         planes = {(i,): read_mask(path, shape[1:]) for i, path in matched.items()}
         self._write_planes(target, planes)
-        counts = {i: count_objects(plane, IGNORE_LABEL) for (i,), plane in planes.items()}
-        n = len(counts)
-        self._confirm(
-            f"imported {n} mask file{'s' * (n != 1)} into plane{'s' * (n != 1)} "
-            f"{plane_names((i,) for i in counts)}: "
-            f"{counts_text(list(counts.values()), layer_mode(target))}"
-        )
-        return counts
+        n = len(planes)
+        self._confirm(import_summary(f"{n} mask file{'s' * (n != 1)}", planes, layer_mode(target)))
+        return {i: count for (i,), count in object_counts(planes).items()}
 
     # ------------------------------------------------------------------ annotation files
     def _on_save_clicked(self) -> None:
@@ -580,14 +441,6 @@ class AnnotateWidget(DockWidget):
         self._on_labels_changed()
         self._confirm(f"opened '{layer.name}' ({plane_count(layer)}) from {Path(path).name}")
         return layer
-
-
-def plane_inside(index: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """Whether ``index`` names a plane of an array of ``shape`` (all leading axes)."""
-    n_lead = len(shape) - 2
-    return len(index) == n_lead and all(
-        0 <= i < n for i, n in zip(index, shape[:n_lead], strict=True)
-    )
 
 
 def plane_count(layer: Labels) -> str:

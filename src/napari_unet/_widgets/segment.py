@@ -36,6 +36,7 @@ from napari_unet._widgets._common import (
     reusable_layer,
     set_tooltips,
     show_long,
+    spatial_shape,
     spatial_transform,
 )
 from napari_unet._widgets._dock import DockWidget
@@ -67,7 +68,7 @@ _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
 NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
-POST = ("watershed", "watershed_min_distance")
+POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes")
 
 
 class _Progress(QObject):
@@ -120,16 +121,10 @@ class SegmentWidget(AnnotateNext, DockWidget):
         device = {"choices": devices, "value": devices[0]}
         self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
         self.instances = field_widget(SegmentConfig, "instances")
-        self.watershed, self.seed_distance = config_form(PostprocessConfig, POST)
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
-        self.min_size = field_widget(PostprocessConfig, "min_size", **auto)
-        self.fill_holes = field_widget(
-            PostprocessConfig,
-            "fill_holes",
-            label="fill holes",
-            tooltip="fill holes inside objects; set from the model file (on when no annotated "
-            "object had a hole)",
-        )
+        post = config_form(PostprocessConfig, POST, min_size=auto)
+        self.watershed, self.seed_distance, self.min_size, self.fill_holes = post
+        live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
         self.derived.native.setStyleSheet(HINT_STYLE)
@@ -175,13 +170,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         _session.changed.connect(self._update_info)
         self._relabel_timer = QTimer(self, singleShot=True, interval=150)
         self._relabel_timer.timeout.connect(self._relabel)
-        for widget in (
-            self.min_size,
-            self.fill_holes,
-            self.watershed,
-            self.seed_distance,
-            self.instances,
-        ):
+        for widget in live:
             widget.changed.connect(lambda *_: self._relabel_timer.start())
             widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
             widget.native.setToolTip(widget.tooltip)
@@ -254,10 +243,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if self._uses_trained_model():
             entry = _session.trained()
             if entry is None:
-                raise InputError(
-                    "no model trained yet in this session: train one in 3 Train "
-                    "or choose a model file"
-                )
+                raise InputError(NO_MODEL)
             return ModelSource(model=entry.model, metadata=entry.metadata)
         path = self.model_file()
         if not path:
@@ -278,9 +264,6 @@ class SegmentWidget(AnnotateNext, DockWidget):
         predict = PredictConfig(tta=self.tta.value, device=self.device.value)
         axis = None if image is None else channel_axis(image)
         return SegmentConfig(predict, post, self.instances.value, axis)
-
-    def _config_for(self, image: Image, source: ModelSource) -> SegmentConfig:
-        return self.segment_config(source.read_metadata(), image)
 
     # ------------------------------------------------------------------ run
     @property
@@ -318,7 +301,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         if image is None:
             raise InputError("choose an image layer to segment")
         source = self.model_source()
-        config = self._config_for(image, source)
+        config = self.segment_config(source.read_metadata(), image)
         device = self.device.value
         data, axis = layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
@@ -363,11 +346,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
             _start_thread=False,
             **({"on_plane": keep} if keep else {}),
         )
-        if counted:
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0)
-        else:
-            self.progress.setRange(0, 0)
+        self.progress.setRange(0, 1 if counted else 0)  # 0, 0: busy until progress comes
+        self.progress.setValue(0)
         self.worker.returned.connect(lambda result: self._on_result(image, result))
         self.worker.errored.connect(report_error)
         self.worker.finished.connect(self._on_finished)
@@ -381,12 +361,10 @@ class SegmentWidget(AnnotateNext, DockWidget):
         return self.worker
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
-        shape = tuple(layer_data(image).shape)
-        channels = source.model.config.in_channels if source.model is not None else None
-        if channels is not None:
-            lead, _ = plane_layout(shape, source.model, axis)
+        if source.model is not None:  # a model in memory checks the channels now
+            lead, _ = plane_layout(tuple(layer_data(image).shape), source.model, axis)
         else:
-            lead = tuple(s for i, s in enumerate(shape) if i != axis)[:-2]
+            lead = spatial_shape(image, axis)[:-2]
         position = list(image.world_to_data(self.viewer.dims.point))
         if axis is not None and not image.rgb:
             del position[axis]
@@ -469,8 +447,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         )
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
-        axis = channel_axis(image)
-        shape = tuple(s for i, s in enumerate(layer_data(image).shape) if i != axis)
+        shape = spatial_shape(image)
         layer = self.result_layer(image, what)
         if not isinstance(layer, _KINDS[kind]) or tuple(layer.data.shape) != shape:
             layer = self._put(image, what, np.zeros(shape, dtype), kind)

@@ -7,7 +7,7 @@ weight), and a plane that is not annotated shows nothing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import napari
 import numpy as np
@@ -34,7 +34,8 @@ from napari_unet._widgets._common import (
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import Remembered, config_form, layer_picker, read_config
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
-from napari_unet.annotation.schema import AnnotationConfig, plane_targets
+from napari_unet.annotation.job import WeightSummary, weight_planes
+from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.annotation.weightmap import WeightMapConfig
 from napari_unet.errors import AnnotationError
 
@@ -47,19 +48,6 @@ GLOW = Colormap(
     name="napari-unet weight glow",
     controls=[0.0, 0.25, 1.0],
 )
-VISIBLE = 0.05  # a border term below this adds nothing one can see: "no touching objects"
-
-
-def _weights_job(labels, planes, config: AnnotationConfig):
-    """Worker: yield ("plane", index, weights, base weights) per plane, or ("error", exc); the
-    base weights leave out the border term (the class-balance part)."""
-    flat = replace(config, weight_map=replace(config.weight_map, w0=0.0, lam=0.0))
-    try:
-        for index in planes:
-            plane = np.asarray(labels[index])
-            yield ("plane", index, plane_targets(plane, config)[1], plane_targets(plane, flat)[1])
-    except Exception as exc:  # noqa: BLE001 - reported on the main thread
-        yield ("error", exc)
 
 
 class WeightMapWidget(DockWidget):
@@ -68,9 +56,7 @@ class WeightMapWidget(DockWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self.worker = None
-        self._planes: list[tuple[int, ...]] = []
-        self._range, self._floor = (np.inf, -np.inf), 0.0  # weights; largest base weight
-        self._flat: list[tuple[int, ...]] = []  # planes computed without touching objects
+        self.summary = WeightSummary([])  # of the planes computed by the last run
         self.labels_combo = layer_picker(
             viewer,
             Labels,
@@ -154,13 +140,13 @@ class WeightMapWidget(DockWidget):
         output = self._output_layer(layer)
         annotation = AnnotationConfig(mode=layer_mode(layer), weight_map=config)
         self.worker = create_worker(
-            _weights_job, layer.data, planes, annotation, _start_thread=False
+            weight_planes, layer.data, planes, annotation, _start_thread=False
         )
         self.worker.yielded.connect(lambda message: self._on_message(output, message))
         self.worker.finished.connect(self._on_finished)
         self.background.set(self.worker.quit)  # closing: stop after the plane being computed
         self.compute_button.setEnabled(False)
-        self._planes, self._range, self._floor, self._flat = planes, (np.inf, -np.inf), 0.0, []
+        self.summary = WeightSummary(planes)
         self.status.setText(f"computing plane {plane_names(planes)} ...")
         self.worker.start()
         return self.worker
@@ -190,22 +176,9 @@ class WeightMapWidget(DockWidget):
             return
         _, index, weight, base = message
         output.data[index] = weight
-        low, high = self._range
-        self._range = (min(low, float(weight.min())), max(high, float(weight.max())))
-        if float((weight - base).max(initial=0.0)) < VISIBLE:
-            self._flat.append(index)
-        # transparent up to the base (class-balance) weight, brightest at the largest weight
-        self._floor = floor = max(self._floor, float(base.max(initial=0.0)))
-        output.contrast_limits = (floor, max(self._range[1], floor + 1e-3))
+        output.contrast_limits = self.summary.add(index, weight, base)
         output.refresh()
-        done = self._planes[: self._planes.index(index) + 1] if index in self._planes else []
-        text = f"plane {plane_names(done)}: weights {self._range[0]:.2f} .. {self._range[1]:.2f}"
-        if self._flat:
-            text += (
-                f"; no touching objects on plane {plane_names(self._flat)}: every weight is "
-                "the class-balance weight"
-            )
-        self.status.setText(text)
+        self.status.setText(self.summary.text(index))
 
     def _on_finished(self) -> None:
         self.worker = None

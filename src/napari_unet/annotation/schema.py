@@ -337,6 +337,18 @@ def _check_classes_present(planes: list[TrainingPlane], mode: str) -> None:
         raise AnnotationError(f"the annotations hold no background: paint some ({what})")
 
 
+def brush_value(mode: str, what: str, plane: np.ndarray) -> int:
+    """The label a brush paints in ``mode``: ``what="background"`` (scribbles 1, else 0) or
+    ``"object"``: a new id in ``plane`` (instances), 2 (scribbles) or the first class."""
+    if what == "background":
+        return 1 if mode == "scribbles" else 0
+    if mode != "instances":
+        return 2 if mode == "scribbles" else 1
+    plane = np.asarray(plane)
+    largest = int(np.max(plane, where=plane != IGNORE_LABEL, initial=0))
+    return min(largest + 1, IGNORE_LABEL - 1)
+
+
 def plane_as_annotation(
     plane: np.ndarray, mode: str, instances: bool, name: str = ""
 ) -> tuple[np.ndarray, int]:

@@ -103,7 +103,14 @@ class PostprocessConfig:
             "rule as the command line; 0 keeps every object, specks included",
         },
     )
-    fill_holes: bool = False
+    fill_holes: bool = field(
+        default=False,
+        metadata={
+            "label": "fill holes",
+            "tooltip": "fill holes inside objects; set from the model file (on when no "
+            "annotated object had a hole)",
+        },
+    )
     watershed: bool = field(
         default=False,
         metadata={

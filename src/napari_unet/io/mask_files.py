@@ -24,11 +24,21 @@ MASK_ENDINGS = ("_cp_masks", "_masks", "_mask", "_labels", "_label", "_seg")
 #: The largest label a mask may hold (65535 is the ignore label of the annotations).
 MAX_LABEL = 65534
 MATCHING = ("auto", "number", "order")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
 def natural_key(text: str) -> list:
     """Sort key that puts ``img2`` before ``img10`` (numbers compared as numbers)."""
     return [int(c) if c.isdigit() else c.lower() for c in re.split(r"(\d+)", text)]
+
+
+def folder_plane_names(folder: str | os.PathLike | None, n_planes: int) -> list[str] | None:
+    """The file names of a stack's planes when it was opened from ``folder`` of 2D image files
+    (natural order), else None (not a folder, or not one file per plane)."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    files = [f.name for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=natural_key) if len(files) == n_planes else None
 
 
 def mask_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:

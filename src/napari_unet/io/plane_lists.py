@@ -1,8 +1,10 @@
-"""Plane lists as users type them: ``"0,3,5-7"`` and ``"(1, 2); 4"``, in the CLI and the widgets."""
+"""Plane lists as users type them: ``"0,3,5-7"`` and ``"(1, 2); 4"``, in the CLI and the widgets,
+and planes named back in messages."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from napari_unet.errors import InputError
 
@@ -46,3 +48,15 @@ def parse_plane_list(text: str, n_lead: int) -> list[tuple[int, ...]]:
             raise InputError(f"give {n_lead} numbers per plane, e.g. (0, 3)")
         result.append(values)
     return result
+
+
+def plane_names(planes: Iterable[tuple[int, ...]]) -> str:
+    """Plane indices as a user types them: "0, 2, 3" ("1,4" for a t, z plane; "the image" in 2D)."""
+    return ", ".join(",".join(map(str, p)) or "the image" for p in planes)
+
+
+def plane_label(index: tuple[int, ...]) -> str:
+    """A plane as a status line names it: "plane 7", "t 3, z 7" (4D), "the image" (2D)."""
+    if len(index) == 2:
+        return f"t {index[0]}, z {index[1]}"
+    return f"plane {plane_names([index])}" if index else "the image"
