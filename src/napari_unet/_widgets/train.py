@@ -611,7 +611,7 @@ class TrainWidget(TrainForm):
             here = f" ({ran} in this run)" if ran != step else ""
             self.status.setText(
                 f"done: {step} steps{here} in {took:.0f} s ({self.speed or 0:.1f} "
-                "tiles/s); use 4 Segment or Save model"
+                "tiles/s); use 4 Segment, Save model or 5 Export"
             )
         self.plot.redraw_if_needed()
 
