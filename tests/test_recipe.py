@@ -268,3 +268,11 @@ def test_holding_out_every_plane_says_so(stack):
     image, labels, _ = stack
     with pytest.raises(AnnotationError, match="every annotated plane is held out"):
         prepare_run(image, labels, TrainingRecipe(planes=(), val_planes=((0,), (2,))))
+
+
+def test_auto_hold_out_only_from_four_planes():
+    from napari_unet.training.recipe import auto_hold_out
+
+    assert auto_hold_out([(0,), (2,), (3,)]) == []  # the benchmarked default: all planes train
+    assert auto_hold_out([(5,), (0,), (2,), (3,)]) == [(3,)]  # the middle one in stack order
+    assert auto_hold_out([(1, 0), (0, 3), (0, 1), (2, 2), (1, 1)]) == [(1, 0)]

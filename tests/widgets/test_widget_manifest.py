@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from napari_unet._widgets.annotate import AnnotateWidget
+from napari_unet._widgets.export import ExportWidget
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
@@ -16,6 +17,7 @@ WIDGETS = {
     "2 Weight map": WeightMapWidget,
     "3 Train": TrainWidget,
     "4 Segment": SegmentWidget,
+    "5 Export": ExportWidget,
 }
 
 

@@ -63,8 +63,15 @@ from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
 from napari_unet.training.augment import AugmentConfig, preview_row
 from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
-from napari_unet.training.recipe import MODEL_CHOICES, TrainChoices, TrainingRecipe
+from napari_unet.training.recipe import (
+    AUTO_HOLD_OUT_MIN,
+    MODEL_CHOICES,
+    TrainChoices,
+    TrainingRecipe,
+    auto_hold_out,
+)
 from napari_unet.training.trainer import TrainConfig, TrainEvent
+from napari_unet.training.validation import score_text
 
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
@@ -72,6 +79,11 @@ ARCH_FIELDS = ("width", "depth", "padding")
 STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
 NO_SESSION_MODEL = (
     "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
+)
+ACCURACY_TIP = (
+    "how the model segments annotated planes it did not train on (the hold-out), scored as 4 "
+    "Segment would segment them: objects matched at IoU > 0.5 (F1, and AP = matched / (matched "
+    "+ missed + extra)) and the foreground's IoU"
 )
 SCHEMA_TIP = (
     "how the annotation values are read (set in 1 Annotate): instances, scribbles or classes; "
@@ -102,7 +114,9 @@ class TrainForm(DockWidget):
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
         self.model_combo, self.hold_out = config_form(TrainChoices, model={"choices": choices})
-        self.hold_out.native.setPlaceholderText("none, or e.g. 3")
+        self.hold_out.native.setPlaceholderText(
+            f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"
+        )
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = (
             "the model file (.safetensors) to fine-tune; its architecture, normalisation and "
@@ -144,7 +158,10 @@ class TrainForm(DockWidget):
             save_button="Save model...",
         )
         self.progress, self.status, self.plot = QProgressBar(self), QLabel("", self), LivePlot(self)
-        self.status.setWordWrap(True)
+        self.accuracy = QLabel("", self)  # the score on unseen annotated planes after a run
+        self.accuracy.setToolTip(ACCURACY_TIP)
+        for label in (self.status, self.accuracy):
+            label.setWordWrap(True)
         set_tooltips(self, TIPS["train"])
         advanced = QCollapsible("Advanced", self)
         advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
@@ -158,6 +175,7 @@ class TrainForm(DockWidget):
             (self.train_button, self.cancel_button, self.resume_button, self.save_button),
             self.progress,
             self.status,
+            self.accuracy,
             self.plot,
             "Training runs in the background. The live prediction layer shows the plane on "
             "screen every few seconds; the plot shows the loss and, with hold-out planes, the "
@@ -304,6 +322,8 @@ class TrainWidget(TrainForm):
         self.events: list[TrainEvent] = []
         self.last_checkpoint: Path | None = None
         self.result = None  # (model, metadata) of the last finished or cancelled run
+        self._held_how = ""  # how the run's hold-out was chosen, for the accuracy line
+        self._seen_before: list[tuple[int, ...]] = []  # planes the continued model trained on
         self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
         entry = _session.trained()
         if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
@@ -392,6 +412,7 @@ class TrainWidget(TrainForm):
         else:
             job = self._new_job()
             self.events.clear()
+            self.accuracy.setText("")
         # a continued model's curve goes on from its parent's, if the plot shows that one
         parent_plotted = job.steps_before > 0 and self._plotted is _session.trained()
         self.plot.start(job.config.steps, keep=resume or parent_plotted, offset=job.steps_before)
@@ -425,8 +446,8 @@ class TrainWidget(TrainForm):
     def _new_job(self) -> TrainJob:
         image, labels = self._layers()
         n_lead = labels.ndim - 2
-        held = parse_planes(self.hold_out.value, n_lead)
         annotated = training_plane_list(labels)
+        held = self.held_out_planes(annotated, n_lead)
         planes = [p for p in annotated if p not in held]
         if not annotated:
             raise AnnotationError(
@@ -445,7 +466,10 @@ class TrainWidget(TrainForm):
                 raise InputError(NO_SESSION_MODEL)
             model_path = entry.model_file(self.checkpoint_dir)  # the parent, named in the file
             steps_before = entry.chain_steps
-        elif self.architecture() is None:
+            self._seen_before = _planes_of(entry.metadata, "seen_planes", "train_planes")
+        else:
+            self._seen_before = []
+        if not self.is_continuing() and self.architecture() is None:
             model_path = self.model_file()
             if not model_path:
                 raise InputError("choose the model file to fine-tune")
@@ -471,6 +495,58 @@ class TrainWidget(TrainForm):
             cpu_threads=self.cpu_threads(),
             steps_before=steps_before,
         )
+
+    def held_out_planes(self, annotated: list[tuple[int, ...]], n_lead: int):
+        """The planes the next run keeps out of training: those typed ("none": none); else,
+        continuing, the model's own hold-out; else one of 4+ annotated planes
+        (:func:`~napari_unet.training.recipe.auto_hold_out`). Sets the note the accuracy line
+        gives on how they were chosen."""
+        text = self.hold_out.value.strip()
+        self._held_how = ""
+        if text.lower() == "none":
+            return []
+        if text:
+            return parse_planes(text, n_lead)
+        if self.is_continuing():
+            entry = _session.trained()
+            kept = _planes_of(entry.metadata, "val_planes") if entry is not None else []
+            kept = [p for p in kept if p in annotated]
+            self._held_how = ", held out as for the model continued" if kept else ""
+            return kept
+        held = auto_hold_out(annotated)
+        if held:
+            self._held_how = f", held out automatically ({len(annotated)} annotated planes)"
+        return held
+
+    def accuracy_text(self, metadata) -> str:
+        """The accuracy line after a finished run: the score on the held-out planes of the
+        weights kept, or why there is none."""
+        held = _planes_of(metadata, "val_planes")
+        if not held:
+            trained = plane_names(_planes_of(metadata, "train_planes"))
+            return (
+                f"No accuracy figure: every annotated plane ({trained}) was trained on, so no "
+                "unseen annotated plane is left to score on. To get one, type a plane in 'hold "
+                f"out planes' (or annotate {AUTO_HOLD_OUT_MIN} or more planes: one is then held "
+                "out automatically)."
+            )
+        scores = {e.step: e.metrics for e in self.events if e.kind == "validation" and e.metrics}
+        if not scores:
+            return f"No accuracy figure: plane {plane_names(held)} was not scored in this run."
+        best = metadata.provenance.get("best_step")
+        step = best if best in scores else max(scores)
+        kept = f" (the weights of step {step}, the best score, are kept)" if best == step else ""
+        text = (
+            f"Accuracy on plane {plane_names(held)} (annotated, not trained on"
+            f"{self._held_how}): {score_text(scores[step])}{kept}."
+        )
+        seen = [p for p in held if p in self._seen_before]
+        if seen:
+            text += (
+                f" Careful: plane {plane_names(seen)} was trained on by the model continued, so "
+                "this score is not on unseen data."
+            )
+        return text
 
     def cancel(self) -> None:
         """Stop the run after the current step; a checkpoint is written for Resume."""
@@ -596,6 +672,9 @@ class TrainWidget(TrainForm):
         else:
             self.last_checkpoint = None  # finished: Resume would retrain an older state
             self._done = True
+            seen = {tuple(p) for p in self._seen_before} | set(_planes_of(metadata, "train_planes"))
+            metadata.provenance["seen_planes"] = [list(p) for p in sorted(seen)]
+            self.accuracy.setText(self.accuracy_text(metadata))
             self.progress.setValue(self.job.steps_before + step)
             self.progress.setFormat(self._step_format("done"))
             self._plotted = _session.set_trained(
@@ -611,7 +690,7 @@ class TrainWidget(TrainForm):
             here = f" ({ran} in this run)" if ran != step else ""
             self.status.setText(
                 f"done: {step} steps{here} in {took:.0f} s ({self.speed or 0:.1f} "
-                "tiles/s); use 4 Segment or Save model"
+                "tiles/s); use 4 Segment, Save model or 5 Export"
             )
         self.plot.redraw_if_needed()
 
@@ -644,3 +723,12 @@ class TrainWidget(TrainForm):
         self.resume_button.setEnabled(not running and self.last_checkpoint is not None)
         self.save_button.setEnabled(not running and self.result is not None)
         self.preview_button.setEnabled(not running)
+
+
+def _planes_of(metadata, *keys: str) -> list[tuple[int, ...]]:
+    """Plane indices a model file's provenance records under the first of ``keys`` present."""
+    for key in keys:
+        planes = metadata.provenance.get(key)
+        if isinstance(planes, list):
+            return [tuple(int(i) for i in p) for p in planes]
+    return []

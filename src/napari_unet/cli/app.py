@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         "64 px output)",
     )
     ex.add_argument(
+        "--check",
+        action="store_true",
+        help="check the exported file (bioimage.io: bioimageio.core's model test when installed, "
+        "else napari-unet's own check; ONNX/TorchScript: load, run and compare with the model); "
+        "exit code 1 when it fails",
+    )
+    ex.add_argument(
         "--training-data",
         metavar="TEXT",
         help="bioimageio: what the model was trained on (stored in the package)",

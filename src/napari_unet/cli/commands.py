@@ -447,6 +447,14 @@ def run_export(args) -> int:
         sample=sample,
     )
     print(export_summary(args.model, args.format, path), file=sys.stderr)
+    if getattr(args, "check", False):
+        from napari_unet.io.export_check import check_export
+
+        result = check_export(path, args.format, args.model)
+        print(f"check: {result.verdict}", file=sys.stderr)
+        for line in result.details if not result.passed else ():
+            print(f"  {line}", file=sys.stderr)
+        return 0 if result.passed else 1
     return 0
 
 

@@ -106,12 +106,9 @@ def _read_folder(path: Path) -> np.ndarray:
     return np.stack(planes)
 
 
-@contextmanager
-def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``destination``; it replaces the destination on success.
-
-    On an exception the temporary file is removed and the destination is left untouched.
-    """
+def check_output_folder(destination: str | os.PathLike) -> Path:
+    """The folder ``destination`` would be written into; :class:`InputError` when it does not
+    exist, is not a folder or is not writable (the check every output makes first)."""
     dest = Path(destination)
     parent = dest.parent if str(dest.parent) else Path(".")
     if not parent.is_dir():
@@ -119,6 +116,19 @@ def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Pa
         raise InputError(f"{dest}: the folder {parent} {state}")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{dest}: the folder {parent} is not writable")
+    if dest.is_dir():
+        raise InputError(f"{dest} is a folder: give a file name")
+    return parent
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; it replaces the destination on success.
+
+    On an exception the temporary file is removed and the destination is left untouched.
+    """
+    dest = Path(destination)
+    parent = check_output_folder(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix, dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -568,6 +568,9 @@ class Trainer:
                 "final_loss": self.history[-1]["loss"] if self.history else None,
                 "train_seconds": round(self.train_seconds, 1),
                 "best_step": self.best_step,
+                # where the planes were in their stack: trained on, and held out (scored)
+                "train_planes": _indices(self.planes),
+                "val_planes": _indices(self.val_planes),
             },
             postprocess={k: v for k, v in self.derived.items() if v is not None},
         )
@@ -634,3 +637,8 @@ class Trainer:
             self.restore(state)
         except ModelFileError as error:
             raise ModelFileError(f"{path}: {error}") from None
+
+
+def _indices(planes: list[TrainingPlane]) -> list[list[int]]:
+    """The planes' positions in their stack, as JSON lists (``[]`` for a 2D image)."""
+    return [[int(i) for i in np.atleast_1d(p.index)] for p in planes if p.index is not None]

@@ -2,8 +2,9 @@
 
 Predictions go through the same post-processing as ``predict`` without options (the settings
 derived from the annotations), then are compared with the annotations on annotated pixels only:
-foreground IoU and instance F1 at IoU 0.5. The trainer calls :func:`validate` during training to
-plot the scores and keep the best weights.
+foreground IoU, instance F1 and AP (``tp / (tp + fp + fn)``) at IoU 0.5. The trainer calls
+:func:`validate` during training to plot the scores and keep the best weights; 3 Train shows
+:func:`score_text` of the weights kept when a run ends.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from napari_unet.model import UNet
 def validate(
     model: UNet, planes: list[TrainingPlane], derived: dict | None, device: torch.device
 ) -> dict[str, float]:
-    """``{"val_iou", "val_f1"}`` averaged over ``planes`` (the model is left in eval mode)."""
+    """``{"val_iou", "val_f1", "val_ap"}`` averaged over ``planes`` (the model is left in eval
+    mode)."""
     post = postprocess_config(derived)
-    ious, f1s = [], []
+    ious, f1s, aps = [], [], []
     model.eval()
     for plane in planes:
         probs = predict_plane(model, plane.image, PredictConfig(device=str(device)), device)
@@ -36,5 +38,19 @@ def validate(
         else:
             truth = instance_labels(np.where(valid, plane.target, 0).astype(np.uint8))
         ious.append(iou(predicted > 0, truth > 0))
-        f1s.append(matching(predicted, truth)["f1"])
-    return {"val_iou": float(np.mean(ious)), "val_f1": float(np.mean(f1s))}
+        matched = matching(predicted, truth)
+        f1s.append(matched["f1"])
+        aps.append(matched["ap"])
+    return {
+        "val_iou": float(np.mean(ious)),
+        "val_f1": float(np.mean(f1s)),
+        "val_ap": float(np.mean(aps)),
+    }
+
+
+def score_text(metrics: dict[str, float]) -> str:
+    """Validation scores in words: ``"objects F1 0.83, AP@0.5 0.71; foreground IoU 0.91"``."""
+    parts = [f"objects F1 {metrics['val_f1']:.2f}"]
+    if "val_ap" in metrics:
+        parts.append(f"AP@0.5 {metrics['val_ap']:.2f}")
+    return ", ".join(parts) + f"; foreground IoU {metrics['val_iou']:.2f}"
