@@ -276,3 +276,21 @@ def test_auto_hold_out_only_from_four_planes():
     assert auto_hold_out([(0,), (2,), (3,)]) == []  # the benchmarked default: all planes train
     assert auto_hold_out([(5,), (0,), (2,), (3,)]) == [(3,)]  # the middle one in stack order
     assert auto_hold_out([(1, 0), (0, 3), (0, 1), (2, 2), (1, 1)]) == [(1, 0)]
+
+
+def test_cli_and_recipe_hold_out_the_same_plane_of_four(tmp_path, one_torch_thread):
+    """One rule for every entry point: 4 annotated planes -> the middle one is scored, never
+    trained on; --val-slices none trains on all four."""
+    image, truth = make_cell_stack(5, CellSampleConfig(shape=(64, 64), n_cells=4), seed=1)
+    labels = truth.copy()
+    labels[3] = 0  # annotated: 0, 1, 2, 4
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    recipe = TrainingRecipe(architecture=TINY, training=TrainConfig(steps=1, device="cpu"))
+    trainer = prepare_run(image, labels, recipe)
+    assert [p.index for p in trainer.val_planes] == [(2,)]
+    assert [p.index for p in trainer.planes] == [(0,), (1,), (4,)]
+    auto = _cli_train(tmp_path, "auto.safetensors")
+    assert read_metadata(auto).provenance["val_planes"] == [[2]]
+    every = _cli_train(tmp_path, "all.safetensors", "--val-slices", "none")
+    assert read_metadata(every).provenance["val_planes"] == []

@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("labels", help="annotations with the same (Y, X) and plane axes")
     train.add_argument("--out", required=True, help="model file to write (.safetensors)")
     train.add_argument("--slices", help="planes to train on, e.g. 0,3,5-7 (default: annotated)")
-    train.add_argument("--val-slices", help="held-out annotated planes for validation")
+    train.add_argument(
+        "--val-slices",
+        help="held-out annotated planes for validation (default: with 4 or more annotated "
+        "planes the middle one, whose score is printed at the end; 'none': train on all)",
+    )
     train.add_argument(
         "--steps",
         type=_positive_int,

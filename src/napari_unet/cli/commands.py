@@ -43,6 +43,14 @@ class ProgressLine:
             print(file=sys.stderr)
 
 
+def _hold_out(labels: np.ndarray, text: str | None) -> tuple | None:
+    """--val-slices: None (not given) lets the recipe hold one of 4+ planes out; "none": none."""
+    if text is not None and text.strip().lower() == "none":
+        return ()
+    planes = _planes_of(labels, text)
+    return None if planes is None else tuple(planes)
+
+
 def _planes_of(labels: np.ndarray, text: str | None):
     from napari_unet.io.plane_lists import parse_index_list
 
@@ -125,7 +133,7 @@ def run_train(args) -> int:
         resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),
         planes=_planes_of(labels, args.slices),
-        val_planes=tuple(_planes_of(labels, args.val_slices) or ()),
+        val_planes=_hold_out(labels, args.val_slices),
         channel_axis=args.channel_axis,
     )
     trainer = prepare_run(image, labels, recipe)

@@ -133,7 +133,9 @@ class TrainingRecipe:
     resume : a training checkpoint to continue.
     checkpoint : where checkpoints are written (None: no checkpoints).
     planes : planes to train on (None: every annotated plane not in ``val_planes``).
-    val_planes : annotated planes held out for validation.
+    val_planes : annotated planes held out for validation (None: with 4 or more annotated
+        planes and no ``planes`` given, the middle one, :func:`auto_hold_out`; ``()``: none).
+        The CLI, the Train widget and the demo share this rule.
     channel_axis : image axis holding channels (None: guessed from the shapes).
     """
 
@@ -145,7 +147,7 @@ class TrainingRecipe:
     resume: str | Path | None = None
     checkpoint: str | Path | None = None
     planes: tuple[PlaneIndex, ...] | None = None
-    val_planes: tuple[PlaneIndex, ...] = ()
+    val_planes: tuple[PlaneIndex, ...] | None = None
     channel_axis: int | None = None
 
 
@@ -261,7 +263,11 @@ def gather_planes(
 
 
 def _choose_planes(labels, recipe: TrainingRecipe) -> tuple[list[PlaneIndex], list[PlaneIndex]]:
-    val = _check_indices(labels, list(recipe.val_planes), "hold-out plane")
+    if recipe.val_planes is None:
+        auto = recipe.planes is None
+        val = auto_hold_out(annotated_planes(np.asarray(labels))) if auto else []
+    else:
+        val = _check_indices(labels, list(recipe.val_planes), "hold-out plane")
     if recipe.planes is not None:
         train = _check_indices(labels, list(recipe.planes), "plane")
     else:
