@@ -139,8 +139,9 @@ class AnnotateWidget(DockWidget):
             viewer,
             Labels,
             "labels",
-            "a labels layer to copy from, e.g. ground truth opened from file",
-            prefer=lambda layer: not is_annotation_layer(layer),
+            "a labels layer to copy from, e.g. ground truth opened from file (annotation "
+            "layers are not offered: open a saved one with Open annotations)",
+            accept=lambda layer: not is_annotation_layer(layer),
         )
         self.import_planes, self.match_combo = config_form(ImportRequest)
         add_buttons(
@@ -437,6 +438,7 @@ class AnnotateWidget(DockWidget):
         kwargs = layer_kwargs(metadata, Path(path).name.split(".")[0])
         layer = self.viewer.add_labels(data, **kwargs)
         layer.colormap = schema_colormap(metadata.mode)
+        layer.brush_size = 6  # as a new annotation layer
         self.labels_combo.value = layer
         self._on_labels_changed()
         self._confirm(f"opened '{layer.name}' ({plane_count(layer)}) from {Path(path).name}")
