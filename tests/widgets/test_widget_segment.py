@@ -11,6 +11,7 @@ from widget_helpers import add_cells, train_tiny_model, wait_idle
 
 from napari_unet._widgets import _session
 from napari_unet._widgets.segment import SegmentWidget
+from napari_unet.io.modelfile import read_metadata
 
 pytestmark = pytest.mark.viewer
 
@@ -195,3 +196,24 @@ def test_derived_settings_line_of_a_model_file(viewer, tiny_model, tmp_path):
     assert "12 annotated objects" in widget.derived.value
     assert widget.derived.native.isVisibleTo(widget)
     assert not widget.fill_holes.value  # what the file records
+
+
+def test_neck_depth_starts_from_the_model_file_and_relabels_live(viewer, tiny_model, tmp_path):
+    """A model that parts objects at necks shows its recorded depth; one that does not keeps the
+    control greyed out."""
+    from napari_unet.io.modelfile import save_model
+
+    model, metadata = tiny_model[0], _recorded(tiny_model[1])
+    cores = tmp_path / "cores.safetensors"
+    save_model(cores, model, metadata)
+    necks = tmp_path / "necks.safetensors"
+    recorded = {**metadata.postprocess, "method": "necks", "neck_depth": 0.3}
+    save_model(necks, model, dataclasses.replace(metadata, postprocess=recorded))
+    widget = SegmentWidget(viewer)
+    widget.model_path.value = str(necks)
+    assert widget.neck_depth.value == pytest.approx(0.3) and widget.neck_depth.enabled
+    assert widget.segment_config(read_metadata(necks)).postprocess.neck_depth == pytest.approx(0.3)
+    widget.neck_depth.value = 0.5
+    assert widget.segment_config(read_metadata(necks)).postprocess.neck_depth == pytest.approx(0.5)
+    widget.model_path.value = str(cores)
+    assert not widget.neck_depth.enabled

@@ -68,7 +68,7 @@ _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
 NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
-POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes")
+POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "neck_depth")
 
 
 class _Progress(QObject):
@@ -123,7 +123,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         self.instances = field_widget(SegmentConfig, "instances")
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
         post = config_form(PostprocessConfig, POST, min_size=auto)
-        self.watershed, self.seed_distance, self.min_size, self.fill_holes = post
+        self.watershed, self.seed_distance, self.min_size, self.fill_holes, self.neck_depth = post
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
@@ -133,7 +133,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
         self.settings = Remembered("segment", [*fields, self.min_size])
         top = [self.source, self.model_path, self.model_info, self.image_combo, self.scope]
-        rest = [self.min_size, self.fill_holes, self.derived, self.probability, self.uncertainty]
+        rest = [self.min_size, self.fill_holes, self.neck_depth, self.derived]
+        rest += [self.probability, self.uncertainty]
         self.form = Container(widgets=[*top, *fields, *rest])
         add_buttons(self, run_button="Segment", cancel_button="Cancel")
         self.progress, self.status = QProgressBar(self), QLabel("", self)
@@ -228,6 +229,8 @@ class SegmentWidget(AnnotateNext, DockWidget):
             self._model_shown = model
             self.cache.drop()
             self.fill_holes.value = post.fill_holes
+            self.neck_depth.value = post.neck_depth
+        self.neck_depth.enabled = post.method == "necks"
 
     def _on_scope(self, scope: str) -> None:
         plane = scope == SCOPES[0]
@@ -257,6 +260,7 @@ class SegmentWidget(AnnotateNext, DockWidget):
         post = replace(
             postprocess_config(getattr(metadata, "postprocess", None) or {}),
             fill_holes=self.fill_holes.value,
+            neck_depth=self.neck_depth.value,
             watershed=self.watershed.value,
             watershed_min_distance=self.seed_distance.value,
             **({"min_size": min_size} if min_size >= 0 else {}),

@@ -118,6 +118,8 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
     }
     if derived.get("object_diameter"):
         settings["object_diameter"] = float(derived["object_diameter"])
+    if derived.get("neck_depth"):
+        settings["neck_depth"] = float(derived["neck_depth"])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)
 

@@ -88,7 +88,18 @@ class PostprocessConfig:
     foreground_classes: tuple[int, ...] = (1,)
     method: Literal["cores", "interiors", "necks"] = "cores"
     interior_class: int = 1
-    neck_depth: float = 0.4
+    neck_depth: float = field(
+        default=0.4,
+        metadata={
+            "label": "neck depth",
+            "min": 0.05,
+            "max": 2.0,
+            "step": 0.05,
+            "tooltip": "objects are parted where they narrow by more than this fraction of the "
+            "annotated objects' radius (method necks; the model file records the value); "
+            "smaller parts more, larger merges more",
+        },
+    )
     object_diameter: float | None = None
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
     min_size: int = field(
