@@ -181,11 +181,55 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
     return out
 
 
+START, END = "<!-- instance-methods:start -->", "<!-- instance-methods:end -->"
+SET_ORDER = ("isbi", "phc", "usiigaci", "gowt1", "gbm40", "lucchi")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per network and candidate, one column per set (mean over seeds,
+    the number of seeds in brackets; adapted Rand for ISBI, lower is better)."""
+    sets = [s for s in SET_ORDER if any(r["set"] == s for r in rows)]
+    head = " | ".join(f"{s} ({'Rand ↓' if s == 'isbi' else MEASURE[s].upper()})" for s in sets)
+    lines = [f"| network | candidate | {head} |", "|---|---|" + "---|" * len(sets)]
+    keys = sorted({(r["targets"], r["candidate"]) for r in rows})
+    for targets, cand in keys:
+        cells = []
+        for name in sets:
+            key = (targets, cand, name)
+            got = [
+                r[MEASURE[name]] for r in rows if (r["targets"], r["candidate"], r["set"]) == key
+            ]
+            if not got:
+                cells.append("–")
+            elif len(got) == 1:
+                cells.append(f"{got[0]:.3f}")
+            else:
+                cells.append(f"{np.mean(got):.3f} ± {np.std(got):.3f} ({len(got)})")
+        lines.append(f"| {targets} | {cand} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[dict]) -> None:
+    doc = PREDICTIONS.parents[2] / "docs" / "benchmarks.md"
+    block = "\n".join([START, "", table(rows), "", END])
+    text = doc.read_text()
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text += "\n### Ways of forming instances, screened on stored network outputs\n\n"
+        text += block + "\n"
+    doc.write_text(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="all")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--table", action="store_true", help="only rewrite the doc's table")
     args = parser.parse_args()
+    if args.table:
+        write_doc(json.loads(OUT.read_text()))
+        return 0
     root = data_root()
     if root is None:
         print("shared data not found (set NAPARI_UNET_DATA); nothing to measure", file=sys.stderr)

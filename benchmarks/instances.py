@@ -133,10 +133,10 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
         training = replace(training, ema=float(variant[3:]))
     recipe = TrainingRecipe(annotation=AnnotationConfig(instance_targets=base), training=training)
     trainer = prepare_run(train_img, train_lab, recipe)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in trainer.run():
         pass
-    train_s = time.perf_counter() - start
+    train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     config = SegmentConfig(predict=PredictConfig(device=str(trainer.device)))
     probs: dict[tuple, np.ndarray] = {}
     start = time.perf_counter()
@@ -166,7 +166,7 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
     )
     return {
         "set": name, "shots": shots, "targets": targets, "seed": seed, "steps": trainer.step,
-        "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
+        "train_s": round(train_s, 1), "cpu_s": round(cpu_s, 1), "predict_s": round(predict_s, 1),
         "derived": trainer.derived, **score(name, pred, truth),
     }  # fmt: skip
 
