@@ -45,7 +45,7 @@ FIELDS = ("variant", *PAPER_FIELDS, *FALK_FIELDS)
 #: Transparent at the contrast limits' low end (the base weight), then orange to pale yellow.
 GLOW = Colormap(
     [[0.0, 0.0, 0.0, 0.0], [0.9, 0.3, 0.05, 0.85], [1.0, 1.0, 0.55, 1.0]],
-    name="napari-unet weight glow",
+    name="U-Net weights",
     controls=[0.0, 0.25, 1.0],
 )
 
