@@ -16,12 +16,13 @@ For ``same`` padding input == output and the size must be a multiple of ``2**d``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from napari_unet.defaults import form_field
 from napari_unet.errors import InputError, TileSizeError
 
 Padding = Literal["valid", "same"]
@@ -48,32 +49,22 @@ class UNetConfig:
     in_channels: int = 1
     num_classes: int = 2
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
-    width: int = field(
-        default=64,
-        metadata={
-            "label": "custom width",
-            "min": 1,
-            "max": 256,
-            "tooltip": "custom network: channels of the first level (paper: 64)",
-        },
+    width: int = form_field(
+        64,
+        "custom width",
+        "custom network: channels of the first level (paper: 64)",
+        min=1,
+        max=256,
     )
-    depth: int = field(
-        default=4,
-        metadata={
-            "label": "custom depth",
-            "min": 1,
-            "max": 6,
-            "tooltip": "custom network: pooling steps (paper: 4)",
-        },
+    depth: int = form_field(
+        4, "custom depth", "custom network: pooling steps (paper: 4)", min=1, max=6
     )
-    padding: Padding = field(
-        default="valid",
-        metadata={
-            "label": "custom padding",
-            "choices": ["valid", "same"],
-            "tooltip": "custom network: valid (the paper: output smaller than the input tile, "
-            "seamless overlap-tile prediction) or same (output as large as the input)",
-        },
+    padding: Padding = form_field(
+        "valid",
+        "custom padding",
+        "custom network: valid (the paper: output smaller than the input tile, "
+        "seamless overlap-tile prediction) or same (output as large as the input)",
+        choices=["valid", "same"],
     )
     norm: Norm = "none"
     dropout: float = 0.5

@@ -41,12 +41,13 @@ naive method (one full-image distance transform per instance) kept for checks an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_unet.defaults import form_field
 from napari_unet.errors import InputError
 
 __all__ = [
@@ -85,83 +86,67 @@ class WeightMapConfig:
     """
 
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
-    variant: Literal["paper", "falk"] = field(
-        default="paper",
-        metadata={
-            "label": "variant",
-            "choices": ["paper", "falk"],
-            "tooltip": "paper: Ronneberger et al. 2015, class balance + border term "
-            "w0 exp(-(d1+d2)^2/2 sigma^2); falk: Falk et al. 2019 (the Fiji plugin), a "
-            "smooth balance v_bal/sigma_bal and a separation term lambda/sigma_sep",
-        },
+    variant: Literal["paper", "falk"] = form_field(
+        "paper",
+        "variant",
+        "paper: Ronneberger et al. 2015, class balance + border term "
+        "w0 exp(-(d1+d2)^2/2 sigma^2); falk: Falk et al. 2019 (the Fiji plugin), a "
+        "smooth balance v_bal/sigma_bal and a separation term lambda/sigma_sep",
+        choices=["paper", "falk"],
     )
-    w0: float = field(
-        default=10.0,
-        metadata={
-            "label": "w0",
-            "min": 0.0,
-            "max": 1000.0,
-            "step": 1.0,
-            "tooltip": "weight of the border term between touching objects (paper: 10)",
-        },
+    w0: float = form_field(
+        10.0,
+        "w0",
+        "weight of the border term between touching objects (paper: 10)",
+        min=0.0,
+        max=1000.0,
+        step=1.0,
     )
-    sigma: float = field(
-        default=5.0,
-        metadata={
-            "label": "sigma (px)",
-            "min": 0.1,
-            "max": 100.0,
-            "step": 0.5,
-            "tooltip": "width of the border term in pixels (paper: about 5 px)",
-        },
+    sigma: float = form_field(
+        5.0,
+        "sigma (px)",
+        "width of the border term in pixels (paper: about 5 px)",
+        min=0.1,
+        max=100.0,
+        step=0.5,
     )
-    class_balance: bool = field(
-        default=False,
-        metadata={
-            "label": "class balance",
-            "tooltip": "multiply by the inverse frequency of each class (w_c); off by default: "
-            "measured, it made objects too large on phase contrast",
-        },
+    class_balance: bool = form_field(
+        False,
+        "class balance",
+        "multiply by the inverse frequency of each class (w_c); off by default: "
+        "measured, it made objects too large on phase contrast",
     )
-    v_bal: float = field(
-        default=0.1,
-        metadata={
-            "label": "v_bal",
-            "min": 0.0,
-            "max": 1.0,
-            "step": 0.05,
-            "tooltip": "falk: weight of background pixels relative to foreground (0.1)",
-        },
+    v_bal: float = form_field(
+        0.1,
+        "v_bal",
+        "falk: weight of background pixels relative to foreground (0.1)",
+        min=0.0,
+        max=1.0,
+        step=0.05,
     )
-    sigma_bal: float = field(
-        default=10.0,
-        metadata={
-            "label": "sigma_bal (px)",
-            "min": 0.1,
-            "max": 100.0,
-            "step": 0.5,
-            "tooltip": "falk: pixels over which the background weight rises near objects (10 px)",
-        },
+    sigma_bal: float = form_field(
+        10.0,
+        "sigma_bal (px)",
+        "falk: pixels over which the background weight rises near objects (10 px)",
+        min=0.1,
+        max=100.0,
+        step=0.5,
     )
-    lam: float = field(
-        default=50.0,
-        metadata={
-            "label": "lambda",
-            "min": 0.0,
-            "max": 1000.0,
-            "step": 1.0,
-            "tooltip": "falk: weight of the separation term between objects (50)",
-        },
+    lam: float = form_field(
+        50.0,
+        "lambda",
+        "falk: weight of the separation term between objects (50)",
+        min=0.0,
+        max=1000.0,
+        step=1.0,
     )
-    sigma_sep: float = field(
-        default=6.0,
-        metadata={
-            "label": "sigma_sep (px)",
-            "min": 0.1,
-            "max": 100.0,
-            "step": 0.5,
-            "tooltip": "falk: width of the separation term in pixels (6 px)",
-        },
+    sigma_sep: float = form_field(
+        6.0,
+        "sigma_sep (px)",
+        "falk: width of the separation term in pixels (6 px)",
+        min=0.1,
+        max=100.0,
+        step=0.5,
     )
 
     def __post_init__(self) -> None:

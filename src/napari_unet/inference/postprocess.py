@@ -24,7 +24,7 @@ Then holes are optionally filled and specks below ``min_size`` removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -32,6 +32,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
+from napari_unet.defaults import form_field
 from napari_unet.errors import InputError
 
 METHODS = ("cores", "interiors", "necks")
@@ -88,58 +89,47 @@ class PostprocessConfig:
     foreground_classes: tuple[int, ...] = (1,)
     method: Literal["cores", "interiors", "necks"] = "cores"
     interior_class: int = 1
-    neck_depth: float = field(
-        default=0.4,
-        metadata={
-            "label": "neck depth",
-            "min": 0.05,
-            "max": 2.0,
-            "step": 0.05,
-            "tooltip": "objects are parted where they narrow by more than this fraction of the "
-            "annotated objects' radius (method necks; the model file records the value); "
-            "smaller parts more, larger merges more",
-        },
+    neck_depth: float = form_field(
+        0.4,
+        "neck depth",
+        "objects are parted where they narrow by more than this fraction of the "
+        "annotated objects' radius (method necks; the model file records the value); "
+        "smaller parts more, larger merges more",
+        min=0.05,
+        max=2.0,
+        step=0.05,
     )
     object_diameter: float | None = None
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
-    min_size: int = field(
-        default=0,
-        metadata={
-            "label": "min size (px)",
-            "min": 0,
-            "max": 1_000_000,
-            "suffix": " px",
-            "tooltip": "objects smaller than this many pixels are removed; auto: a quarter of "
-            "the smallest object annotated for training (recorded in the model file), the same "
-            "rule as the command line; 0 keeps every object, specks included",
-        },
+    min_size: int = form_field(
+        0,
+        "min size (px)",
+        "objects smaller than this many pixels are removed; auto: a quarter of "
+        "the smallest object annotated for training (recorded in the model file), the same "
+        "rule as the command line; 0 keeps every object, specks included",
+        min=0,
+        max=1_000_000,
+        suffix=" px",
     )
-    fill_holes: bool = field(
-        default=False,
-        metadata={
-            "label": "fill holes",
-            "tooltip": "fill holes inside objects; set from the model file (on when no "
-            "annotated object had a hole)",
-        },
+    fill_holes: bool = form_field(
+        False,
+        "fill holes",
+        "fill holes inside objects; set from the model file (on when no "
+        "annotated object had a hole)",
     )
-    watershed: bool = field(
-        default=False,
-        metadata={
-            "label": "split touching objects (watershed)",
-            "tooltip": "also split touching objects at the peaks of the distance transform "
-            "(objects are already split at the network's confident cores)",
-        },
+    watershed: bool = form_field(
+        False,
+        "split touching objects (watershed)",
+        "also split touching objects at the peaks of the distance transform "
+        "(objects are already split at the network's confident cores)",
     )
-    watershed_min_distance: int = field(
-        default=5,
-        metadata={
-            "label": "seed distance",
-            "min": 1,
-            "max": 1000,
-            "suffix": " px",
-            "tooltip": "smallest distance between two watershed seeds: about the radius of the "
-            "smallest object",
-        },
+    watershed_min_distance: int = form_field(
+        5,
+        "seed distance",
+        "smallest distance between two watershed seeds: about the radius of the smallest object",
+        min=1,
+        max=1000,
+        suffix=" px",
     )
     connectivity: int = 1
     per_plane: bool = True

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from napari_unet import __version__
 from napari_unet.annotation.schema import AnnotationConfig, TrainingPlane
-from napari_unet.defaults import DEFAULT_STEPS
+from napari_unet.defaults import DEFAULT_STEPS, form_field
 from napari_unet.devices import is_out_of_memory, release_memory, resolve_device
 from napari_unet.errors import InputError, ModelFileError, OutOfMemory
 from napari_unet.io.modelfile import ModelMetadata, save_model
@@ -73,86 +73,69 @@ class TrainConfig:
     """
 
     # field metadata: label, limits and tooltip of the widget form (napari_unet._widgets._forms)
-    steps: int = field(
-        default=DEFAULT_STEPS,
-        metadata={
-            "label": "steps",
-            "min": 1,
-            "max": 1_000_000,
-            "tooltip": "optimiser steps, each on a batch of augmented tiles; training ends here "
-            "or when the time budget is spent",
-        },
+    steps: int = form_field(
+        DEFAULT_STEPS,
+        "steps",
+        "optimiser steps, each on a batch of augmented tiles; training ends here "
+        "or when the time budget is spent",
+        min=1,
+        max=1_000_000,
     )
-    batch_size: int = field(
-        default=4,
-        metadata={
-            "label": "batch size",
-            "min": 1,
-            "max": 256,
-            "tooltip": "tiles per optimiser step (default 4; the paper: 1 large tile)",
-        },
+    batch_size: int = form_field(
+        4,
+        "batch size",
+        "tiles per optimiser step (default 4; the paper: 1 large tile)",
+        min=1,
+        max=256,
     )
-    tile: int | None = field(
-        default=None,
-        metadata={
-            "label": "tile (px)",
-            "min": 0,
-            "max": 4096,
-            "special": "auto",
-            "tooltip": "input tile edge in pixels; auto: the smallest valid size with an output "
-            "of at least 96 px (the paper: 572 -> 388)",
-        },
+    tile: int | None = form_field(
+        None,
+        "tile (px)",
+        "input tile edge in pixels; auto: the smallest valid size with an output "
+        "of at least 96 px (the paper: 572 -> 388)",
+        min=0,
+        max=4096,
+        special="auto",
     )
-    optimizer: Literal["adam", "sgd"] = field(
-        default="adam",
-        metadata={
-            "label": "optimizer",
-            "choices": ["adam", "sgd"],
-            "tooltip": "adam (the default, learns fastest from few tiles) or sgd with momentum "
-            "0.99 (the paper)",
-        },
+    optimizer: Literal["adam", "sgd"] = form_field(
+        "adam",
+        "optimizer",
+        "adam (the default, learns fastest from few tiles) or sgd with momentum 0.99 (the paper)",
+        choices=["adam", "sgd"],
     )
-    lr: float | None = field(
-        default=None,
-        metadata={
-            "label": "learning rate",
-            "min": 0.0,
-            "max": 1.0,
-            "step": 1e-4,
-            "special": "default",
-            "tooltip": "learning rate; default: 3e-3 for Adam from scratch, 3e-4 when "
-            "fine-tuning, 1e-3 for SGD (the paper: SGD with momentum 0.99); it anneals to 5 %",
-        },
+    lr: float | None = form_field(
+        None,
+        "learning rate",
+        "learning rate; default: 3e-3 for Adam from scratch, 3e-4 when "
+        "fine-tuning, 1e-3 for SGD (the paper: SGD with momentum 0.99); it anneals to 5 %",
+        min=0.0,
+        max=1.0,
+        step=1e-4,
+        special="default",
     )
     momentum: float = 0.99
     weight_decay: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     background_sampling: float = 0.1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    minutes: float | None = field(
-        default=None,
-        metadata={
-            "label": "time budget",
-            "min": 0.0,
-            "max": 10_000.0,
-            "step": 1.0,
-            "special": "none",
-            "suffix": " min",
-            "tooltip": "training time budget in minutes (none: train for all steps); the "
-            "learning rate anneals over the budget",
-        },
+    minutes: float | None = form_field(
+        None,
+        "time budget",
+        "training time budget in minutes (none: train for all steps); the "
+        "learning rate anneals over the budget",
+        min=0.0,
+        max=10_000.0,
+        step=1.0,
+        special="none",
+        suffix=" min",
     )
     ema: float | None = None
     val_every: int | None = None
     checkpoint_every: int | None = None
     keep_best: bool = True
     seed: int = 0
-    device: str = field(
-        default="auto",
-        metadata={
-            "label": "device",
-            "tooltip": "where to train: auto picks CUDA, then Apple MPS, then the CPU",
-        },
+    device: str = form_field(
+        "auto", "device", "where to train: auto picks CUDA, then Apple MPS, then the CPU"
     )
     amp: bool = True
 
