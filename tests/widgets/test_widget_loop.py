@@ -17,9 +17,8 @@ from widget_helpers import add_cells, configure_tiny, train_tiny_model, wait_idl
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import META_PLANES, current_plane
-from napari_unet._widgets._next import NOTHING_TO_RANK
 from napari_unet._widgets.annotate import AnnotateWidget, training_plane_list
-from napari_unet._widgets.segment import SegmentWidget
+from napari_unet._widgets.segment import NOTHING_TO_RANK, SegmentWidget
 from napari_unet._widgets.train import CONTINUE
 from napari_unet.annotation.schema import MAX_OBJECTS, plane_as_annotation
 from napari_unet.errors import AnnotationError
