@@ -34,6 +34,7 @@ class DockWidget(QWidget):
     def __init__(self, viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
+        self.worker = None  # the napari worker running now (None: idle)
         self._was_docked = False
         self._shut_down = False
         self.body = QWidget()
@@ -75,6 +76,11 @@ class DockWidget(QWidget):
         ):
             _quietly(self.shutdown)
         return False
+
+    @property
+    def is_running(self) -> bool:
+        """Whether this widget's worker (a run, a ranking, an export, ...) is in progress."""
+        return self.worker is not None
 
     def sizeHint(self) -> QSize:
         """The content's size, at most ``MAX_HINT_HEIGHT`` tall: docks stacked in one area share

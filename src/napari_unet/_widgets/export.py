@@ -73,7 +73,6 @@ class ExportWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        self.worker = None
         self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"  # as 3 Train's
         self.exported: Path | None = None
         self._written, self._note = "", ""  # the export's summary line; a note on the sample
@@ -181,11 +180,6 @@ class ExportWidget(DockWidget):
         """The widget is closing: stop following the session, then end an export."""
         _session.changed.disconnect(self._suggest_out)  # psygnal: a no-op if gone
         super().stop_workers()
-
-    @property
-    def is_running(self) -> bool:
-        """Whether an export is in progress."""
-        return self.worker is not None
 
     # ------------------------------------------------------------------ what to export
     def model_file(self) -> Path:

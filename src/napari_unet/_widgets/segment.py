@@ -141,7 +141,6 @@ class SegmentWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        self.worker = None
         self.last_result: tuple | None = None
         self._job: Job | None = None  # what the worker now running does
         self.ranking: list[PlaneScore] = []  # the last ranking shown, least sure first
@@ -326,11 +325,6 @@ class SegmentWidget(DockWidget):
         return SegmentConfig(predict, post, self.instances.value, axis)
 
     # ------------------------------------------------------------------ run
-    @property
-    def is_running(self) -> bool:
-        """Whether a segmentation or a ranking is in progress."""
-        return self.worker is not None
-
     def run(self, scope: str | None = None, image: Image | None = None):
         """Start segmenting ("current plane" or "whole stack"); errors become notifications.
 
@@ -370,16 +364,8 @@ class SegmentWidget(DockWidget):
         self._kept = (image, model, source.read_metadata(), live_key(config), planes)
         if scope == SCOPES[0]:
             index = self._plane_index(image, source, axis)
-            args = (
-                source,
-                device,
-                data,
-                index,
-                axis,
-                config,
-                self.probability.value,
-                self.uncertainty.value,
-            )
+            extra = (self.probability.value, self.uncertainty.value)
+            args = (source, device, data, index, axis, config, *extra)
             return self._launch(segment_current, args, device, image, job, False, keep)
         args = (source, device, data, config, self._progress.changed.emit)
         return self._launch(segment_whole, args, device, image, job, True, keep)

@@ -316,7 +316,6 @@ class TrainWidget(TrainForm):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        self.worker = None
         self._done = True  # no run stopped half-way (see _on_worker_finished)
         self.job: TrainJob | None = None
         self.events: list[TrainEvent] = []
@@ -360,11 +359,6 @@ class TrainWidget(TrainForm):
         )
 
     # ------------------------------------------------------------------ actions
-    @property
-    def is_running(self) -> bool:
-        """Whether a training run is in progress."""
-        return self.worker is not None
-
     def start_training(self, resume: bool = False):
         """Start (or resume) a run in a worker; errors become notifications. Returns the worker."""
         try:

@@ -55,7 +55,6 @@ class WeightMapWidget(DockWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
-        self.worker = None
         self.summary = WeightSummary([])  # of the planes computed by the last run
         self.labels_combo = layer_picker(
             viewer,
