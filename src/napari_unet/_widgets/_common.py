@@ -28,9 +28,6 @@ from qtpy.QtWidgets import (
 from napari_unet.annotation.schema import IGNORE_LABEL
 from napari_unet.errors import NapariUnetError
 from napari_unet.io.annotation_file import SUFFIX
-from napari_unet.io.plane_lists import parse_plane_list
-from napari_unet.io.plane_lists import plane_label as plane_label
-from napari_unet.io.plane_lists import plane_names as plane_names
 
 log = logging.getLogger("napari_unet")
 
@@ -284,9 +281,6 @@ def go_to_plane(viewer, layer: Layer, index: tuple[int, ...]) -> None:
     offset = viewer.dims.ndim - layer.ndim
     for i in range(len(index)):
         viewer.dims.set_point(offset + i, float(world[i]))
-
-
-parse_planes = parse_plane_list  # plane indices typed into a widget
 
 
 def reusable_layer(viewer, name: str, kind: type[Layer], shape=None) -> Layer | None:

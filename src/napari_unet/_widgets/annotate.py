@@ -32,7 +32,6 @@ from napari_unet._widgets._common import (
     is_annotation_layer,
     layer_data,
     one_line,
-    parse_planes,
     set_tooltips,
     spatial_shape,
     spatial_transform,
@@ -58,6 +57,7 @@ from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
 from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
 from napari_unet.io.mask_files import folder_plane_names, mask_paths, match_mask_files, read_mask
+from napari_unet.io.plane_lists import parse_plane_list
 
 MASK_FILTER = "Masks (*.tif *.tiff *.png)"
 FILE_FILTER = f"napari-unet annotations (*{SUFFIX});;TIFF (*.tif *.tiff)"
@@ -346,7 +346,7 @@ class AnnotateWidget(DockWidget):
             raise InputError("choose a labels layer to import")
         layer = self.annotation_layer()
         n_lead = (layer.ndim if layer is not None else source.ndim) - 2
-        self.import_labels(source, parse_planes(self.import_planes.value, n_lead) or None)
+        self.import_labels(source, parse_plane_list(self.import_planes.value, n_lead) or None)
 
     def import_labels(
         self, source: Labels, planes: list | None = None, target: Labels | None = None

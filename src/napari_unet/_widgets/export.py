@@ -21,12 +21,12 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
-    HINT_STYLE,
     META_IMAGE,
     channel_axis,
     column,
     current_plane,
     error_message,
+    hint,
     is_annotation_layer,
     layer_data,
     report_error,
@@ -127,9 +127,7 @@ class ExportWidget(DockWidget):
         self.status, self.verdict = QLabel("", self), QLabel("", self)
         for label in (self.status, self.verdict):
             label.setWordWrap(True)
-        self.checker = QLabel(checker_note(), self)
-        self.checker.setWordWrap(True)
-        self.checker.setStyleSheet(HINT_STYLE)
+        self.checker = hint(checker_note())
         column(
             self.body,
             self.form,
@@ -245,10 +243,8 @@ class ExportWidget(DockWidget):
         if target.is_dir():  # a folder (an emptied field reads as the working folder)
             target = target / self.default_out_path(fmt).name
         check_output_folder(target)
-        sample, tile, self._note = (None, None, "")
         package = fmt == "bioimageio"
-        if package:
-            sample, tile, self._note = self._sample(model_path)
+        sample, tile, self._note = self._sample(model_path) if package else (None, None, "")
         authors = [a.strip() for a in self.authors.value.split(",") if a.strip()]
         return ExportRequest(
             model_path=model_path,

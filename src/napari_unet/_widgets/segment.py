@@ -44,8 +44,6 @@ from napari_unet._widgets._common import (
     keeping_selection,
     layer_data,
     log,
-    plane_label,
-    plane_names,
     report_error,
     reusable_layer,
     set_tooltips,
@@ -85,6 +83,7 @@ from napari_unet.inference.job import (
 from napari_unet.inference.postprocess import PostprocessConfig
 from napari_unet.inference.predictor import PredictConfig
 from napari_unet.inference.suggest import PlaneScore, SuggestConfig
+from napari_unet.io.plane_lists import plane_label, plane_names
 from napari_unet.threads import gui_cpu_threads
 
 _KINDS = {"labels": Labels, "image": Image}

@@ -34,8 +34,6 @@ from napari_unet._widgets._common import (
     is_annotation_layer,
     layer_data,
     log,
-    parse_planes,
-    plane_names,
     report_error,
     reusable_layer,
     set_tooltips,
@@ -47,6 +45,7 @@ from napari_unet._widgets._forms import (
     config_form,
     field_widget,
     layer_picker,
+    read_config,
     widget_value,
 )
 from napari_unet._widgets._plot import LivePlot
@@ -58,6 +57,7 @@ from napari_unet.defaults import default_steps
 from napari_unet.devices import available_devices
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.modelfile import save_model
+from napari_unet.io.plane_lists import parse_plane_list, plane_names
 from napari_unet.io.planes import read_plane
 from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
@@ -269,13 +269,9 @@ class TrainForm(DockWidget):
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""
-        fields = (*TRAIN_FIELDS, *MORE_FIELDS, "lr")
-        values = {n: widget_value(self.form[n], TrainConfig) for n in fields}
-        return TrainConfig(
-            **values,
-            tile=widget_value(self.tile, TrainConfig),
-            augment=AugmentConfig(strength=self.augment.value),
-        )
+        tile = widget_value(self.tile, TrainConfig)
+        augment = AugmentConfig(strength=self.augment.value)
+        return read_config(self.form, TrainConfig, tile=tile, augment=augment)
 
     def cpu_threads(self) -> int | None:
         """PyTorch CPU threads for the run (None on a GPU); auto leaves one core to the viewer."""
@@ -407,14 +403,13 @@ class TrainWidget(TrainForm):
             job = self._new_job()
             self.events.clear()
             self.accuracy.setText("")
+            self.last_checkpoint = None  # Resume continues this run, never an older one
         # a continued model's curve goes on from its parent's, if the plot shows that one
         parent_plotted = job.steps_before > 0 and self._plotted is _session.trained()
         self.plot.start(job.config.steps, keep=resume or parent_plotted, offset=job.steps_before)
         if not resume:
             self._plotted = None  # until this run finishes and becomes the model just trained
         self.job = job
-        if not resume:
-            self.last_checkpoint = None  # Resume continues this run, never an older one
         self.preview.layer(self.image_combo.value, self.labels_combo.value)
         self._update_preview_request()
         if not is_warm():  # seconds of imports, once: when asked to train, not when opened
@@ -500,7 +495,7 @@ class TrainWidget(TrainForm):
         if text.lower() == "none":
             return []
         if text:
-            return parse_planes(text, n_lead)
+            return parse_plane_list(text, n_lead)
         if self.is_continuing():
             entry = _session.trained()
             kept = _planes_of(entry.metadata, "val_planes") if entry is not None else []

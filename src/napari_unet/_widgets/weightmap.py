@@ -26,7 +26,6 @@ from napari_unet._widgets._common import (
     error_message,
     guarded,
     is_annotation_layer,
-    plane_names,
     report_error,
     reusable_layer,
     set_tooltips,
@@ -38,6 +37,7 @@ from napari_unet.annotation.job import WeightSummary, weight_planes
 from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.annotation.weightmap import WeightMapConfig
 from napari_unet.errors import AnnotationError
+from napari_unet.io.plane_lists import plane_names
 
 PAPER_FIELDS = ("w0", "sigma", "class_balance")
 FALK_FIELDS = ("v_bal", "sigma_bal", "lam", "sigma_sep")
