@@ -15,8 +15,6 @@ its runs. The loss is drawn as faint raw points under its exponential moving ave
 
 from __future__ import annotations
 
-import time
-
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
@@ -49,8 +47,6 @@ class LivePlot(QWidget):
         self.offset = 0  # x of the current run's step 0 (steps trained before it in the chain)
         self.continuations: list = []  # dashed lines where a continued run begins
         self.redraws = 0  # redraws with new data
-        self.full_draws = 0
-        self.last_draw_s = 0.0
         self._dirty = False
         self._background = None
         self.figure = Figure(figsize=(3.6, 2.0), dpi=80, facecolor=BG)
@@ -119,7 +115,7 @@ class LivePlot(QWidget):
         self.ax.set_xlim(0, max(self.offset + total_steps, 1))
         self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
         self._dirty = True
-        self._full_draw()
+        self.canvas.draw()
 
     def add_loss(self, step: int, loss: float) -> None:
         """Append one training-loss point (``step`` of the current run)."""
@@ -136,11 +132,8 @@ class LivePlot(QWidget):
         self.val_ious.append(iou)
         self._dirty = True
 
-    def _full_draw(self) -> None:
-        self.full_draws += 1
-        self.canvas.draw()  # -> _on_full_draw caches the background and draws the lines
-
     def _on_full_draw(self, _event=None) -> None:
+        """After ``canvas.draw()``: cache the background, then draw the lines on it."""
         self._background = self.canvas.copy_from_bbox(self.figure.bbox)
         self._draw_lines()
 
@@ -157,7 +150,6 @@ class LivePlot(QWidget):
         if not self._dirty:
             return
         self._dirty = False
-        start = time.perf_counter()
         low, high = self.ax.get_ylim()
         too_high = self.losses and max(self.losses[-50:]) > high
         if self.steps and self.steps[-1] > self.ax.get_xlim()[1]:
@@ -165,13 +157,12 @@ class LivePlot(QWidget):
             too_high = True
         if too_high or self._background is None:
             self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.3)
-            self._full_draw()
+            self.canvas.draw()
         else:
             self.canvas.restore_region(self._background)
             self._draw_lines()
         self.canvas.blit(self.figure.bbox)
         self.redraws += 1
-        self.last_draw_s = time.perf_counter() - start
 
     def history(self) -> dict[str, list]:
         """The curves drawn so far (x: the model's steps), for :meth:`show_history`."""
@@ -189,4 +180,4 @@ class LivePlot(QWidget):
         for x in history.get("continued_at", []):
             self.continuations.append(self.ax.axvline(x, color="#808080", lw=0.8, ls="--"))
         self.ax.set_ylim(0, max(self.losses, default=2.0) * 1.15)
-        self._full_draw()
+        self.canvas.draw()

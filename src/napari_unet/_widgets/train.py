@@ -140,9 +140,7 @@ class TrainForm(DockWidget):
         self.form.extend([self.partial, self.lr, *more, self.augment, self.hold_out])
         for widget in self.form:
             setattr(self, widget.name, widget)
-        arch = self.advanced
-        self.width_spin, self.depth_spin, self.padding = arch["width"], arch["depth"], arch[2]
-        self.tile, self.preview_every, self.threads = arch[3], arch[4], arch[5]
+        self.tile, self.preview_every, self.threads = self.advanced[3:6]
         top = (self.image_combo, self.labels_combo, self.schema, self.model_combo, self.model_path)
         for index, widget in enumerate(top):
             self.form.insert(index, widget)
