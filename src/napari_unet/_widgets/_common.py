@@ -308,3 +308,12 @@ def keeping_selection(viewer) -> Iterator[None]:
 def is_annotation_layer(layer: Layer) -> bool:
     """Whether ``layer`` was made by the Annotate widget (it records its image)."""
     return isinstance(layer, Labels) and META_IMAGE in layer.metadata
+
+
+def annotation_layers(viewer, image: Layer) -> list[Labels]:
+    """The annotation layers of ``image`` (made for it in 1 Annotate), in the viewer's order."""
+    return [
+        layer
+        for layer in viewer.layers
+        if is_annotation_layer(layer) and layer.metadata.get(META_IMAGE) == image.name
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 
 import napari
@@ -271,10 +272,8 @@ class AnnotateWidget(DockWidget):
         self.refresh_planes()
 
     def _schedule_refresh(self, *_args) -> None:
-        try:
+        with suppress(RuntimeError):  # the widget is gone; the layer outlived it
             self._timer.start()
-        except RuntimeError:  # the widget is gone; the layer outlived it
-            pass
 
     def _require_layer(self, layer: Labels | None = None) -> Labels:
         layer = layer or self.annotation_layer()

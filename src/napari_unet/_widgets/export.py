@@ -21,13 +21,12 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
 
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
-    META_IMAGE,
+    annotation_layers,
     channel_axis,
     column,
     current_plane,
     error_message,
     hint,
-    is_annotation_layer,
     layer_data,
     report_error,
     spatial_shape,
@@ -97,7 +96,9 @@ class ExportWidget(DockWidget):
             "sample image",
             "bioimageio: the plane on screen of this image (its centre) becomes the package's "
             "test input and cover; none: a random test image",
-            prefer=lambda layer: _annotated_image(viewer, layer),
+            # images with an annotation layer (trained on; not a weight map or a probability
+            # layer) are offered first
+            prefer=lambda layer: bool(annotation_layers(viewer, layer)),
             placeholder="none: a random test image",
         )
         self.training_data = LineEdit(label="training data")
@@ -313,12 +314,3 @@ class ExportWidget(DockWidget):
         self.export_button.setEnabled(True)
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if self.exported else 0)
-
-
-def _annotated_image(viewer, layer) -> bool:
-    """Whether an annotation layer belongs to ``layer`` (the image trained on, not a weight map
-    or a probability layer): such images are offered first as the sample."""
-    return any(
-        is_annotation_layer(other) and other.metadata.get(META_IMAGE) == layer.name
-        for other in viewer.layers
-    )

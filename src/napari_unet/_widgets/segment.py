@@ -26,10 +26,10 @@ from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QProgressBar, QWidget
 from napari_unet._widgets import _session
 from napari_unet._widgets._common import (
     HINT_STYLE,
-    META_IMAGE,
     META_INSTANCES,
     TIPS,
     add_buttons,
+    annotation_layers,
     channel_axis,
     clicked_plane,
     column,
@@ -40,7 +40,6 @@ from napari_unet._widgets._common import (
     group,
     guarded,
     hint,
-    is_annotation_layer,
     keeping_selection,
     layer_data,
     log,
@@ -287,9 +286,7 @@ class SegmentWidget(DockWidget):
         self.neck_depth.enabled = post.method == "necks"
 
     def _on_scope(self, scope: str) -> None:
-        plane = scope == SCOPES[0]
-        self.probability.enabled = plane
-        self.uncertainty.enabled = plane
+        self.probability.enabled = self.uncertainty.enabled = scope == SCOPES[0]
 
     def _uses_trained_model(self) -> bool:
         """Whether the model chosen is the session's model just trained (not a model file)."""
@@ -669,11 +666,7 @@ class SegmentWidget(DockWidget):
         image = image or self.image_combo.value
         if image is None:
             return None
-        mine = [
-            layer
-            for layer in self.viewer.layers
-            if is_annotation_layer(layer) and layer.metadata.get(META_IMAGE) == image.name
-        ]
+        mine = annotation_layers(self.viewer, image)
         active = self.viewer.layers.selection.active
         if active in mine:
             return active

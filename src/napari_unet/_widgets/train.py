@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 
@@ -379,10 +380,8 @@ class TrainWidget(TrainForm):
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a run and wait until its worker thread has returned."""
-        try:
+        with suppress(Exception):  # already disconnected
             self.viewer.dims.events.current_step.disconnect(self._on_dims_changed)
-        except Exception:  # noqa: BLE001 - already disconnected
-            pass
         super().stop_workers()
         try:
             if not self._done:  # the stopped run's preview is not the model's output
@@ -606,10 +605,8 @@ class TrainWidget(TrainForm):
 
     def _on_dims_changed(self, *_args) -> None:
         if self.worker is not None:  # the next live preview follows the plane on screen
-            try:
+            with suppress(RuntimeError):  # the widget was deleted during the run
                 self._update_preview_request()
-            except RuntimeError:  # the widget was deleted during the run
-                pass
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
