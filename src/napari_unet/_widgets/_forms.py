@@ -33,8 +33,7 @@ _NOT_OPTIONS = ("label", "tooltip", "widget_type", *_QT_ONLY)
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    return fields[name]
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
 
 
 def _default(field: dataclasses.Field) -> Any:

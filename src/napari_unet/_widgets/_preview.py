@@ -40,12 +40,8 @@ class LivePreview:
         return index, (*_span(cy, height, self.max_edge), *_span(cx, width, self.max_edge))
 
     def layer_name(self, image: Image | None, labels: Labels) -> str:
-        """Name of the preview layer: "<image> live prediction"."""
+        """Name of the preview layer: "<image> live prediction" (its frame: "... window")."""
         return f"{image.name if image is not None else labels.name} live prediction"
-
-    def frame_name(self, image: Image | None, labels: Labels) -> str:
-        """Name of the layer framing a windowed preview: "<image> live prediction window"."""
-        return self.layer_name(image, labels) + " window"
 
     def remove(self) -> None:
         """Take the preview layers (and their frame) of this widget's runs off the screen."""
@@ -57,7 +53,7 @@ class LivePreview:
     def layer(self, image: Image | None, labels: Labels) -> Labels:
         """The preview layer, created (empty, aligned with ``labels``) when missing."""
         name, shape = self.layer_name(image, labels), tuple(labels.data.shape)
-        self.shown.update({name, self.frame_name(image, labels)})
+        self.shown.update({name, f"{name} window"})
         layer = reusable_layer(self.viewer, name, Labels, shape)
         if layer is None:
             with keeping_selection(self.viewer):
@@ -93,7 +89,7 @@ class LivePreview:
 
     def _frame(self, image, labels: Labels, index: tuple[int, ...], box) -> None:
         """Outline a windowed preview; remove the outline when the whole plane is shown."""
-        name = self.frame_name(image, labels)
+        name = f"{self.layer_name(image, labels)} window"
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         y0, y1, x0, x1 = box
         height, width = labels.data.shape[-2:]
