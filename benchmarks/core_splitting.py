@@ -31,7 +31,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from napari_unet.annotation.derived import postprocess_config
+from napari_unet.annotation.derived import CORE_RATIO, postprocess_config
 from napari_unet.inference.postprocess import instance_labels, semantic_labels
 from napari_unet.inference.predictor import predict_plane
 from napari_unet.io.modelfile import load_model
@@ -63,7 +63,12 @@ def _model(volume, labels, start: str, slices: list[int]) -> Path:
 
 
 def _labels(probs, base, threshold):
-    config = replace(base, seed_threshold=threshold)
+    """Fixed cores at ``threshold`` (the rule before relative cores); "relative" = the default
+    rule, relative cores at ``CORE_RATIO`` capped at 0.98."""
+    if threshold == "relative":
+        config = replace(base, method="relative-cores", core_ratio=CORE_RATIO, seed_threshold=0.98)
+    else:
+        config = replace(base, method="cores", seed_threshold=threshold)
     return instance_labels(semantic_labels(probs), config, probabilities=probs)
 
 
@@ -104,20 +109,23 @@ def main() -> int:
                 np.mean([seg_score(p, truth[z]) for p, z in zip(held, HELD_OUT, strict=True)])
             ),
             "objects": float(np.mean([p.max() for p in held])),
+            "reference objects": float(np.mean([truth[z].max() for z in HELD_OUT])),
         }
         rows.append(row)
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in row.items()))
 
+    score(f"relative cores at {CORE_RATIO} (default)", lambda z: "relative")
     for t in THRESHOLDS:
         score("off" if t is None else str(t), lambda z, t=t: t)
 
     def smoothed(z):
-        return ndimage.gaussian_filter(probs[z][1], 1.0)
+        foreground = probs[z][list(base.foreground_classes)].sum(0)
+        return ndimage.gaussian_filter(foreground, 1.0)
 
     for q in QUANTILES:
         score(
             f"per image, quantile {q}",
-            lambda z, q=q: min(0.98, float(np.quantile(smoothed(z)[probs[z][1] > 0.5], q))),
+            lambda z, q=q: min(0.98, float(np.quantile(smoothed(z)[smoothed(z) > 0.5], q))),
         )
     confidence = {}
     for name, zs in (("training", slices), ("held-out", HELD_OUT)):

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import h_maxima
+from skimage.morphology import area_opening, h_maxima, local_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instances import MEASURE, PREDICTIONS, data_root, load, score  # noqa: E402
 
-from napari_unet.annotation.derived import postprocess_config  # noqa: E402
+from napari_unet.annotation.derived import CORE_RATIO, postprocess_config  # noqa: E402
 from napari_unet.inference.postprocess import (  # noqa: E402
     PostprocessConfig,
     close_gaps,
@@ -131,6 +131,64 @@ def interior_necks(probs: np.ndarray, cfg: PostprocessConfig, frac: float, diame
     )
 
 
+def area_peaks(probs, cfg: PostprocessConfig, frac: float, diameter: float, fg_classes=None):
+    """Seeds are the maxima of the smoothed foreground log-odds that stay separate over an
+    area of at least ``frac`` x the typical object area (area opening, a max-tree filter):
+    any monotone change of the network's confidence keeps the same seeds."""
+    classes = list(fg_classes or cfg.foreground_classes)
+    fg = _foreground(probs, cfg)
+    smooth = ndimage.gaussian_filter(probs[classes].sum(0).astype(np.float32), 1.0)
+    eps = 1e-6
+    logit = np.log(np.clip(smooth, eps, 1 - eps)) - np.log(np.clip(1 - smooth, eps, 1))
+    area = max(4, int(frac * np.pi * diameter**2 / 4))
+    opened = area_opening(np.where(fg, logit, logit.min() - 1).astype(np.float32), area)
+    seeds = local_maxima(opened, connectivity=2) & fg
+    return _finish(_grow(fg, seeds, opened), cfg)
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return (np.log(p) - np.log1p(-p)).astype(np.float32)
+
+
+def relative_cores(
+    probs, cfg: PostprocessConfig, ratio: float, fg_classes=None, cap: float | None = None
+) -> np.ndarray:
+    """Cores relative to each object's own confidence: pixels whose smoothed foreground
+    log-odds exceed ``ratio`` x the 90th percentile of their connected component's log-odds.
+    Scaling all logits (a network more or less sure of itself) moves both sides alike."""
+    classes = list(fg_classes or cfg.foreground_classes)
+    fg = _foreground(probs, cfg)
+    surface = ndimage.gaussian_filter(_log_odds(probs[classes].sum(0)), 1.0)
+    regions, n = ndimage.label(fg)
+    if not n:
+        return regions
+    top = np.zeros(n + 1, np.float32)
+    order = np.argsort(regions.ravel(), kind="stable")
+    counts = np.bincount(regions.ravel(), minlength=n + 1)
+    values = surface.ravel()[order]
+    bounds = np.cumsum(counts)
+    for k in range(1, n + 1):
+        top[k] = np.percentile(values[bounds[k - 1] : bounds[k]], 90)
+    level = ratio * np.maximum(top[regions], 0)
+    if cap is not None:  # never stricter than the fixed threshold
+        level = np.minimum(level, np.log(cap / (1 - cap)))
+    seeds = fg & (surface > level)
+    if cfg.min_size > 1:
+        cores, m = ndimage.label(seeds)
+        small = np.bincount(cores.ravel()) < cfg.min_size // 2
+        small[0] = False
+        seeds &= ~small[cores]
+    return _finish(_grow(fg, seeds, surface), cfg)
+
+
+def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The same network made less (T > 1) or more confident: softmax(log p / T)."""
+    logp = np.log(np.clip(probs, 1e-7, 1)) / temperature
+    e = np.exp(logp - logp.max(0, keepdims=True))
+    return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+
 def _truth_train(name: str, labels: np.ndarray) -> np.ndarray:
     if name == "isbi":
         return np.stack([instances_from_binary(p > 0) for p in labels])
@@ -143,6 +201,8 @@ def _ap50(pred: list[np.ndarray], truth: np.ndarray) -> float:
     return tp / max(tp + fp + fn, 1)
 
 
+AREAS = (0.5,)
+RELATIVE = (0.5, 0.6, 0.7, 0.8)
 NECKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
@@ -152,7 +212,9 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
     derived = meta.postprocess or {}
     cfg = postprocess_config(derived)
     diameter = float(derived.get("object_diameter") or 20.0)
-    out = []
+    # the product's default reading, whatever the file recorded when it was written
+    default = postprocess_config({**derived, "method": "relative-cores", "core_ratio": CORE_RATIO})
+    out = [("default", lambda p: instance_labels(semantic_labels(p), default, p))]
     if cfg.method == "interiors":
         out.append(("interiors", lambda p: instance_labels(semantic_labels(p), cfg, p)))
         for h in (0.1, 0.2, 0.3):
@@ -164,6 +226,34 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
                 (f"interiors-inecks@{f}", lambda p, f=f: interior_necks(p, cfg, f, diameter))
             )
         two = replace(cfg, method="cores")
+        for f in AREAS:
+            out.append(
+                (f"interiors-as-fg-area@{f}", lambda p, f=f: area_peaks(p, two, f, diameter))
+            )
+            out.append(
+                (
+                    f"interiors-as-fg-area@{f}-T3",
+                    lambda p, f=f: area_peaks(tempered(p, 3), two, f, diameter),
+                )
+            )
+        for r in RELATIVE:
+            out.append(
+                (f"interiors-as-fg-capped@{r}", lambda p, r=r: relative_cores(p, two, r, cap=0.98))
+            )
+            out.append(
+                (
+                    f"interiors-as-fg-capped@{r}-T3",
+                    lambda p, r=r: relative_cores(tempered(p, 3), two, r, cap=0.98),
+                )
+            )
+            out.append((f"interiors-as-fg-rel@{r}", lambda p, r=r: relative_cores(p, two, r)))
+            out.append(
+                (
+                    f"interiors-as-fg-rel@{r}-T3",
+                    lambda p, r=r: relative_cores(tempered(p, 3), two, r),
+                )
+            )
+        out.append(("interiors-as-fg-cores@0.98-T3", lambda p: cores(tempered(p, 3), two, 0.98)))
         for t in (0.9, 0.98):
             out.append((f"interiors-as-fg-cores@{t}", lambda p, t=t: cores(p, two, t)))
         for h in (0.2, 0.5):
@@ -171,6 +261,13 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
         return out
     for t in (0.9, 0.98):
         out.append((f"cores@{t}", lambda p, t=t: cores(p, cfg, t)))
+    out.append(("cores@0.98-T3", lambda p: cores(tempered(p, 3), cfg, 0.98)))
+    for r in RELATIVE:
+        out.append((f"rel@{r}", lambda p, r=r: relative_cores(p, cfg, r)))
+        out.append((f"rel@{r}-T3", lambda p, r=r: relative_cores(tempered(p, 3), cfg, r)))
+    for f in AREAS:
+        out.append((f"area@{f}", lambda p, f=f: area_peaks(p, cfg, f, diameter)))
+        out.append((f"area@{f}-T3", lambda p, f=f: area_peaks(tempered(p, 3), cfg, f, diameter)))
     for h in (0.1, 0.2, 0.3, 0.5):
         out.append((f"dips@{h}", lambda p, h=h: dips(p, cfg, h)))
     for f in NECKS:
@@ -225,6 +322,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="all")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--only", help="only the candidates whose name starts with one of these")
     parser.add_argument("--table", action="store_true", help="only rewrite the doc's table")
     args = parser.parse_args()
     if args.table:
@@ -254,6 +352,8 @@ def main() -> int:
         train_truth = _truth_train(name, data["train_labels"])
         for cand, fn in candidates(meta, train, train_truth, name):
             if (run, cand.split("(")[0]) in done:
+                continue
+            if args.only and not cand.startswith(tuple(args.only.split(","))):
                 continue
             pred = np.stack([fn(p) for p in test])
             row = {"run": run, "set": name, "targets": targets, "seed": int(seed),

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from napari_unet.annotation.derived import derive_settings, describe, postprocess_config
+from napari_unet.annotation.derived import (
+    CORE_RATIO,
+    derive_settings,
+    describe,
+    postprocess_config,
+)
 from napari_unet.annotation.schema import (
     AnnotationConfig,
     border_targets,
@@ -13,7 +19,11 @@ from napari_unet.annotation.schema import (
     separate_touching,
     training_planes,
 )
-from napari_unet.inference.postprocess import PostprocessConfig, instance_labels
+from napari_unet.inference.postprocess import (
+    PostprocessConfig,
+    component_percentile,
+    instance_labels,
+)
 from napari_unet.metrics import matching
 from napari_unet.sample_data import make_cell_stack
 
@@ -116,23 +126,26 @@ def test_a_single_annotated_object_derives_its_own_size():
     derived = derive_settings(_planes(labels, config), config)
     area = int((labels > 0).sum())
     assert derived["min_size"] == area // 4
-    assert derived["method"] == "interiors" and derived["foreground_classes"] == [1, 2]
-    assert "min size" in describe(derived) and "interiors" in describe(derived)
+    assert derived["method"] == "relative-cores" and derived["foreground_classes"] == [1, 2]
+    assert "min size" in describe(derived) and "relative cores at 0.6" in describe(derived)
 
 
-def test_the_paper_preset_trains_two_classes_and_records_cores(cells):
+def test_the_paper_preset_trains_two_classes_and_records_relative_cores(cells):
     config = AnnotationConfig(instance_targets="paper")
     target, _, classes = plane_targets(cells, config)
     assert classes == 2 and set(np.unique(target)) == {0, 1}
     derived = derive_settings(_planes(cells[None], config), config)
-    assert derived["method"] == "cores"
-    assert postprocess_config(derived).method == "cores"
+    assert derived["method"] == "relative-cores" and derived["core_ratio"] == CORE_RATIO
+    post = postprocess_config(derived)
+    assert post.method == "relative-cores" and post.foreground_classes == (1,)
+    assert postprocess_config(derived, core_ratio=0.5).core_ratio == 0.5  # an option wins
 
 
 def test_model_files_without_a_method_segment_as_before():
     """Files written before the three-class default recorded only min size and holes."""
     old = postprocess_config({"min_size": 12, "fill_holes": True})
     assert old.method == "cores" and old.foreground_classes == (1,) and old.min_size == 12
+    assert old.seed_threshold == 0.98
     assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
         "interiors"
     )
@@ -155,15 +168,25 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
                  str(model), "--steps", "2", "--device", "cpu",
                  "--instance-targets", "interiors"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and "derived from the annotations: instances: interiors, min size" in err
+    relative = f"instances: relative cores at {CORE_RATIO}, min size"
+    assert code == 0 and f"derived from the annotations: {relative}" in err
     out = tmp_path / "labels.npy"
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--method", "cores", "--min-size", "7",
                  "--no-fill-holes"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0
-    assert "instances: cores, min size 7 px, fill holes off" in err
+    assert "instances: cores at 0.98, min size 7 px, fill holes off" in err
     assert "--min-size, --method, --fill-holes as given" in err
+    code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+                 "--instances", "--core-ratio", "0.4"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "instances: relative cores at 0.4, min size" in err
+    assert "--core-ratio as given" in err
+    code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+                 "--instances", "--core-ratio", "1.5"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "core_ratio must be between 0 and 1" in err[0]
 
 
 NECKS = PostprocessConfig(method="necks", object_diameter=24.0, close_gaps=0)
@@ -212,3 +235,54 @@ def test_necks_give_the_same_objects_for_any_confidence(cells, confidence):
     bridged = instance_labels(probs.argmax(0), PostprocessConfig(seed_threshold=None))
     assert bridged.max() < cells.max()  # the bridges merge cells without parting
     assert matching(got, cells)["f1"] >= 0.9
+
+
+def _logits_with_bridges(cells: np.ndarray) -> np.ndarray:
+    """Foreground log-odds of a paper network: high in the middle of each cell (growing with
+    the distance to its edge, up to 6), just above 0 on a few bridges across the learned gaps,
+    -2 on the background."""
+    foreground = _bridged_gaps(cells)
+    depth = np.minimum(ndimage.distance_transform_edt(foreground), 6.0)
+    return np.where(foreground, depth - 0.5, -2.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("temperature", [0.25, 3.0, 8.0])
+def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperature):
+    """A network more or less sure of itself scales its log-odds: relative cores part the
+    bridged cells the same way at every scale (at 0.25 the level is capped at p = 0.98, so
+    the cores are larger but part the same cells), the paper's fixed 0.98 does not."""
+    logits = _logits_with_bridges(cells)
+
+    def network(t: float) -> np.ndarray:
+        fg = 1 / (1 + np.exp(-logits / t))
+        return np.stack([1 - fg, fg])
+
+    config = PostprocessConfig(method="relative-cores")
+    sure, unsure = network(1.0), network(temperature)
+    expected = instance_labels(sure.argmax(0), config, probabilities=sure)
+    got = instance_labels(unsure.argmax(0), config, probabilities=unsure)
+    if temperature > 1:
+        assert np.array_equal(got, expected)
+    else:
+        assert matching(got, expected, 0.9)["f1"] == 1.0
+    assert matching(got, cells)["f1"] >= 0.9
+    fixed = instance_labels(unsure.argmax(0), PostprocessConfig(), probabilities=unsure)
+    if temperature > 1:  # no pixel reaches 0.98: the bridges merge cells
+        assert fixed.max() < got.max()
+
+
+def test_relative_cores_without_probabilities_are_plain_components(cells):
+    config = PostprocessConfig(method="relative-cores")
+    got = instance_labels((cells > 0).astype(np.uint8), config)
+    assert got.max() == ndimage.label(cells > 0)[0].max()
+
+
+def test_component_percentile_matches_numpy():
+    rng = np.random.default_rng(0)
+    values = rng.random((30, 40)).astype(np.float32)
+    components = ndimage.label(rng.random((30, 40)) > 0.4)[0]
+    got = component_percentile(values, components, 90)
+    for k in range(1, components.max() + 1):
+        mine = np.sort(values[components == k])
+        assert got[k] == mine[int(np.floor(0.9 * (mine.size - 1)))]
+    assert got[0] == 0

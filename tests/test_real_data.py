@@ -5,7 +5,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet.annotation.schema import training_planes
+from napari_unet.annotation.schema import AnnotationConfig, training_planes
 from napari_unet.inference.batch import SegmentConfig, segment_stack
 from napari_unet.inference.predictor import PredictConfig
 from napari_unet.io.files import read_array
@@ -19,7 +19,8 @@ def test_isbi_binary_membrane_labels_train_and_segment(shared_data, one_torch_th
     labels = read_array(shared_data / "isbi2012" / "train-labels.tif")
     assert volume.shape == labels.shape == (30, 512, 512)
     crop = (slice(0, 3), slice(0, 160), slice(0, 160))
-    planes, k = training_planes(volume[crop], labels[crop], planes=[(0,), (1,)])
+    paper = AnnotationConfig(instance_targets="paper")  # the paper's two classes on its data
+    planes, k = training_planes(volume[crop], labels[crop], paper, planes=[(0,), (1,)])
     assert k == 2
     # 255 = cell, 0 = membrane: cells become separate objects, so the border term is present
     assert planes[0].weight.max() > 5
@@ -54,6 +55,6 @@ def test_phc_u373_ground_truth_reads_as_instances(shared_data):
     frame = read_array(shared_data / "phc-u373" / "01" / f"t{int(seg[0].stem[7:]):03d}.tif")
     assert gt.shape == frame.shape == (520, 696)
     planes, _ = training_planes(frame, gt)
-    assert len(planes) == 1 and planes[0].target.max() == 1
+    assert len(planes) == 1 and planes[0].target.max() == 2  # interior 1, border band 2
     assert len(np.unique(planes[0].instances)) == len(np.unique(gt))
     assert evaluate(gt, gt, ("seg",))["seg"] == pytest.approx(1.0)

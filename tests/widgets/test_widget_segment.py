@@ -109,8 +109,9 @@ def _recorded(metadata, fill_holes=True):
         "min_size": 20,
         "fill_holes": fill_holes,
         "object_diameter": 18.0,
-        "method": "interiors" if three else "cores",
+        "method": "relative-cores",
         "foreground_classes": [1, 2] if three else [1],
+        "core_ratio": 0.6,
         "derived_from": "min size = a quarter of the smallest of 12 annotated objects",
     }
     return dataclasses.replace(metadata, postprocess=derived)
@@ -169,6 +170,11 @@ def test_instance_settings_relabel_without_the_network(
     wait_idle(qtbot, widget)
     qtbot.wait(300)
     wait_idle(qtbot, widget)
+    assert widget.core_ratio.enabled  # a new model parts objects at relative cores
+    widget.status.setText("")
+    widget.core_ratio.value = 0.3
+    qtbot.waitUntil(lambda: "re-labelled" in widget.status.text(), timeout=30000)
+    wait_idle(qtbot, widget)
     assert entry.model.forward_calls == calls  # never the network again
 
     # another image drops the kept output: changing a setting then only sets it
@@ -215,5 +221,29 @@ def test_neck_depth_starts_from_the_model_file_and_relabels_live(viewer, tiny_mo
     assert widget.segment_config(read_metadata(necks)).postprocess.neck_depth == pytest.approx(0.3)
     widget.neck_depth.value = 0.5
     assert widget.segment_config(read_metadata(necks)).postprocess.neck_depth == pytest.approx(0.5)
+    assert not widget.core_ratio.native.isVisibleTo(widget)
     widget.model_path.value = str(cores)
-    assert not widget.neck_depth.enabled
+    assert not widget.neck_depth.enabled and not widget.neck_depth.native.isVisibleTo(widget)
+
+
+def test_core_level_starts_from_the_model_file_and_relabels_without_the_network(
+    viewer, tiny_model, tmp_path
+):
+    """A model parting objects at relative cores shows its recorded level; changing it
+    re-labels the kept planes from the cached network output (the network is not run)."""
+    from napari_unet.io.modelfile import save_model
+
+    model, metadata = tiny_model[0], _recorded(tiny_model[1])
+    path = tmp_path / "relative.safetensors"
+    recorded = {**metadata.postprocess, "method": "relative-cores", "core_ratio": 0.6}
+    save_model(path, model, dataclasses.replace(metadata, postprocess=recorded))
+    widget = SegmentWidget(viewer)
+    widget.model_path.value = str(path)
+    assert widget.core_ratio.value == pytest.approx(0.6) and widget.core_ratio.enabled
+    assert widget.core_ratio.native.isVisibleTo(widget)
+    assert not widget.neck_depth.native.isVisibleTo(widget)
+    post = widget.segment_config(read_metadata(path)).postprocess
+    assert post.method == "relative-cores" and post.core_ratio == pytest.approx(0.6)
+    widget.core_ratio.value = 0.3
+    post = widget.segment_config(read_metadata(path)).postprocess
+    assert post.core_ratio == pytest.approx(0.3)

@@ -8,8 +8,8 @@ from widget_helpers import add_cells
 
 from napari_unet._widgets.annotate import AnnotateWidget
 from napari_unet._widgets.weightmap import WeightMapWidget
-from napari_unet.annotation.schema import IGNORE_LABEL
-from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
+from napari_unet.annotation.schema import IGNORE_LABEL, AnnotationConfig, plane_targets
+from napari_unet.annotation.weightmap import WeightMapConfig
 from napari_unet.errors import AnnotationError
 
 pytestmark = pytest.mark.viewer
@@ -36,11 +36,11 @@ def test_weight_map_layer(viewer, cells, qtbot):
     assert layer.colormap.map([0.0])[0, 3] == 0 and layer.colormap.map([1.0])[0, 3] > 0.9
     assert layer.contrast_limits[0] == pytest.approx(1.0)
     assert viewer.layers.index(layer) == viewer.layers.index(labels) - 1
+    # the weights training uses (the default three-class targets), ignored pixels weigh 0
     config = WeightMapConfig(w0=8.0, sigma=4.0)
     plane = labels.data[2].astype(np.int64)
-    expected = weight_map(
-        np.where(plane == IGNORE_LABEL, 0, plane), config, ignore=plane == IGNORE_LABEL
-    )
+    expected = plane_targets(plane, AnnotationConfig(weight_map=config))[1]
+    assert expected.max() > 2 and not expected[:10, :10].any()
     np.testing.assert_allclose(layer.data[2], expected, rtol=1e-4)
     assert not layer.data[1].any()  # not annotated: no weights
     assert labels.metadata["napari_unet_weightmap"]["w0"] == 8.0  # training will use it
@@ -52,7 +52,8 @@ def test_weight_map_layer(viewer, cells, qtbot):
     assert not widget.w0.visible and widget.lam.visible
     widget.compute("current plane")
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30000)
-    falk = weight_map(labels.data[0].astype(np.int64), WeightMapConfig(variant="falk"))
+    falk_config = AnnotationConfig(weight_map=WeightMapConfig(variant="falk"))
+    falk = plane_targets(labels.data[0].astype(np.int64), falk_config)[1]
     np.testing.assert_allclose(layer.data[0], falk, rtol=1e-5)
     np.testing.assert_allclose(layer.data[2], expected, rtol=1e-4)
 

@@ -89,7 +89,9 @@ _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
 NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
-POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "neck_depth")
+POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "core_ratio", "neck_depth")
+# the control of each instance method's own parameter, shown for models that use that method
+METHOD_PARAMETER = {"relative-cores": "core_ratio", "necks": "neck_depth"}
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"
 
 
@@ -164,7 +166,8 @@ class SegmentWidget(DockWidget):
         self.instances = field_widget(SegmentConfig, "instances")
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
         post = config_form(PostprocessConfig, POST, min_size=auto)
-        self.watershed, self.seed_distance, self.min_size, self.fill_holes, self.neck_depth = post
+        self.watershed, self.seed_distance, self.min_size, self.fill_holes = post[:4]
+        self.core_ratio, self.neck_depth = post[4:]
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
@@ -174,7 +177,7 @@ class SegmentWidget(DockWidget):
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
         self.settings = Remembered("segment", [*fields, self.min_size])
         top = [self.source, self.model_path, self.model_info, self.image_combo, self.scope]
-        rest = [self.min_size, self.fill_holes, self.neck_depth, self.derived]
+        rest = [self.min_size, self.fill_holes, self.core_ratio, self.neck_depth, self.derived]
         rest += [self.probability, self.uncertainty]
         self.form = Container(widgets=[*top, *fields, *rest])
         add_buttons(self, run_button="Segment", cancel_button="Cancel")
@@ -282,8 +285,11 @@ class SegmentWidget(DockWidget):
             self._model_shown = model
             self.cache.drop()
             self.fill_holes.value = post.fill_holes
+            self.core_ratio.value = post.core_ratio
             self.neck_depth.value = post.neck_depth
-        self.neck_depth.enabled = post.method == "necks"
+        for method, name in METHOD_PARAMETER.items():
+            control = getattr(self, name)
+            control.enabled = control.visible = post.method == method
 
     def _on_scope(self, scope: str) -> None:
         self.probability.enabled = self.uncertainty.enabled = scope == SCOPES[0]
@@ -311,6 +317,7 @@ class SegmentWidget(DockWidget):
         post = replace(
             postprocess_config(getattr(metadata, "postprocess", None) or {}),
             fill_holes=self.fill_holes.value,
+            core_ratio=self.core_ratio.value,
             neck_depth=self.neck_depth.value,
             watershed=self.watershed.value,
             watershed_min_distance=self.seed_distance.value,

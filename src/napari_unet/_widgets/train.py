@@ -128,6 +128,7 @@ class TrainForm(DockWidget):
             TrainConfig, TRAIN_FIELDS, device={"choices": devices, "value": devices[0]}
         )
         self.partial = field_widget(AnnotationConfig, "partial")
+        self.instance_targets = field_widget(AnnotationConfig, "instance_targets")
         self.lr = field_widget(TrainConfig, "lr")
         more = config_form(TrainConfig, MORE_FIELDS)
         self.augment = field_widget(AugmentConfig, "strength")
@@ -135,10 +136,20 @@ class TrainForm(DockWidget):
         self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
         self.advanced.append(field_widget(TrainConfig, "tile"))
         self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
-        remembered = [*self.form, self.partial, self.lr, *more, self.augment, *self.advanced]
+        remembered = [
+            *self.form,
+            self.partial,
+            self.instance_targets,
+            self.lr,
+            *more,
+            self.augment,
+            *self.advanced,
+        ]
         self._continuing = False  # see _steps_of
         self.settings = Remembered("train", remembered, skip=self._not_remembered)
-        self.form.extend([self.partial, self.lr, *more, self.augment, self.hold_out])
+        self.form.extend(
+            [self.partial, self.instance_targets, self.lr, *more, self.augment, self.hold_out]
+        )
         for widget in self.form:
             setattr(self, widget.name, widget)
         self.tile, self.preview_every, self.threads = self.advanced[3:6]
@@ -350,7 +361,10 @@ class TrainWidget(TrainForm):
         """Schema and weight-map settings recorded on the annotation layer."""
         weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
         return AnnotationConfig(
-            mode=layer_mode(labels), weight_map=weights, partial=self.partial.value
+            mode=layer_mode(labels),
+            weight_map=weights,
+            partial=self.partial.value,
+            instance_targets=self.instance_targets.value,
         )
 
     # ------------------------------------------------------------------ actions

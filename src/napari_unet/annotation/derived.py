@@ -4,8 +4,11 @@ The annotations say how large the objects are and how the network was taught to 
 From them :func:`derive_settings` sets what a biologist would otherwise tune by hand, so that
 prediction without options gives clean objects:
 
-* ``method`` / ``foreground_classes`` -- how instances are formed: ``interiors`` (classes 1 and
-  2 are the object, interiors seed it) for three-class models, ``cores`` for the paper's two.
+* ``method`` / ``foreground_classes`` / ``core_ratio`` -- how instances are formed:
+  ``relative-cores`` at ``CORE_RATIO`` (cores relative to each object's own confidence, no
+  probability threshold) over the foreground (class 1 of the paper's two classes, classes 1
+  and 2 of a three-class network). Files written before it record ``cores`` (or nothing) and
+  keep segmenting as before.
 * ``min_size`` -- objects smaller than a quarter of the smallest annotated object are specks and
   are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under
   2 % of the typical, area-weighted median area -- a few pixels left by a brush or by the
@@ -31,6 +34,7 @@ from napari_unet.annotation.schema import AnnotationConfig, TrainingPlane
 from napari_unet.inference.postprocess import PostprocessConfig
 
 MIN_SIZE_FRACTION = 0.25
+CORE_RATIO = PostprocessConfig().core_ratio
 
 
 STRAY_FRACTION = 0.02
@@ -77,9 +81,8 @@ def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -
     none = {"min_size": 0, "fill_holes": False, "object_diameter": None}
     if annotation.mode != "instances":
         return none
-    method = {"method": "cores", "foreground_classes": [1]}
-    if annotation.instance_targets == "interiors":
-        method = {"method": "interiors", "foreground_classes": [1, 2]}
+    classes = [1, 2] if annotation.instance_targets == "interiors" else [1]
+    method = {"method": "relative-cores", "foreground_classes": classes, "core_ratio": CORE_RATIO}
     stats = [s for plane in planes for s in _object_stats(plane)]
     if not stats:
         return {**none, **method}
@@ -118,10 +121,18 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
     }
     if derived.get("object_diameter"):
         settings["object_diameter"] = float(derived["object_diameter"])
-    if derived.get("neck_depth"):
-        settings["neck_depth"] = float(derived["neck_depth"])
+    for key in ("neck_depth", "core_ratio"):
+        if derived.get(key):
+            settings[key] = float(derived[key])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)
+
+
+def _method_text(derived: dict) -> str:
+    method = str(derived.get("method", "cores"))
+    if method == "relative-cores":
+        return f"relative cores at {derived.get('core_ratio', CORE_RATIO)}"
+    return method
 
 
 def describe(derived: dict | None) -> str:
@@ -130,7 +141,7 @@ def describe(derived: dict | None) -> str:
     if not derived.get("object_diameter"):
         return "no settings derived (no annotated objects)"
     parts = [
-        f"instances: {derived.get('method', 'cores')}",
+        f"instances: {_method_text(derived)}",
         f"min size {derived.get('min_size', 0)} px",
         f"fill holes {'on' if derived.get('fill_holes') else 'off'}",
         f"object diameter {derived['object_diameter']} px",

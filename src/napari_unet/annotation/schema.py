@@ -80,16 +80,24 @@ class AnnotationConfig:
     annotated, which also teaches the debris and halos far from any cell. Paint the ignore value
     (65535) over single unannotated objects either way."""
 
-    instance_targets: InstanceTargets = "paper"
-    """Instances mode: what the network learns from the painted objects. ``interiors``: three
-    classes -- background, object interior and a border band just inside every
-    object (:func:`border_targets`; its width follows the object size). Instances are then the
-    connected interiors grown through the foreground, a choice between classes (arg-max) that
-    does not hinge on how confident a network is. ``paper``: the paper's two classes, touching
-    objects cut apart by background gaps, the border weight map; instances are split at the
-    network's confident cores. ``paper`` stays the default: in the screening runs of
-    docs/benchmarks.md ("Instances") ``interiors`` won on PhC-U373, GOWT1 and Lucchi but lost
-    on Usiigaci and, by far, on ISBI 2012."""
+    instance_targets: InstanceTargets = field(
+        default="interiors",
+        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
+            "label": "network learns",
+            "choices": list(INSTANCE_TARGETS),
+            "tooltip": "instances: interiors = background, object interior and border band "
+            "(the default, best on all six test sets); paper = the U-Net paper's two classes "
+            "with separation gaps and border weight maps",
+        },
+    )
+    """Instances mode: what the network learns from the painted objects. ``interiors`` (the
+    default): three classes -- background, object interior and a border band just inside every
+    object (:func:`border_targets`; its width follows the object size); the object is interior
+    plus band. ``paper``: the paper's two classes, touching objects cut apart by background
+    gaps, the border weight map (kept as a preset: the paper stays reproducible). Either way
+    instances are the foreground split at relative cores
+    (:mod:`napari_unet.inference.postprocess`). The three classes won on all six shared sets
+    (docs/benchmarks.md, "Instances")."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -125,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--instance-targets",
         choices=["interiors", "paper"],
-        default="paper",
-        help="what a new network learns from instances: the paper's two classes with weight "
-        "maps, parted at confident cores (default), or background, interior and border band, "
-        "parted at the interiors without a probability threshold",
+        default="interiors",
+        help="what a new network learns from instances: background, interior and border band "
+        "(default), or the paper's two classes with separation gaps and weight maps; either "
+        "way objects are parted at relative cores",
     )
     train.add_argument(
         "--partial",
@@ -172,10 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "--method",
-        choices=["interiors", "necks", "cores"],
+        choices=["relative-cores", "interiors", "necks", "cores"],
         default=None,
-        help="how touching objects are parted; default: what the model was trained for "
-        "(interiors: three-class models; cores: the paper's two classes)",
+        help="how touching objects are parted; default: what the model file records "
+        "(relative-cores for new models, cores for files written before it)",
+    )
+    pred.add_argument(
+        "--core-ratio",
+        type=float,
+        default=None,
+        help="relative-cores: how sure a core must be relative to its object's own "
+        "confidence (0-1; higher parts more); default: the model file's value",
+    )
+    pred.add_argument(
+        "--neck-depth",
+        type=_positive_float,
+        default=None,
+        help="necks: how deep a neck must be, as a fraction of the object radius; "
+        "default: the model file's value",
     )
     pred.add_argument(
         "--fill-holes",

@@ -191,9 +191,20 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
         raise InputError(f"{path}: the folder {parent} {state}")
 
 
+def method_text(post) -> str:
+    """How the objects are parted, in words, with the method's own parameter."""
+    if post.method == "relative-cores":
+        return f"relative cores at {post.core_ratio:g}"
+    if post.method == "necks":
+        return f"necks at depth {post.neck_depth:g}"
+    if post.method == "cores" and post.seed_threshold is not None:
+        return f"cores at {post.seed_threshold:g}"
+    return post.method
+
+
 def _post_source(args) -> str:
-    given = [f"--{k.replace('_', '-')}" for k in ("min_size", "method", "fill_holes")
-             if getattr(args, k) is not None]  # fmt: skip
+    options = ("min_size", "method", "fill_holes", "core_ratio", "neck_depth")
+    given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k) is not None]
     return "as the model file recommends" + (f", {', '.join(given)} as given" if given else "")
 
 
@@ -209,10 +220,12 @@ def run_predict(args) -> int:
         min_size=args.min_size,
         method=args.method,
         fill_holes=args.fill_holes,
+        core_ratio=args.core_ratio,
+        neck_depth=args.neck_depth,
     )
     if args.instances and not args.quiet:
         print(
-            f"instances: {post.method}, min size {post.min_size} px, fill holes "
+            f"instances: {method_text(post)}, min size {post.min_size} px, fill holes "
             f"{'on' if post.fill_holes else 'off'} ({_post_source(args)})",
             file=sys.stderr,
         )

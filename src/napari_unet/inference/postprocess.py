@@ -2,8 +2,17 @@
 
 The U-Net predicts per-pixel class probabilities ``(K, ...)``. :func:`semantic_labels` takes the
 arg-max, :func:`foreground_mask` selects the object classes and :func:`instance_labels` turns the
-foreground into numbered objects. Two ways to part touching objects (``method``):
+foreground into numbered objects. Ways to part touching objects (``method``):
 
+* ``relative-cores`` (the default of new models): each connected component of the foreground
+  is split at its confident cores, where "confident" is measured against the component's own
+  confidence: a core is where the smoothed foreground log-odds exceed ``core_ratio`` x the 90th
+  percentile of the component's log-odds, but never a stricter level than ``seed_threshold``
+  (0.98). A network sure of itself is read as the paper's cores; one less sure of itself
+  overall (another seed, another lab's data, a fine-tuned start) scales its log-odds down, the
+  level follows it, and a dip of confidence at a faint membrane between two cells stays a dip
+  instead of every cell falling apart between its few confident patches. The cores seed a
+  watershed (scikit-image) over the log-odds; separation gaps are given back.
 * ``interiors`` (models trained with three classes -- background, interior, border band;
   ``--instance-targets interiors``): every connected region whose most probable class is
   "interior" is one seed; a watershed (scikit-image) grows the seeds through the foreground
@@ -15,9 +24,9 @@ foreground into numbered objects. Two ways to part touching objects (``method``)
   objects' radius above the neck joining them to a higher maximum (h-maxima,
   scikit-image) seed a watershed over the distance. Only the arg-max foreground is used, so a
   network's confidence does not move the objects; separation gaps are given back.
-* ``cores`` (the paper's two classes, as first released): connected components split at cores
-  where the smoothed foreground probability exceeds ``seed_threshold`` (0.98), and separation
-  gaps given back.
+* ``cores`` (model files written before ``relative-cores``): connected components split at
+  cores where the smoothed foreground probability exceeds the fixed ``seed_threshold`` (0.98),
+  and separation gaps given back. Older files still segment exactly as before.
 
 Then holes are optionally filled and specks below ``min_size`` removed.
 """
@@ -35,7 +44,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from napari_unet.defaults import form_field
 from napari_unet.errors import InputError
 
-METHODS = ("cores", "interiors", "necks")
+METHODS = ("relative-cores", "cores", "interiors", "necks")
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,14 @@ class PostprocessConfig:
     ----------
     foreground_classes : tuple of int
         Semantic classes that form objects; all others are background.
-    method : {"cores", "interiors", "necks"}
+    method : {"relative-cores", "cores", "interiors", "necks"}
         How touching objects are parted (module docstring). A model file says which its network
         was trained for (:func:`napari_unet.annotation.derived.postprocess_config`).
+    core_ratio : float
+        ``relative-cores``: a pixel is part of a core when its smoothed foreground log-odds
+        exceed this fraction of the 90th percentile of its component's log-odds (or the
+        log-odds of ``seed_threshold``, whichever is lower); higher parts more, lower merges
+        more.
     neck_depth : float
         ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
         the object radius (``object_diameter / 2``).
@@ -87,8 +101,19 @@ class PostprocessConfig:
     """
 
     foreground_classes: tuple[int, ...] = (1,)
-    method: Literal["cores", "interiors", "necks"] = "cores"
+    method: Literal["relative-cores", "cores", "interiors", "necks"] = "cores"
     interior_class: int = 1
+    core_ratio: float = form_field(
+        0.6,  # chosen on all six shared sets, several seeds (docs/benchmarks.md)
+        "core level",
+        "objects are parted at cores where the network is at least this sure relative to the "
+        "object's own confidence (log-odds over their 90th percentile, capped at p = 0.98; "
+        "method relative-cores; the model file records the value); higher parts more, lower "
+        "merges more",
+        min=0.05,
+        max=0.99,
+        step=0.05,
+    )
     neck_depth: float = form_field(
         0.4,
         "neck depth",
@@ -155,6 +180,8 @@ class PostprocessConfig:
             raise InputError(f"seed_threshold must be between 0 and 1, got {self.seed_threshold}.")
         if self.method not in METHODS:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if not 0 < self.core_ratio < 1:
+            raise InputError(f"core_ratio must be between 0 and 1, got {self.core_ratio}.")
         if not self.neck_depth > 0:
             raise InputError(f"neck_depth must be positive, got {self.neck_depth}.")
         if self.object_diameter is not None and not self.object_diameter > 0:
@@ -251,6 +278,17 @@ def _instances(
         labels = grow_interiors(fg, interior, interior_prob, cfg)
     elif cfg.method == "necks" and not cfg.watershed:
         labels = close_gaps(split_at_necks(fg, cfg), cfg.close_gaps)
+    elif cfg.method == "relative-cores" and not cfg.watershed and fg_prob is not None:
+        components = ndimage.label(fg, structure=structure)[0]
+        cores = split_at_relative_cores(
+            components,
+            fg_prob,
+            cfg.core_ratio,
+            cfg.seed_threshold,
+            cfg.connectivity,
+            min_core=cfg.min_size // 2,
+        )
+        labels = close_gaps(cores, cfg.close_gaps)
     else:
         labels = _parted_components(fg, fg_prob, cfg, structure)
     if cfg.min_size > 1:
@@ -329,21 +367,54 @@ def split_at_necks(fg: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     return watershed(-distance, markers, mask=fg, connectivity=cfg.connectivity)
 
 
-def split_at_cores(
+def log_odds(probability: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float32, with p kept within [1e-7, 1 - 1e-7]."""
+    p = np.clip(np.asarray(probability, np.float64), 1e-7, 1 - 1e-7)
+    return (np.log(p) - np.log1p(-p)).astype(np.float32)
+
+
+def component_percentile(values: np.ndarray, components: np.ndarray, q: float) -> np.ndarray:
+    """Per component id (index), the ``q``-th percentile (nearest rank) of ``values`` over its
+    pixels; 0 for id 0 and for ids without pixels. One sort, no loop over components."""
+    flat_ids = components.ravel()
+    order = np.lexsort((values.ravel(), flat_ids))
+    counts = np.bincount(flat_ids, minlength=int(components.max()) + 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = starts + np.floor(q / 100 * np.maximum(counts - 1, 0)).astype(np.int64)
+    out = values.ravel()[order][np.minimum(rank, flat_ids.size - 1)].astype(np.float32)
+    out[counts == 0] = 0
+    out[0] = 0
+    return out
+
+
+def split_at_relative_cores(
     components: np.ndarray,
     fg_prob: np.ndarray,
-    threshold: float,
+    ratio: float,
+    cap: float | None = 0.98,
     connectivity: int = 1,
     min_core: int = 0,
 ) -> np.ndarray:
-    """Split connected components at their confident cores (see ``seed_threshold``).
+    """Split connected components at cores relative to their own confidence (method
+    ``relative-cores``, module docstring): log-odds above ``ratio`` x the component's 90th
+    percentile, or above the log-odds of ``cap`` where that is lower. A component without a
+    core stays one object."""
+    surface = ndimage.gaussian_filter(log_odds(fg_prob), 1.0)
+    fg = components > 0
+    top = component_percentile(surface, components, 90)
+    level = ratio * np.maximum(top, 0)
+    if cap is not None:
+        level = np.minimum(level, np.log(cap / (1 - cap)))
+    core_mask = fg & (surface > level[components])
+    return _grow_from_cores(components, core_mask, surface, connectivity, min_core)
 
-    Cores smaller than ``min_core`` pixels do not count (a fleck of confidence is no object).
-    """
-    smooth = ndimage.gaussian_filter(fg_prob.astype(np.float32), 1.0)
+
+def _grow_from_cores(components, core_mask, surface, connectivity: int, min_core: int):
+    """Watershed of ``-surface`` from the connected cores (those of at least ``min_core``
+    pixels) through the components; a component without a core keeps its own label."""
     fg = components > 0
     structure = ndimage.generate_binary_structure(fg.ndim, connectivity)
-    cores, n_cores = ndimage.label((smooth > threshold) & fg, structure=structure)
+    cores, n_cores = ndimage.label(core_mask, structure=structure)
     if n_cores and min_core > 1:
         small = np.bincount(cores.ravel()) < min_core
         small[0] = False
@@ -357,7 +428,23 @@ def split_at_cores(
     markers = cores.astype(np.int64)
     lonely = has_core[components] == 0
     markers[lonely & fg] = n_cores + components[lonely & fg]
-    return watershed(-smooth, markers, mask=fg, connectivity=connectivity)
+    return watershed(-surface, markers, mask=fg, connectivity=connectivity)
+
+
+def split_at_cores(
+    components: np.ndarray,
+    fg_prob: np.ndarray,
+    threshold: float,
+    connectivity: int = 1,
+    min_core: int = 0,
+) -> np.ndarray:
+    """Split connected components at their confident cores (see ``seed_threshold``).
+
+    Cores smaller than ``min_core`` pixels do not count (a fleck of confidence is no object).
+    """
+    smooth = ndimage.gaussian_filter(fg_prob.astype(np.float32), 1.0)
+    core_mask = (smooth > threshold) & (components > 0)
+    return _grow_from_cores(components, core_mask, smooth, connectivity, min_core)
 
 
 def _first_object(
