@@ -306,10 +306,54 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_START, SUMMARY_END = "<!-- instance-default:start -->", "<!-- instance-default:end -->"
+
+
+def _cell(values: list[float], lower_is_better: bool) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    worst = max(values) if lower_is_better else min(values)
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} (worst {worst:.3f}, {len(values)} seeds)"
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown: per set and budget, the product's default reading of the default network
+    (three classes, relative cores) beside the previous default (the paper's two classes read
+    at fixed cores 0.98), over every stored seed."""
+    lines = [
+        "| set | measure | steps | default: 3 classes + relative cores | previous default: "
+        "paper 2 classes + cores 0.98 | objects / ref. (default) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SET_ORDER:
+        measure = MEASURE[name]
+        low = measure == "rand_error"
+        for steps in sorted({r["steps"] for r in rows if r["set"] == name}):
+            mine = [r for r in rows if (r["set"], r["steps"], r["candidate"], r["targets"])
+                    == (name, steps, "default", "interiors")]  # fmt: skip
+            old = [r for r in rows if (r["set"], r["steps"], r["candidate"], r["targets"])
+                   == (name, steps, "cores@0.98", "paper")]  # fmt: skip
+            if not mine:
+                continue
+            label = "adapted Rand ↓" if low else measure.upper().replace("AP50", "AP@0.5")
+            objects = f"{np.mean([r['objects'] for r in mine]):.0f} / {mine[0]['ref_objects']:.0f}"
+            lines.append(
+                f"| {name} | {label} | {steps} | {_cell([r[measure] for r in mine], low)} | "
+                f"{_cell([r[measure] for r in old], low)} | {objects} |"
+            )
+    return "\n".join(lines)
+
+
 def write_doc(rows: list[dict]) -> None:
     doc = PREDICTIONS.parents[2] / "docs" / "benchmarks.md"
     block = "\n".join([START, "", table(rows), "", END])
     text = doc.read_text()
+    if SUMMARY_START in text and SUMMARY_END in text:
+        inner = "\n".join([SUMMARY_START, "", summary(rows), "", SUMMARY_END])
+        a, b = text.index(SUMMARY_START), text.index(SUMMARY_END) + len(SUMMARY_END)
+        text = text[:a] + inner + text[b:]
     if START in text and END in text:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
