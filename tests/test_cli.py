@@ -140,7 +140,7 @@ def test_predict_tif_with_instances_probabilities_tta(work):
     labels = tifffile.imread(work / "labels_out.tif")
     probs = tifffile.imread(work / "probs.tif")
     assert labels.shape == (3, 96, 96) and labels.dtype == np.uint32
-    assert probs.shape == (3, 3, 96, 96) and probs.dtype == np.float32  # three classes
+    assert probs.shape == (3, 2, 96, 96) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     # instance ids are unique over the stack
     ids = [set(np.unique(p)) - {0} for p in labels]
@@ -201,7 +201,7 @@ def test_predict_zarr_and_npy_agree(work, capsys):
     npy = np.load(work / "out.npy")
     np.testing.assert_array_equal(stored[:], npy)
     np.testing.assert_array_equal(zarr.open(str(work / "out2.zarr"), mode="r")[:], npy)
-    assert np.load(work / "p.npy").shape == (3, 3, 96, 96)
+    assert np.load(work / "p.npy").shape == (3, 2, 96, 96)
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -219,7 +219,7 @@ def test_semantic_labels_without_instances(work, capsys):
         )
         == 0
     )
-    assert set(np.unique(np.load(work / "semantic.npy"))) <= {0, 1, 2}  # bg, interior, band
+    assert set(np.unique(np.load(work / "semantic.npy"))) <= {0, 1}
 
 
 def test_evaluate_prints_json_in_subprocess(work, capsys):
@@ -275,7 +275,7 @@ def test_export_torchscript(work, capsys):
     )
     scripted = torch.jit.load(str(out))
     logits = scripted(torch.zeros(1, 1, 60, 60))
-    assert logits.shape == (1, 3, 20, 20)  # three classes
+    assert logits.shape == (1, 2, 20, 20)
     (line,) = capsys.readouterr().err.splitlines()  # what was written, valid sizes, a check
     assert line.startswith(f"wrote {out} (TorchScript")
     assert "tile edges 44 + 4k (44, 48, 52, ...), output 40 px smaller" in line

@@ -55,6 +55,6 @@ def test_phc_u373_ground_truth_reads_as_instances(shared_data):
     frame = read_array(shared_data / "phc-u373" / "01" / f"t{int(seg[0].stem[7:]):03d}.tif")
     assert gt.shape == frame.shape == (520, 696)
     planes, _ = training_planes(frame, gt)
-    assert len(planes) == 1 and planes[0].target.max() == 2  # interior 1, border band 2
+    assert len(planes) == 1 and planes[0].target.max() == 1
     assert len(np.unique(planes[0].instances)) == len(np.unique(gt))
     assert evaluate(gt, gt, ("seg",))["seg"] == pytest.approx(1.0)

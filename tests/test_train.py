@@ -13,9 +13,7 @@ from napari_unet.training.augment import AugmentConfig
 from napari_unet.training.checkpoint import read_checkpoint_metadata
 from napari_unet.training.trainer import TrainConfig, Trainer
 
-TINY = UNetConfig(
-    width=4, depth=2, norm="batch", dropout=0.2, num_classes=3
-)  # instances: 3 classes
+TINY = UNetConfig(width=4, depth=2, norm="batch", dropout=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -125,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--instance-targets",
         choices=["interiors", "paper"],
-        default="interiors",
-        help="what a new network learns from instances: background, interior and border band "
-        "(default), or the paper's two classes with separation gaps and weight maps; either "
-        "way objects are parted at relative cores",
+        default="paper",
+        help="what a new network learns from instances: the paper's two classes with "
+        "separation gaps and weight maps (default), or background, interior and border band; "
+        "either way objects are parted at relative cores",
     )
     train.add_argument(
         "--partial",
