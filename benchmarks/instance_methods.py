@@ -46,6 +46,7 @@ from napari_unet.inference.postprocess import (  # noqa: E402
     close_gaps,
     instance_labels,
     semantic_labels,
+    split_at_relative_cores,
 )
 from napari_unet.io.modelfile import ModelMetadata  # noqa: E402
 from napari_unet.metrics import instances_from_binary, matching  # noqa: E402
@@ -146,40 +147,19 @@ def area_peaks(probs, cfg: PostprocessConfig, frac: float, diameter: float, fg_c
     return _finish(_grow(fg, seeds, opened), cfg)
 
 
-def _log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return (np.log(p) - np.log1p(-p)).astype(np.float32)
-
-
 def relative_cores(
     probs, cfg: PostprocessConfig, ratio: float, fg_classes=None, cap: float | None = None
 ) -> np.ndarray:
-    """Cores relative to each object's own confidence: pixels whose smoothed foreground
-    log-odds exceed ``ratio`` x the 90th percentile of their connected component's log-odds.
-    Scaling all logits (a network more or less sure of itself) moves both sides alike."""
+    """Cores relative to each object's own confidence (the product's
+    ``split_at_relative_cores``) over the foreground of ``fg_classes``; ``cap`` None: uncapped."""
     classes = list(fg_classes or cfg.foreground_classes)
     fg = _foreground(probs, cfg)
-    surface = ndimage.gaussian_filter(_log_odds(probs[classes].sum(0)), 1.0)
-    regions, n = ndimage.label(fg)
-    if not n:
-        return regions
-    top = np.zeros(n + 1, np.float32)
-    order = np.argsort(regions.ravel(), kind="stable")
-    counts = np.bincount(regions.ravel(), minlength=n + 1)
-    values = surface.ravel()[order]
-    bounds = np.cumsum(counts)
-    for k in range(1, n + 1):
-        top[k] = np.percentile(values[bounds[k - 1] : bounds[k]], 90)
-    level = ratio * np.maximum(top[regions], 0)
-    if cap is not None:  # never stricter than the fixed threshold
-        level = np.minimum(level, np.log(cap / (1 - cap)))
-    seeds = fg & (surface > level)
-    if cfg.min_size > 1:
-        cores, m = ndimage.label(seeds)
-        small = np.bincount(cores.ravel()) < cfg.min_size // 2
-        small[0] = False
-        seeds &= ~small[cores]
-    return _finish(_grow(fg, seeds, surface), cfg)
+    components = ndimage.label(fg)[0]
+    if not components.any():
+        return components
+    fg_prob = probs[classes].sum(0)
+    parted = split_at_relative_cores(components, fg_prob, ratio, cap, min_core=cfg.min_size // 2)
+    return _finish(parted, cfg)
 
 
 def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:

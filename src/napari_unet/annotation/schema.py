@@ -33,6 +33,7 @@ from napari_unet.annotation.weightmap import (
     separate_touching,
     weight_map,
 )
+from napari_unet.defaults import form_field
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.planes import guess_channel_axis, split_channels
 from napari_unet.normalization import Normalization, normalize_plane
@@ -52,26 +53,21 @@ PAPER_CLASSES = ["background", "object"]
 class AnnotationConfig:
     """How annotation values are read and turned into targets and loss weights."""
 
-    mode: Mode = field(
-        default="instances",
-        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
-            "label": "schema",
-            "choices": list(MODES),
-            "tooltip": "how label values are read: instances (one id per object, the paper's "
-            "setting), scribbles (1 = background stroke, 2+ = object strokes, the rest ignored) "
-            "or classes (one value per class)",
-        },
+    mode: Mode = form_field(
+        "instances",
+        "schema",
+        "how label values are read: instances (one id per object, the paper's setting), "
+        "scribbles (1 = background stroke, 2+ = object strokes, the rest ignored) or classes "
+        "(one value per class)",
+        choices=list(MODES),
     )
     weight_map: WeightMapConfig = field(default_factory=WeightMapConfig)
     normalization: Normalization = field(default_factory=Normalization)
-    partial: bool = field(
-        default=False,
-        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
-            "label": "partial: only some objects are painted per plane",
-            "tooltip": "partial annotations: unpainted pixels count as background only within "
-            "one object diameter of a painted object, so unpainted cells are not taught as "
-            "background",
-        },
+    partial: bool = form_field(
+        False,
+        "partial: only some objects are painted per plane",
+        "partial annotations: unpainted pixels count as background only within one object "
+        "diameter of a painted object, so unpainted cells are not taught as background",
     )
     """Instances mode: the planes are *partially* annotated (only some objects painted). Then
     unpainted pixels count as background only within one object diameter (the median of the
@@ -80,15 +76,12 @@ class AnnotationConfig:
     annotated, which also teaches the debris and halos far from any cell. Paint the ignore value
     (65535) over single unannotated objects either way."""
 
-    instance_targets: InstanceTargets = field(
-        default="paper",
-        metadata={  # label and tooltip of the widget form (napari_unet._widgets._forms)
-            "label": "network learns",
-            "choices": list(INSTANCE_TARGETS),
-            "tooltip": "instances: paper = the U-Net paper's two classes with separation gaps "
-            "and border weight maps (the default); interiors = background, object interior "
-            "and border band",
-        },
+    instance_targets: InstanceTargets = form_field(
+        "paper",
+        "network learns",
+        "instances: paper = the U-Net paper's two classes with separation gaps and border "
+        "weight maps (the default); interiors = background, object interior and border band",
+        choices=list(INSTANCE_TARGETS),
     )
     """Instances mode: what the network learns from the painted objects. ``paper`` (the
     default): the paper's two classes, touching objects cut apart by background gaps, the
