@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from napari_unet.annotation.derived import (
     CORE_RATIO,
+    JOIN_WIDE,
     derive_settings,
     describe,
     postprocess_config,
@@ -22,7 +23,10 @@ from napari_unet.annotation.schema import (
 from napari_unet.inference.postprocess import (
     PostprocessConfig,
     component_percentile,
+    contacts,
     instance_labels,
+    join_labels,
+    merge_wide_contacts,
 )
 from napari_unet.metrics import matching
 from napari_unet.sample_data import make_cell_stack
@@ -127,7 +131,7 @@ def test_a_single_annotated_object_derives_its_own_size():
     area = int((labels > 0).sum())
     assert derived["min_size"] == area // 4
     assert derived["method"] == "relative-cores" and derived["foreground_classes"] == [1, 2]
-    assert "min size" in describe(derived) and "relative cores at 0.6" in describe(derived)
+    assert "min size" in describe(derived) and "relative cores at 0.6, parts" in describe(derived)
 
 
 def test_the_paper_preset_trains_two_classes_and_records_relative_cores(cells):
@@ -138,6 +142,7 @@ def test_the_paper_preset_trains_two_classes_and_records_relative_cores(cells):
     assert derived["method"] == "relative-cores" and derived["core_ratio"] == CORE_RATIO
     post = postprocess_config(derived)
     assert post.method == "relative-cores" and post.foreground_classes == (1,)
+    assert derived["join_wide"] == post.join_wide == JOIN_WIDE
     assert postprocess_config(derived, core_ratio=0.5).core_ratio == 0.5  # an option wins
 
 
@@ -146,6 +151,8 @@ def test_model_files_without_a_method_segment_as_before():
     old = postprocess_config({"min_size": 12, "fill_holes": True})
     assert old.method == "cores" and old.foreground_classes == (1,) and old.min_size == 12
     assert old.seed_threshold == 0.98
+    relative = postprocess_config({"method": "relative-cores", "core_ratio": 0.6})
+    assert relative.join_wide is None  # written before wide contacts were joined
     assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
         "interiors"
     )
@@ -168,7 +175,8 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
                  str(model), "--steps", "2", "--device", "cpu",
                  "--instance-targets", "interiors"])  # fmt: skip
     err = capsys.readouterr().err
-    relative = f"instances: relative cores at {CORE_RATIO}, min size"
+    joined = f"parts touching along {JOIN_WIDE:g}x their width joined"
+    relative = f"instances: relative cores at {CORE_RATIO}, {joined}, min size"
     assert code == 0 and f"derived from the annotations: {relative}" in err
     out = tmp_path / "labels.npy"
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
@@ -181,7 +189,7 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--core-ratio", "0.4"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and "instances: relative cores at 0.4, min size" in err
+    assert code == 0 and f"instances: relative cores at 0.4, {joined}, min size" in err
     assert "--core-ratio as given" in err
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--core-ratio", "1.5"])  # fmt: skip
@@ -246,8 +254,9 @@ def _logits_with_bridges(cells: np.ndarray) -> np.ndarray:
     return np.where(foreground, depth - 0.5, -2.0).astype(np.float32)
 
 
+@pytest.mark.parametrize("join_wide", [None, JOIN_WIDE])
 @pytest.mark.parametrize("temperature", [0.25, 3.0, 8.0])
-def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperature):
+def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperature, join_wide):
     """A network more or less sure of itself scales its log-odds: relative cores part the
     bridged cells the same way at every scale (at 0.25 the level is capped at p = 0.98, so
     the cores are larger but part the same cells), the paper's fixed 0.98 does not."""
@@ -257,7 +266,7 @@ def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperat
         fg = 1 / (1 + np.exp(-logits / t))
         return np.stack([1 - fg, fg])
 
-    config = PostprocessConfig(method="relative-cores")
+    config = PostprocessConfig(method="relative-cores", join_wide=join_wide)
     sure, unsure = network(1.0), network(temperature)
     expected = instance_labels(sure.argmax(0), config, probabilities=sure)
     got = instance_labels(unsure.argmax(0), config, probabilities=unsure)
@@ -286,3 +295,77 @@ def test_component_percentile_matches_numpy():
         mine = np.sort(values[components == k])
         assert got[k] == mine[int(np.floor(0.9 * (mine.size - 1)))]
     assert got[0] == 0
+
+
+def test_contacts_count_the_faces_between_touching_labels_and_their_height():
+    labels = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 0]])
+    surface = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a, b, faces, height = contacts(labels, surface)
+    found = zip(a, b, faces, height, strict=True)
+    pairs = {(int(i), int(j)): (int(f), float(h)) for i, j, f, h in found}
+    assert set(pairs) == {(1, 2), (1, 3), (2, 3)}
+    assert pairs[(1, 2)] == (2, (1 + 2 + 5 + 6) / 4)
+    assert pairs[(1, 3)][0] == 2 and pairs[(2, 3)][0] == 1  # 0 is background, never a contact
+    assert contacts(np.zeros((3, 3), int))[0].size == 0
+
+
+def test_join_labels_follows_chains():
+    labels = np.arange(6).reshape(1, 6)
+    joined = join_labels(labels, np.array([1, 4, 2]), np.array([2, 5, 3]))
+    assert joined.tolist() == [[0, 1, 1, 1, 4, 4]]
+
+
+def _two_patches(radius: int = 12, shape=(40, 80)) -> tuple[np.ndarray, np.ndarray]:
+    """One round cell seen by an unsure network (two confident patches, a faint middle) beside
+    two cells that touch along a short stretch of a faint membrane."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = (yy - 20) ** 2 + (xx - 16) ** 2 <= radius**2
+    logits = np.where(disc, 1.0, -3.0)
+    for x in (10, 22):
+        logits = np.where(disc & ((yy - 20) ** 2 + (xx - x) ** 2 <= 16), 4.0, logits)
+    pair = _discs((20, 44), (20, 68), radius=radius - 1, shape=shape)
+    pair |= (np.abs(yy - 20) <= 1) & (xx >= 54) & (xx <= 58)  # a short, faint bridge
+    depth = np.minimum(ndimage.distance_transform_edt(pair), 6.0)
+    logits = np.where(pair, depth - 0.5, logits)
+    fg = 1 / (1 + np.exp(-logits))
+    return np.stack([1 - fg, fg]).astype(np.float32), disc
+
+
+def test_wide_contacts_join_a_cell_cut_between_its_own_confident_patches():
+    probs, disc = _two_patches()
+    semantic = probs.argmax(0)
+    cut = instance_labels(semantic, PostprocessConfig(method="relative-cores"), probs)
+    joined = instance_labels(
+        semantic, PostprocessConfig(method="relative-cores", join_wide=JOIN_WIDE), probs
+    )
+    assert np.unique(cut[disc]).size == 2  # without joining, the cell is cut in two
+    assert np.unique(joined[disc]).size == 1 and joined.max() == 3  # the touching pair stays
+    assert np.array_equal(merge_wide_contacts(cut, JOIN_WIDE) > 0, cut > 0)
+
+
+def test_cli_join_wide_flag_turns_joining_off(tmp_path, capsys):
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.sample_data import CellSampleConfig
+
+    image, truth = make_cell_stack(1, CellSampleConfig(shape=(64, 64), n_cells=4), seed=2)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", truth)
+    model, out = tmp_path / "m.safetensors", tmp_path / "labels.npy"
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "--out",
+                 str(model), "--steps", "1", "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0
+    code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+                 "--instances"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and f"parts touching along {JOIN_WIDE:g}x their width joined" in err
+    code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+                 "--instances", "--join-wide", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "joined" not in err.split("as the model")[0]
+    assert "--join-wide as given" in err
+    with pytest.raises(SystemExit):
+        main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
+              "--join-wide", "-1"])  # fmt: skip
+    assert "expected 0 or a positive number" in capsys.readouterr().err

@@ -9,6 +9,10 @@ prediction without options gives clean objects:
   probability threshold) over the foreground (class 1 of the paper's two classes, classes 1
   and 2 of a three-class network). Files written before it record ``cores`` (or nothing) and
   keep segmenting as before.
+* ``join_wide`` -- parts of one component that touch along at least ``JOIN_WIDE`` x the width
+  of the smaller part are one object cut between two confident patches, and are joined again
+  (a less confident network, e.g. one fine-tuned on new data, has several cores per cell).
+  Files written before it record nothing and are read without joining.
 * ``min_size`` -- objects smaller than a quarter of the smallest annotated object are specks and
   are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under
   2 % of the typical, area-weighted median area -- a few pixels left by a brush or by the
@@ -35,6 +39,7 @@ from napari_unet.inference.postprocess import PostprocessConfig
 
 MIN_SIZE_FRACTION = 0.25
 CORE_RATIO = PostprocessConfig().core_ratio
+JOIN_WIDE = 1.0  # chosen on all six shared sets and a fine-tuned network (docs/benchmarks.md)
 
 
 STRAY_FRACTION = 0.02
@@ -82,7 +87,12 @@ def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -
     if annotation.mode != "instances":
         return none
     classes = [1, 2] if annotation.instance_targets == "interiors" else [1]
-    method = {"method": "relative-cores", "foreground_classes": classes, "core_ratio": CORE_RATIO}
+    method = {
+        "method": "relative-cores",
+        "foreground_classes": classes,
+        "core_ratio": CORE_RATIO,
+        "join_wide": JOIN_WIDE,
+    }
     stats = [s for plane in planes for s in _object_stats(plane)]
     if not stats:
         return {**none, **method}
@@ -121,7 +131,7 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
     }
     if derived.get("object_diameter"):
         settings["object_diameter"] = float(derived["object_diameter"])
-    for key in ("neck_depth", "core_ratio"):
+    for key in ("neck_depth", "core_ratio", "join_wide"):
         if derived.get(key):
             settings[key] = float(derived[key])
     settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -131,7 +141,10 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
 def _method_text(derived: dict) -> str:
     method = str(derived.get("method", "cores"))
     if method == "relative-cores":
-        return f"relative cores at {derived.get('core_ratio', CORE_RATIO)}"
+        text = f"relative cores at {derived.get('core_ratio', CORE_RATIO)}"
+        if derived.get("join_wide"):
+            text += f", parts touching along {derived['join_wide']:g}x their width joined"
+        return text
     return method
 
 

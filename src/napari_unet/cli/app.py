@@ -45,13 +45,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text}")
     return value
 
 
@@ -183,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="relative-cores: how sure a core must be relative to its object's own "
         "confidence (0-1; higher parts more); default: the model file's value",
+    )
+    pred.add_argument(
+        "--join-wide",
+        type=_non_negative_float,
+        default=None,
+        help="relative-cores: join parts that touch along at least this many times the "
+        "smaller part's width (0 = never); default: the model file's value",
     )
     pred.add_argument(
         "--neck-depth",

@@ -194,7 +194,8 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
 def method_text(post) -> str:
     """How the objects are parted, in words, with the method's own parameter."""
     if post.method == "relative-cores":
-        return f"relative cores at {post.core_ratio:g}"
+        joined = f", parts touching along {post.join_wide:g}x their width joined"
+        return f"relative cores at {post.core_ratio:g}" + (joined if post.join_wide else "")
     if post.method == "necks":
         return f"necks at depth {post.neck_depth:g}"
     if post.method == "cores" and post.seed_threshold is not None:
@@ -203,7 +204,7 @@ def method_text(post) -> str:
 
 
 def _post_source(args) -> str:
-    options = ("min_size", "method", "fill_holes", "core_ratio", "neck_depth")
+    options = ("min_size", "method", "fill_holes", "core_ratio", "join_wide", "neck_depth")
     given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k) is not None]
     return "as the model file recommends" + (f", {', '.join(given)} as given" if given else "")
 
@@ -221,6 +222,7 @@ def run_predict(args) -> int:
         method=args.method,
         fill_holes=args.fill_holes,
         core_ratio=args.core_ratio,
+        join_wide=args.join_wide,
         neck_depth=args.neck_depth,
     )
     if args.instances and not args.quiet:

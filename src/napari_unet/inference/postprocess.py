@@ -63,6 +63,15 @@ class PostprocessConfig:
         exceed this fraction of the 90th percentile of its component's log-odds (or the
         log-odds of ``seed_threshold``, whichever is lower); higher parts more, lower merges
         more.
+    join_wide : float or None
+        ``relative-cores``: parts of one component that touch along at least this many times the
+        width of the smaller part (its equivalent diameter; in 3D the cross-section of its
+        equivalent ball) are joined again: a cell cut between two confident patches of its own
+        touches its other half along its whole width, two cells parted at a faint membrane meet
+        along a short stretch of it. None or 0: no joining.
+    join_shallow : float or None
+        ``relative-cores``, screening only: join parts whose contact stays at least this fraction
+        of their cores' level (a shallow valley). None: no joining.
     neck_depth : float
         ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
         the object radius (``object_diameter / 2``).
@@ -114,6 +123,8 @@ class PostprocessConfig:
         max=0.99,
         step=0.05,
     )
+    join_wide: float | None = None
+    join_shallow: float | None = None
     neck_depth: float = form_field(
         0.4,
         "neck depth",
@@ -182,6 +193,10 @@ class PostprocessConfig:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
         if not 0 < self.core_ratio < 1:
             raise InputError(f"core_ratio must be between 0 and 1, got {self.core_ratio}.")
+        for name in ("join_wide", "join_shallow"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise InputError(f"{name} must be 0 (off) or positive, got {value}.")
         if not self.neck_depth > 0:
             raise InputError(f"neck_depth must be positive, got {self.neck_depth}.")
         if self.object_diameter is not None and not self.object_diameter > 0:
@@ -287,6 +302,8 @@ def _instances(
             cfg.seed_threshold,
             cfg.connectivity,
             min_core=cfg.min_size // 2,
+            wide=cfg.join_wide,
+            shallow=cfg.join_shallow,
         )
         labels = close_gaps(cores, cfg.close_gaps)
     else:
@@ -394,11 +411,14 @@ def split_at_relative_cores(
     cap: float | None = 0.98,
     connectivity: int = 1,
     min_core: int = 0,
+    wide: float | None = None,
+    shallow: float | None = None,
 ) -> np.ndarray:
     """Split connected components at cores relative to their own confidence (method
     ``relative-cores``, module docstring): log-odds above ``ratio`` x the component's 90th
     percentile, or above the log-odds of ``cap`` where that is lower. A component without a
-    core stays one object."""
+    core stays one object. Parts whose contact is ``wide`` (:func:`merge_wide_contacts`) or
+    ``shallow`` (:func:`merge_shallow_contacts`) are joined again."""
     surface = ndimage.gaussian_filter(log_odds(fg_prob), 1.0)
     fg = components > 0
     top = component_percentile(surface, components, 90)
@@ -406,7 +426,14 @@ def split_at_relative_cores(
     if cap is not None:
         level = np.minimum(level, np.log(cap / (1 - cap)))
     core_mask = fg & (surface > level[components])
-    return _grow_from_cores(components, core_mask, surface, connectivity, min_core)
+    parted = _grow_from_cores(components, core_mask, surface, connectivity, min_core)
+    if wide:
+        parted = merge_wide_contacts(parted, wide)
+    if shallow and parted.max() > 0:
+        owner = np.zeros(int(parted.max()) + 1, np.int64)
+        owner[parted.ravel()] = components.ravel()
+        parted = merge_shallow_contacts(parted, surface, level[owner], shallow)
+    return parted
 
 
 def _grow_from_cores(components, core_mask, surface, connectivity: int, min_core: int):
@@ -561,3 +588,82 @@ def instance_labels(
     if out.max() > np.iinfo(np.int32).max:
         raise InputError("Too many objects for int32 labels.")
     return out.astype(np.int32)
+
+
+def contacts(
+    labels: np.ndarray, surface: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of touching labels: ``(a, b, faces, height)`` with a < b, ``faces`` the number of
+    face-adjacent pixel pairs between them (a contact length in 2D, an area in 3D) and
+    ``height`` the mean of ``surface`` over those pixel pairs (zeros without ``surface``)."""
+    firsts, seconds, values = [], [], []
+    for axis in range(labels.ndim):
+        head = labels.take(np.arange(labels.shape[axis] - 1), axis=axis).ravel()
+        tail = labels.take(np.arange(1, labels.shape[axis]), axis=axis).ravel()
+        touch = (head != tail) & (head > 0) & (tail > 0)
+        firsts.append(np.minimum(head[touch], tail[touch]))
+        seconds.append(np.maximum(head[touch], tail[touch]))
+        if surface is not None:
+            s_head = surface.take(np.arange(labels.shape[axis] - 1), axis=axis).ravel()
+            s_tail = surface.take(np.arange(1, labels.shape[axis]), axis=axis).ravel()
+            values.append((s_head[touch] + s_tail[touch]) / 2)
+    a = np.concatenate(firsts).astype(np.int64)
+    b = np.concatenate(seconds).astype(np.int64)
+    if a.size == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, np.zeros(0, np.float32)
+    key = a * (int(labels.max()) + 1) + b
+    unique, index, faces = np.unique(key, return_index=True, return_counts=True)
+    inverse = np.searchsorted(unique, key)
+    height = np.zeros(unique.size, np.float64)
+    if surface is not None:
+        height = np.bincount(inverse, np.concatenate(values), minlength=unique.size) / faces
+    return a[index], b[index], faces, height
+
+
+def _cross_section(labels: np.ndarray) -> np.ndarray:
+    """Per label, the cross-section of its equivalent disk (2D: diameter) or ball (3D: area
+    of the central disk)."""
+    area = np.bincount(labels.ravel()).astype(np.float64)
+    if labels.ndim >= 3:
+        radius = (area * 3 / (4 * np.pi)) ** (1 / 3)
+        return np.pi * radius**2
+    return 2 * np.sqrt(area / np.pi)
+
+
+def join_labels(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``labels`` with every pair (a[i], b[i]) joined into one object (chains included)."""
+    parent = np.arange(int(labels.max()) + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a, b, strict=True):
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([root(i) for i in range(parent.size)])[labels]
+
+
+def merge_wide_contacts(labels: np.ndarray, ratio: float) -> np.ndarray:
+    """Join touching objects whose contact is wide for their size: at least ``ratio`` x the
+    cross-section of the smaller one (:func:`_cross_section`). A cell cut between two confident
+    patches of its own touches its other half along its whole width; two cells parted at a
+    faint membrane meet at a short stretch of it."""
+    a, b, faces, _ = contacts(labels)
+    cross = _cross_section(labels)
+    wide = faces >= ratio * np.minimum(cross[a], cross[b])
+    return join_labels(labels, a[wide], b[wide]) if wide.any() else labels
+
+
+def merge_shallow_contacts(
+    labels: np.ndarray, surface: np.ndarray, level: np.ndarray, depth: float
+) -> np.ndarray:
+    """Join touching objects whose contact stays high: mean ``surface`` along the contact at
+    least ``depth`` x the ``level`` (per label) of the two objects' cores."""
+    a, b, _, height = contacts(labels, surface)
+    shallow = height >= depth * np.minimum(level[a], level[b])
+    return join_labels(labels, a[shallow], b[shallow]) if shallow.any() else labels
