@@ -65,8 +65,11 @@ def _model(volume, labels, start: str, slices: list[int]) -> Path:
 def _labels(probs, base, threshold):
     """Fixed cores at ``threshold`` (the rule before relative cores); "relative" = the default
     rule, relative cores at ``CORE_RATIO`` capped at 0.98."""
-    if threshold == "relative":
-        config = replace(base, method="relative-cores", core_ratio=CORE_RATIO, seed_threshold=0.98)
+    if isinstance(threshold, str) and threshold.startswith("relative"):
+        wide = float(threshold.split("@")[1]) if "@" in threshold else None
+        shallow = float(threshold.split("~")[1]) if "~" in threshold else None
+        config = replace(base, method="relative-cores", core_ratio=CORE_RATIO, seed_threshold=0.98,
+                         join_wide=wide, join_shallow=shallow)  # fmt: skip
     else:
         config = replace(base, method="cores", seed_threshold=threshold)
     return instance_labels(semantic_labels(probs), config, probabilities=probs)
@@ -115,6 +118,10 @@ def main() -> int:
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in row.items()))
 
     score(f"relative cores at {CORE_RATIO} (default)", lambda z: "relative")
+    for m in (0.6, 0.8, 1.0, 1.2):
+        score(f"relative cores, wide contacts (>= {m}) joined", lambda z, m=m: f"relative@{m}")
+    for d in (0.3, 0.5, 0.7):
+        score(f"relative cores, shallow contacts (>= {d}) joined", lambda z, d=d: f"relative~{d}")
     for t in THRESHOLDS:
         score("off" if t is None else str(t), lambda z, t=t: t)
 

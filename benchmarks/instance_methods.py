@@ -16,12 +16,19 @@ calibrated ones, the annotated planes the network trained on):
   H = F x the annotated objects' radius: parts objects at narrow necks; needs no probability.
 * ``calibrated``: ``cores`` with the threshold that scores best (AP@0.5) on the annotated
   planes themselves, chosen per model (StarDist's ``optimize_thresholds`` idea).
+* ``default``: the product's reading (relative cores, wide contacts joined); ``unjoined``: the
+  same without joining (the default before); ``merge@M``: relative cores, parts joined where
+  they touch along at least M x the smaller one's width; ``shallow@D``: parts joined where the
+  log-odds along their contact stay above D x their cores' level; ``joined+shallow@D``: both.
+  ``-T3``: the same on a tempered copy of the network (a third of its confidence).
 * ``interiors`` (three-class models): connected interiors seed the object (the product's
   option); ``interiors-dips@H``: interiors split further at dips of the interior probability.
 
     python benchmarks/instance_methods.py                 # every stored run
     python benchmarks/instance_methods.py --sets isbi --steps 400
-Results: ``benchmarks/results/instance_methods.json`` (one row per run and candidate).
+Results: ``benchmarks/results/instance_methods.json`` (one row per run and candidate, with the
+time stamp of the stored outputs it read: when ``instances.py`` reruns a run, its rows are
+scored again).
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ from skimage.segmentation import relabel_sequential, watershed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instances import MEASURE, PREDICTIONS, data_root, load, score  # noqa: E402
 
-from napari_unet.annotation.derived import CORE_RATIO, postprocess_config  # noqa: E402
+from napari_unet.annotation.derived import (  # noqa: E402
+    CORE_RATIO,
+    JOIN_WIDE,
+    postprocess_config,
+)
 from napari_unet.inference.postprocess import (  # noqa: E402
     PostprocessConfig,
     close_gaps,
@@ -148,7 +159,13 @@ def area_peaks(probs, cfg: PostprocessConfig, frac: float, diameter: float, fg_c
 
 
 def relative_cores(
-    probs, cfg: PostprocessConfig, ratio: float, fg_classes=None, cap: float | None = None
+    probs,
+    cfg: PostprocessConfig,
+    ratio: float,
+    fg_classes=None,
+    cap: float | None = None,
+    merge: float | None = None,
+    shallow: float | None = None,
 ) -> np.ndarray:
     """Cores relative to each object's own confidence (the product's
     ``split_at_relative_cores``) over the foreground of ``fg_classes``; ``cap`` None: uncapped."""
@@ -158,7 +175,9 @@ def relative_cores(
     if not components.any():
         return components
     fg_prob = probs[classes].sum(0)
-    parted = split_at_relative_cores(components, fg_prob, ratio, cap, min_core=cfg.min_size // 2)
+    parted = split_at_relative_cores(
+        components, fg_prob, ratio, cap, min_core=cfg.min_size // 2, wide=merge, shallow=shallow
+    )
     return _finish(parted, cfg)
 
 
@@ -182,6 +201,8 @@ def _ap50(pred: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 AREAS = (0.5,)
+MERGES = (0.6, 0.8, 1.0, 1.2)
+SHALLOW = (0.3, 0.5, 0.7)
 RELATIVE = (0.5, 0.6, 0.7, 0.8)
 NECKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -193,8 +214,26 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
     cfg = postprocess_config(derived)
     diameter = float(derived.get("object_diameter") or 20.0)
     # the product's default reading, whatever the file recorded when it was written
-    default = postprocess_config({**derived, "method": "relative-cores", "core_ratio": CORE_RATIO})
-    out = [("default", lambda p: instance_labels(semantic_labels(p), default, p))]
+    default = postprocess_config(
+        {**derived, "method": "relative-cores", "core_ratio": CORE_RATIO, "join_wide": JOIN_WIDE}
+    )
+    unjoined = replace(default, join_wide=None)  # the default before wide contacts were joined
+    out = [
+        ("default", lambda p: instance_labels(semantic_labels(p), default, p)),
+        ("unjoined", lambda p: instance_labels(semantic_labels(p), unjoined, p)),
+    ]
+    for d in SHALLOW:
+        out.append((f"shallow@{d}", lambda p, d=d: relative_cores(p, default, CORE_RATIO, cap=0.98,
+                                                                 shallow=d)))  # fmt: skip
+        out.append((f"shallow@{d}-T3", lambda p, d=d: relative_cores(
+            tempered(p, 3), default, CORE_RATIO, cap=0.98, shallow=d)))  # fmt: skip
+        out.append((f"joined+shallow@{d}", lambda p, d=d: relative_cores(
+            p, default, CORE_RATIO, cap=0.98, merge=JOIN_WIDE, shallow=d)))  # fmt: skip
+    for m in MERGES:
+        out.append((f"merge@{m}", lambda p, m=m: relative_cores(p, default, CORE_RATIO, cap=0.98,
+                                                               merge=m)))  # fmt: skip
+        out.append((f"merge@{m}-T3", lambda p, m=m: relative_cores(
+            tempered(p, 3), default, CORE_RATIO, cap=0.98, merge=m)))  # fmt: skip
     if cfg.method == "interiors":
         out.append(("interiors", lambda p: instance_labels(semantic_labels(p), cfg, p)))
         for h in (0.1, 0.2, 0.3):
@@ -286,6 +325,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _migrated(rows: list[dict]) -> list[dict]:
+    """Rows scored before wide contacts were joined (no ``stamp``) called their reading
+    "default"; it is the "unjoined" candidate now."""
+    has_unjoined = {r["run"] for r in rows if r["candidate"] == "unjoined"}
+    for r in rows:
+        if "stamp" not in r and r["candidate"] == "default" and r["run"] not in has_unjoined:
+            r["candidate"] = "unjoined"
+    return rows
+
+
 SUMMARY_START, SUMMARY_END = "<!-- instance-default:start -->", "<!-- instance-default:end -->"
 
 
@@ -300,19 +349,22 @@ def _cell(values: list[float], lower_is_better: bool) -> str:
 
 def summary(rows: list[dict]) -> str:
     """Markdown: per set and budget, the default (the paper's two classes read at relative
-    cores) beside the previous default (the same networks at fixed cores 0.98) and the
-    three-class option read at relative cores, over every stored seed."""
+    cores, wide contacts joined) beside the same networks read the two earlier ways (relative
+    cores without joining; fixed cores 0.98) and the three-class option, over every stored
+    seed."""
     lines = [
-        "| set | measure | steps | default: paper 2 classes + relative cores | previous: "
-        "paper 2 classes + cores 0.98 | option: 3 classes + relative cores |",
-        "|---|---|---|---|---|---|",
+        "| set | measure | steps | default: paper 2 classes + relative cores, wide contacts "
+        "joined | previous: relative cores, no joining | before: cores 0.98 | option: 3 "
+        "classes + relative cores, no joining |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in SET_ORDER:
         measure = MEASURE[name]
         low = measure == "rand_error"
         for steps in sorted({r["steps"] for r in rows if r["set"] == name}):
-            keys = [(name, steps, "default", "paper"), (name, steps, "cores@0.98", "paper"),
-                    (name, steps, "default", "interiors")]  # fmt: skip
+            keys = [(name, steps, "default", "paper"), (name, steps, "unjoined", "paper"),
+                    (name, steps, "cores@0.98", "paper"),
+                    (name, steps, "unjoined", "interiors")]  # fmt: skip
             cells = [[r[measure] for r in rows
                       if (r["set"], r["steps"], r["candidate"], r["targets"]) == key]
                      for key in keys]  # fmt: skip
@@ -348,14 +400,17 @@ def main() -> int:
     parser.add_argument("--table", action="store_true", help="only rewrite the doc's table")
     args = parser.parse_args()
     if args.table:
-        write_doc(json.loads(OUT.read_text()))
+        write_doc(_migrated(json.loads(OUT.read_text())))
         return 0
     root = data_root()
     if root is None:
         print("shared data not found (set NAPARI_UNET_DATA); nothing to measure", file=sys.stderr)
         return 0
-    rows = json.loads(OUT.read_text()) if OUT.exists() else []
-    done = {(r["run"], r["candidate"]) for r in rows}
+    rows = _migrated(json.loads(OUT.read_text()) if OUT.exists() else [])
+    stamps = {p.name[: -len("-probs.npz")]: int(p.stat().st_mtime)
+              for p in PREDICTIONS.glob("*-probs.npz")}  # fmt: skip
+    # a row counts as done only for the stored outputs it was scored on (a rerun replaces them)
+    done = {(r["run"], r["candidate"]) for r in rows if r.get("stamp") == stamps.get(r["run"])}
     truth_cache: dict = {}
     for path in sorted(PREDICTIONS.glob("*-probs.npz")):
         run = path.name[: -len("-probs.npz")]
@@ -380,8 +435,10 @@ def main() -> int:
             pred = np.stack([fn(p) for p in test])
             row = {"run": run, "set": name, "targets": targets, "seed": int(seed),
                    "steps": int(steps), "candidate": cand.split("(")[0], "detail": cand,
+                   "stamp": stamps[run],
                    **{k: v for k, v in score(name, pred, truth).items()
                       if k != "per_plane_ap50"}}  # fmt: skip
+            rows = [r for r in rows if (r["run"], r["candidate"]) != (run, row["candidate"])]
             rows.append(row)
             print(f"{run:28s} {cand:28s} {MEASURE[name]}={row[MEASURE[name]]:.3f} "
                   f"objects={row['objects']:.0f}/{row['ref_objects']:.0f}", flush=True)  # fmt: skip
