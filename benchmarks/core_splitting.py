@@ -23,6 +23,7 @@ go to benchmarks/results/core_splitting-<start>-<slices>.json.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from napari_unet.annotation.derived import CORE_RATIO, postprocess_config
+from napari_unet.annotation.derived import CORE_RATIO, JOIN_WIDE, postprocess_config
 from napari_unet.inference.postprocess import instance_labels, semantic_labels
 from napari_unet.inference.predictor import predict_plane
 from napari_unet.io.modelfile import load_model
@@ -66,10 +67,11 @@ def _labels(probs, base, threshold):
     """Fixed cores at ``threshold`` (the rule before relative cores); "relative" = the default
     rule, relative cores at ``CORE_RATIO`` capped at 0.98."""
     if isinstance(threshold, str) and threshold.startswith("relative"):
-        wide = float(threshold.split("@")[1]) if "@" in threshold else None
-        shallow = float(threshold.split("~")[1]) if "~" in threshold else None
+        wide = re.search(r"@([0-9.]+)", threshold)
+        shallow = re.search(r"~([0-9.]+)", threshold)
         config = replace(base, method="relative-cores", core_ratio=CORE_RATIO, seed_threshold=0.98,
-                         join_wide=wide, join_shallow=shallow)  # fmt: skip
+                         join_wide=float(wide[1]) if wide else None,
+                         join_shallow=float(shallow[1]) if shallow else None)  # fmt: skip
     else:
         config = replace(base, method="cores", seed_threshold=threshold)
     return instance_labels(semantic_labels(probs), config, probabilities=probs)
@@ -117,11 +119,13 @@ def main() -> int:
         rows.append(row)
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else str(v) for k, v in row.items()))
 
-    score(f"relative cores at {CORE_RATIO} (default)", lambda z: "relative")
-    for m in (0.6, 0.8, 1.0, 1.2):
+    score(f"relative cores at {CORE_RATIO}, no joining", lambda z: "relative")
+    for m in (0.8, 1.0, 1.2):
         score(f"relative cores, wide contacts (>= {m}) joined", lambda z, m=m: f"relative@{m}")
-    for d in (0.3, 0.5, 0.7):
+    for d in (0.2, 0.3, 0.5):
         score(f"relative cores, shallow contacts (>= {d}) joined", lambda z, d=d: f"relative~{d}")
+        score(f"relative cores, contacts wide (>= {JOIN_WIDE}) and shallow (>= {d}) joined",
+              lambda z, d=d: f"relative@{JOIN_WIDE}~{d}")  # fmt: skip
     for t in THRESHOLDS:
         score("off" if t is None else str(t), lambda z, t=t: t)
 

@@ -19,7 +19,9 @@ calibrated ones, the annotated planes the network trained on):
 * ``default``: the product's reading (relative cores, wide contacts joined); ``unjoined``: the
   same without joining (the default before); ``merge@M``: relative cores, parts joined where
   they touch along at least M x the smaller one's width; ``shallow@D``: parts joined where the
-  log-odds along their contact stay above D x their cores' level; ``joined+shallow@D``: both.
+  log-odds along their contact stay above D x their cores' level; ``joined+shallow@D``: only
+  where both hold (M = the default's width). Contact lengths are Euclidean
+  (``postprocess.contacts``); rows scored before that (counted faces) were replaced.
   ``-T3``: the same on a tempered copy of the network (a third of its confidence).
 * ``interiors`` (three-class models): connected interiors seed the object (the product's
   option); ``interiors-dips@H``: interiors split further at dips of the interior probability.
@@ -201,8 +203,8 @@ def _ap50(pred: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 AREAS = (0.5,)
-MERGES = (0.6, 0.8, 1.0, 1.2)
-SHALLOW = (0.3, 0.5, 0.7)
+MERGES = (0.8, 1.0, 1.2)
+SHALLOW = (0.2, 0.3, 0.5)
 RELATIVE = (0.5, 0.6, 0.7, 0.8)
 NECKS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -225,15 +227,13 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
     for d in SHALLOW:
         out.append((f"shallow@{d}", lambda p, d=d: relative_cores(p, default, CORE_RATIO, cap=0.98,
                                                                  shallow=d)))  # fmt: skip
-        out.append((f"shallow@{d}-T3", lambda p, d=d: relative_cores(
-            tempered(p, 3), default, CORE_RATIO, cap=0.98, shallow=d)))  # fmt: skip
         out.append((f"joined+shallow@{d}", lambda p, d=d: relative_cores(
             p, default, CORE_RATIO, cap=0.98, merge=JOIN_WIDE, shallow=d)))  # fmt: skip
+    out.append(("shallow@0.3-T3", lambda p: relative_cores(
+        tempered(p, 3), default, CORE_RATIO, cap=0.98, shallow=0.3)))  # fmt: skip
     for m in MERGES:
         out.append((f"merge@{m}", lambda p, m=m: relative_cores(p, default, CORE_RATIO, cap=0.98,
                                                                merge=m)))  # fmt: skip
-        out.append((f"merge@{m}-T3", lambda p, m=m: relative_cores(
-            tempered(p, 3), default, CORE_RATIO, cap=0.98, merge=m)))  # fmt: skip
     if cfg.method == "interiors":
         out.append(("interiors", lambda p: instance_labels(semantic_labels(p), cfg, p)))
         for h in (0.1, 0.2, 0.3):

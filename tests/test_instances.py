@@ -297,16 +297,29 @@ def test_component_percentile_matches_numpy():
     assert got[0] == 0
 
 
-def test_contacts_count_the_faces_between_touching_labels_and_their_height():
+def test_contacts_measure_the_length_between_touching_labels_and_their_height():
     labels = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 0]])
     surface = np.arange(12, dtype=np.float32).reshape(3, 4)
-    a, b, faces, height = contacts(labels, surface)
-    found = zip(a, b, faces, height, strict=True)
-    pairs = {(int(i), int(j)): (int(f), float(h)) for i, j, f, h in found}
-    assert set(pairs) == {(1, 2), (1, 3), (2, 3)}
-    assert pairs[(1, 2)] == (2, (1 + 2 + 5 + 6) / 4)
-    assert pairs[(1, 3)][0] == 2 and pairs[(2, 3)][0] == 1  # 0 is background, never a contact
+    a, b, size, height = contacts(labels, surface)
+    found = zip(a, b, size, height, strict=True)
+    pairs = {(int(i), int(j)): (float(f), float(h)) for i, j, f, h in found}
+    assert set(pairs) == {(1, 2), (1, 3), (2, 3)}  # 0 is background, never a contact
+    assert pairs[(1, 2)] == (2.0, (1 + 2 + 5 + 6) / 4)
+    assert pairs[(1, 3)][0] == 2.0 and pairs[(2, 3)][0] == 1.0
     assert contacts(np.zeros((3, 3), int))[0].size == 0
+
+
+@pytest.mark.parametrize("angle", [0, 20, 45, 70])
+def test_a_straight_contact_measures_its_length_at_any_angle(angle):
+    """Two half-planes meeting along a straight line through a 200 px disc: the contact is
+    the chord, 200 px long, whatever its angle (the plain count of faces would give up to
+    283 at 45 degrees)."""
+    yy, xx = np.mgrid[:241, :241] - 120.0
+    disc = yy**2 + xx**2 <= 100**2
+    side = np.cos(np.radians(angle)) * xx + np.sin(np.radians(angle)) * yy > 0
+    labels = np.where(disc, np.where(side, 2, 1), 0)
+    _, _, size, _ = contacts(labels)
+    assert size.size == 1 and abs(size[0] - 200) <= 4
 
 
 def test_join_labels_follows_chains():

@@ -70,8 +70,9 @@ class PostprocessConfig:
         touches its other half along its whole width, two cells parted at a faint membrane meet
         along a short stretch of it. None or 0: no joining.
     join_shallow : float or None
-        ``relative-cores``, screening only: join parts whose contact stays at least this fraction
-        of their cores' level (a shallow valley). None: no joining.
+        ``relative-cores``, screening only: join parts only where the smoothed log-odds along
+        their contact stay at least this fraction of their cores' level (a shallow valley; with
+        ``join_wide``, both must hold). None: no such criterion.
     neck_depth : float
         ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
         the object radius (``object_diameter / 2``).
@@ -417,8 +418,8 @@ def split_at_relative_cores(
     """Split connected components at cores relative to their own confidence (method
     ``relative-cores``, module docstring): log-odds above ``ratio`` x the component's 90th
     percentile, or above the log-odds of ``cap`` where that is lower. A component without a
-    core stays one object. Parts whose contact is ``wide`` (:func:`merge_wide_contacts`) or
-    ``shallow`` (:func:`merge_shallow_contacts`) are joined again."""
+    core stays one object. Parts whose contact is ``wide`` and/or ``shallow``
+    (:func:`join_contacts`; both criteria when both are given) are joined again."""
     surface = ndimage.gaussian_filter(log_odds(fg_prob), 1.0)
     fg = components > 0
     top = component_percentile(surface, components, 90)
@@ -427,12 +428,10 @@ def split_at_relative_cores(
         level = np.minimum(level, np.log(cap / (1 - cap)))
     core_mask = fg & (surface > level[components])
     parted = _grow_from_cores(components, core_mask, surface, connectivity, min_core)
-    if wide:
-        parted = merge_wide_contacts(parted, wide)
-    if shallow and parted.max() > 0:
+    if (wide or shallow) and parted.max() > 0:
         owner = np.zeros(int(parted.max()) + 1, np.int64)
         owner[parted.ravel()] = components.ravel()
-        parted = merge_shallow_contacts(parted, surface, level[owner], shallow)
+        parted = join_contacts(parted, wide, shallow, surface, level[owner])
     return parted
 
 
@@ -593,16 +592,21 @@ def instance_labels(
 def contacts(
     labels: np.ndarray, surface: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of touching labels: ``(a, b, faces, height)`` with a < b, ``faces`` the number of
-    face-adjacent pixel pairs between them (a contact length in 2D, an area in 3D) and
-    ``height`` the mean of ``surface`` over those pixel pairs (zeros without ``surface``)."""
-    firsts, seconds, values = [], [], []
+    """Pairs of touching labels: ``(a, b, size, height)`` with a < b.
+
+    ``size`` is the length (2D) or area (3D) of the contact: with f_k the number of
+    face-adjacent pixel pairs between the two across axis k, sqrt(sum f_k^2) -- exact for a
+    straight contact at any angle, where the plain count of faces would make a diagonal one
+    up to sqrt(2) x longer. ``height`` is the mean of ``surface`` over those pixel pairs (zeros
+    without ``surface``)."""
+    firsts, seconds, axes, values = [], [], [], []
     for axis in range(labels.ndim):
         head = labels.take(np.arange(labels.shape[axis] - 1), axis=axis).ravel()
         tail = labels.take(np.arange(1, labels.shape[axis]), axis=axis).ravel()
         touch = (head != tail) & (head > 0) & (tail > 0)
         firsts.append(np.minimum(head[touch], tail[touch]))
         seconds.append(np.maximum(head[touch], tail[touch]))
+        axes.append(np.full(int(touch.sum()), axis))
         if surface is not None:
             s_head = surface.take(np.arange(labels.shape[axis] - 1), axis=axis).ravel()
             s_tail = surface.take(np.arange(1, labels.shape[axis]), axis=axis).ravel()
@@ -611,14 +615,19 @@ def contacts(
     b = np.concatenate(seconds).astype(np.int64)
     if a.size == 0:
         empty = np.zeros(0, np.int64)
-        return empty, empty, empty, np.zeros(0, np.float32)
+        return empty, empty, np.zeros(0, np.float64), np.zeros(0, np.float64)
     key = a * (int(labels.max()) + 1) + b
     unique, index, faces = np.unique(key, return_index=True, return_counts=True)
     inverse = np.searchsorted(unique, key)
+    axis_of = np.concatenate(axes)
+    per_axis = [
+        np.bincount(inverse[axis_of == k], minlength=unique.size) for k in range(labels.ndim)
+    ]
+    size = np.sqrt(np.sum(np.square(per_axis, dtype=np.float64), axis=0))
     height = np.zeros(unique.size, np.float64)
     if surface is not None:
         height = np.bincount(inverse, np.concatenate(values), minlength=unique.size) / faces
-    return a[index], b[index], faces, height
+    return a[index], b[index], size, height
 
 
 def _cross_section(labels: np.ndarray) -> np.ndarray:
@@ -653,17 +662,25 @@ def merge_wide_contacts(labels: np.ndarray, ratio: float) -> np.ndarray:
     cross-section of the smaller one (:func:`_cross_section`). A cell cut between two confident
     patches of its own touches its other half along its whole width; two cells parted at a
     faint membrane meet at a short stretch of it."""
-    a, b, faces, _ = contacts(labels)
-    cross = _cross_section(labels)
-    wide = faces >= ratio * np.minimum(cross[a], cross[b])
-    return join_labels(labels, a[wide], b[wide]) if wide.any() else labels
+    return join_contacts(labels, wide=ratio)
 
 
-def merge_shallow_contacts(
-    labels: np.ndarray, surface: np.ndarray, level: np.ndarray, depth: float
+def join_contacts(
+    labels: np.ndarray,
+    wide: float | None = None,
+    shallow: float | None = None,
+    surface: np.ndarray | None = None,
+    level: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Join touching objects whose contact stays high: mean ``surface`` along the contact at
-    least ``depth`` x the ``level`` (per label) of the two objects' cores."""
-    a, b, _, height = contacts(labels, surface)
-    shallow = height >= depth * np.minimum(level[a], level[b])
-    return join_labels(labels, a[shallow], b[shallow]) if shallow.any() else labels
+    """Join touching objects whose contact meets every criterion given: ``wide`` -- its
+    length at least ``wide`` x the cross-section of the smaller object (:func:`_cross_section`);
+    ``shallow`` -- the mean ``surface`` along it at least ``shallow`` x the lower of the two
+    objects' ``level`` (per label): the valley between them is shallow."""
+    a, b, size, height = contacts(labels, surface if shallow else None)
+    keep = np.ones(a.size, bool)
+    if wide:
+        cross = _cross_section(labels)
+        keep &= size >= wide * np.minimum(cross[a], cross[b])
+    if shallow:
+        keep &= height >= shallow * np.minimum(level[a], level[b])
+    return join_labels(labels, a[keep], b[keep]) if keep.any() else labels
