@@ -164,10 +164,16 @@ def set_tooltips(owner: QWidget, tips: dict[str, str]) -> None:
         getattr(part, "native", part).setToolTip(tip)
 
 
-def add_buttons(owner: QWidget, **texts: str) -> None:
-    """Push buttons ``owner.<name>`` with their ``text`` (tooltips: :func:`set_tooltips`)."""
-    for name, text in texts.items():
-        setattr(owner, name, QPushButton(text, owner))
+def add_buttons(
+    owner: QWidget, status: Callable[[str], Any] | None = None, **buttons: tuple[str, Callable]
+) -> None:
+    """Push buttons ``owner.<name>`` from ``(text, action)``: a click calls ``action()``, its
+    errors become notifications (:func:`guarded`, with ``status``). Tooltips:
+    :func:`set_tooltips`."""
+    for name, (text, action) in buttons.items():
+        button = QPushButton(text, owner)
+        button.clicked.connect(guarded(action, status))
+        setattr(owner, name, button)
 
 
 def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout:

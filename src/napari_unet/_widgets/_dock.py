@@ -10,19 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
-from qtpy.QtWidgets import (
-    QDockWidget,
-    QFrame,
-    QMainWindow,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 log = logging.getLogger("napari_unet")
 MAX_HINT_HEIGHT = 320  # px: the height a dock asks for when it shares its area
@@ -51,6 +45,7 @@ class DockWidget(QWidget):
         background = self.background = BackgroundWork()
         self.destroyed.connect(lambda *_: _quietly(background.stop))
         self._watching_window = False  # no reference to it: a closed viewer must not stay alive
+        self._followed: list[tuple] = []  # (signal, slot) pairs of :meth:`follow`
 
     def event(self, event) -> bool:
         """Notice when napari takes the widget out of its dock (the title-bar x)."""
@@ -111,12 +106,26 @@ class DockWidget(QWidget):
             total = sum(d.height() for d in ours)
             window.resizeDocks(ours, [total // len(ours)] * len(ours), Qt.Orientation.Vertical)
 
+    def follow(self, signal, *slots: Callable) -> None:
+        """Connect ``slots`` (methods of this widget, see :func:`unless_deleted`) to the psygnal
+        ``signal`` until the widget shuts down."""
+        for slot in slots:
+            signal.connect(slot)
+            self._followed.append((signal, slot))
+
+    def unfollow(self) -> None:
+        """Disconnect what :meth:`follow` connected (psygnal: a no-op if already gone)."""
+        for signal, slot in self._followed:
+            signal.disconnect(slot)
+        self._followed.clear()
+
     def shutdown(self) -> None:
-        """Stop every worker this widget started and wait until their threads return (once;
-        subclasses override :meth:`stop_workers`)."""
+        """Stop following signals, then stop every worker this widget started and wait until
+        their threads return (once; subclasses override :meth:`stop_workers`)."""
         if self._shut_down:
             return
         self._shut_down = True
+        self.unfollow()
         self.stop_workers()
 
     def stop_workers(self) -> None:
@@ -154,6 +163,22 @@ def wait_until(done, timeout_s: float, poll_s: float = 0.02) -> bool:
 def worker_returned(worker) -> bool:
     """Whether a napari/superqt worker's thread is done with its function (or never began)."""
     return worker is None or not worker.is_running
+
+
+def unless_deleted(slot: Callable) -> Callable:
+    """Decorate a slot of :meth:`DockWidget.follow`: once Qt has deleted the widget (the signal
+    outlived it), a call stops following instead of failing."""
+
+    @functools.wraps(slot)
+    def call(self: DockWidget, *args):
+        try:
+            self.isVisible()  # raises RuntimeError once the Qt widget is deleted
+        except RuntimeError:
+            self.unfollow()
+            return None
+        return slot(self, *args)
+
+    return call
 
 
 def _quietly(func) -> None:

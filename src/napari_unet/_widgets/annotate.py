@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -15,28 +16,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidget, QWidget
 
-from napari_unet._widgets._common import (
-    META_CHANNEL_AXIS,
-    META_IMAGE,
-    META_MODE,
-    META_PLANES,
-    TIPS,
-    add_buttons,
-    channel_axis,
-    clicked_plane,
-    column,
-    current_plane,
-    fill_plane_list,
-    go_to_plane,
-    group,
-    guarded,
-    is_annotation_layer,
-    layer_data,
-    one_line,
-    set_tooltips,
-    spatial_shape,
-    spatial_transform,
-)
+from napari_unet._widgets import _common
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet._widgets._schema import schema_colormap, schema_html
@@ -66,7 +46,7 @@ FILE_FILTER = f"napari-unet annotations (*{SUFFIX});;TIFF (*.tif *.tiff)"
 
 def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
     """Planes listed in the layer's ``napari_unet_planes`` metadata."""
-    return {tuple(int(i) for i in p) for p in layer.metadata.get(META_PLANES, [])}
+    return {tuple(int(i) for i in p) for p in layer.metadata.get(_common.META_PLANES, [])}
 
 
 def training_plane_list(layer: Labels) -> list[tuple[int, ...]]:
@@ -78,12 +58,12 @@ def mark_planes(layer: Labels, planes, annotated: bool = True) -> None:
     """Record ``planes`` as annotated even when empty (all background), or unmark them."""
     marked = explicit_planes(layer)
     marked = marked | set(planes) if annotated else marked - set(planes)
-    layer.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
+    layer.metadata[_common.META_PLANES] = [list(p) for p in sorted(marked)]
 
 
 def layer_mode(layer: Labels | None) -> str:
     """The label schema of an annotation layer (``instances`` unless recorded otherwise)."""
-    mode = layer.metadata.get(META_MODE, "instances") if layer is not None else "instances"
+    mode = layer.metadata.get(_common.META_MODE, "instances") if layer is not None else "instances"
     return mode if mode in MODES else "instances"
 
 
@@ -95,12 +75,12 @@ def add_annotation_layer(
     Its shape is the image's without the channel ``axis`` (default: the recorded one, or RGB),
     with the image's scale and translation, the schema's colours and no annotated plane yet.
     """
-    axis = channel_axis(image) if axis is None else axis
+    axis = _common.channel_axis(image) if axis is None else axis
     layer = viewer.add_labels(
-        np.zeros(spatial_shape(image, axis), np.uint16),
+        np.zeros(_common.spatial_shape(image, axis), np.uint16),
         name=f"{image.name} annotations",
-        metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
-        **spatial_transform(image, axis),
+        metadata={_common.META_IMAGE: image.name, _common.META_MODE: mode, _common.META_PLANES: []},
+        **_common.spatial_transform(image, axis),
     )
     layer.colormap = schema_colormap(mode)
     layer.brush_size = 6
@@ -134,7 +114,7 @@ class AnnotateWidget(DockWidget):
             Labels,
             "annotations",
             "the annotation layer to paint and to train on",
-            accept=is_annotation_layer,
+            accept=_common.is_annotation_layer,
         )
         self.source_combo = layer_picker(
             viewer,
@@ -142,32 +122,36 @@ class AnnotateWidget(DockWidget):
             "labels",
             "a labels layer to copy from, e.g. ground truth opened from file (annotation "
             "layers are not offered: open a saved one with Open annotations)",
-            accept=lambda layer: not is_annotation_layer(layer),
+            accept=lambda layer: not _common.is_annotation_layer(layer),
         )
         self.import_planes, self.match_combo = config_form(ImportRequest)
-        add_buttons(
+        _common.add_buttons(
             self,
-            new_button="New annotation layer",
-            background_button="Background",
-            object_button="Object",
-            ignore_button="Use ignore label",
-            mark_button="Mark current plane as annotated (empty)",
-            unmark_button="Unmark",
-            import_button="Import labels layer as annotations",
-            masks_button="Import mask files",
-            save_button="Save annotations…",
-            open_button="Open annotations…",
+            new_button=("New annotation layer", self.new_annotation_layer),
+            background_button=("Background", partial(self.use_brush, "background")),
+            object_button=("Object", partial(self.use_brush, "object")),
+            ignore_button=("Use ignore label", self.use_ignore_label),
+            mark_button=("Mark current plane as annotated (empty)", self.mark_current_plane),
+            unmark_button=("Unmark", partial(self.mark_current_plane, False)),
+        )
+        _common.add_buttons(  # these say what went wrong on the import status line too
+            self,
+            self._set_status,
+            import_button=("Import labels layer as annotations", self._on_import_clicked),
+            masks_button=("Import mask files", self._on_masks_clicked),
+            save_button=("Save annotations…", self._on_save_clicked),
+            open_button=("Open annotations…", self._on_open_clicked),
         )
         self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
         self.import_status = Label(value="", tooltip="the last import, save or open")
         self.import_status.native.setWordWrap(True)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
-        set_tooltips(self, TIPS["annotate"])
+        _common.set_tooltips(self, _common.TIPS["annotate"])
         fields = (self.image_combo, self.channel_combo, self.mode_combo)
-        column(
+        _common.column(
             self.body,
-            group(
+            _common.group(
                 "Annotation layer",
                 self,
                 Container(widgets=[*fields, self.schema_label]),
@@ -176,13 +160,13 @@ class AnnotateWidget(DockWidget):
                 (self.background_button, self.object_button, self.ignore_button),
                 self.settings.button,
             ),
-            group(
+            _common.group(
                 "Annotated planes (click to go there)",
                 self,
                 self.plane_list,
                 (self.mark_button, self.unmark_button),
             ),
-            group(
+            _common.group(
                 "Import (e.g. ground truth)",
                 self,
                 Container(widgets=[self.source_combo, self.import_planes]),
@@ -193,23 +177,13 @@ class AnnotateWidget(DockWidget):
                 "(scribbles: background becomes 1, objects 2).",
                 self.import_status,
             ),
-            group("Annotation file", self, (self.save_button, self.open_button)),
+            _common.group("Annotation file", self, (self.save_button, self.open_button)),
             stretch=True,
         )
 
         self.image_combo.changed.connect(self._on_image_changed)
         self.mode_combo.changed.connect(self._on_mode_changed)
         self.labels_combo.changed.connect(self._on_labels_changed)
-        self.new_button.clicked.connect(guarded(lambda: self.new_annotation_layer()))
-        self.background_button.clicked.connect(guarded(lambda: self.use_brush("background")))
-        self.object_button.clicked.connect(guarded(lambda: self.use_brush("object")))
-        self.ignore_button.clicked.connect(guarded(lambda: self.use_ignore_label()))
-        self.mark_button.clicked.connect(guarded(lambda: self.mark_current_plane()))
-        self.unmark_button.clicked.connect(guarded(lambda: self.mark_current_plane(False)))
-        self.import_button.clicked.connect(guarded(self._on_import_clicked, self._set_status))
-        self.masks_button.clicked.connect(guarded(self._on_masks_clicked, self._set_status))
-        self.save_button.clicked.connect(guarded(self._on_save_clicked, self._set_status))
-        self.open_button.clicked.connect(guarded(self._on_open_clicked, self._set_status))
         self.plane_list.itemClicked.connect(self._on_plane_clicked)
         self._on_image_changed()
         self._on_labels_changed()
@@ -224,14 +198,14 @@ class AnnotateWidget(DockWidget):
         if image is None:
             self.channel_combo.choices = [("none", -1)]
             return
-        data = layer_data(image)
+        data = _common.layer_data(image)
         if getattr(image, "rgb", False):
             self.channel_combo.choices = [("RGB (last axis)", data.ndim - 1)]
             return
         axes = [(f"axis {a} ({data.shape[a]})", a) for a in range(max(data.ndim - 2, 0))]
         self.channel_combo.native.clear()
         self.channel_combo.choices = [("none", -1), *axes]
-        recorded = image.metadata.get(META_CHANNEL_AXIS)
+        recorded = image.metadata.get(_common.META_CHANNEL_AXIS)
         self.channel_combo.value = -1 if recorded is None else recorded
 
     def new_annotation_layer(self, image: Image | None = None, mode: str | None = None) -> Labels:
@@ -243,7 +217,7 @@ class AnnotateWidget(DockWidget):
         axis = None if image.rgb else self.channel_combo.value
         axis = None if axis == -1 else axis
         if image is self.image_combo.value and not image.rgb:
-            image.metadata[META_CHANNEL_AXIS] = axis
+            image.metadata[_common.META_CHANNEL_AXIS] = axis
         layer = add_annotation_layer(self.viewer, image, mode, axis)
         self.labels_combo.value = layer
         return layer
@@ -252,7 +226,7 @@ class AnnotateWidget(DockWidget):
         self.schema_label.value = schema_html(mode)
         layer = self.annotation_layer()
         if layer is not None and layer_mode(layer) != mode:
-            layer.metadata[META_MODE] = mode
+            layer.metadata[_common.META_MODE] = mode
             layer.colormap = schema_colormap(mode)
 
     def _on_labels_changed(self, *_args) -> None:
@@ -266,8 +240,8 @@ class AnnotateWidget(DockWidget):
             self.mode_combo.value = layer_mode(layer)
             if not isinstance(layer.colormap, DirectLabelColormap):  # e.g. opened from a file
                 layer.colormap = schema_colormap(layer_mode(layer))
-            if layer.metadata.get(META_IMAGE) in self.viewer.layers:
-                self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+            if layer.metadata.get(_common.META_IMAGE) in self.viewer.layers:
+                self.image_combo.value = self.viewer.layers[layer.metadata[_common.META_IMAGE]]
         self.schema_label.value = schema_html(self.mode_combo.value)
         self.refresh_planes()
 
@@ -285,7 +259,7 @@ class AnnotateWidget(DockWidget):
     def use_brush(self, what: str) -> int:
         """Select the paint brush with the schema's background or object label."""
         layer = self._require_layer()
-        plane = np.asarray(layer.data[current_plane(self.viewer, layer, layer.ndim - 2)])
+        plane = np.asarray(layer.data[_common.current_plane(self.viewer, layer, layer.ndim - 2)])
         return self._select(layer, brush_value(layer_mode(layer), what, plane))
 
     def use_ignore_label(self) -> int:
@@ -314,17 +288,17 @@ class AnnotateWidget(DockWidget):
             rows.append(
                 (f"plane {where}  ({'painted' if index in painted else 'marked, empty'})", index)
             )
-        fill_plane_list(self.plane_list, rows)
+        _common.fill_plane_list(self.plane_list, rows)
 
     def _on_plane_clicked(self, item) -> None:
         layer = self.annotation_layer()
         if layer is not None:
-            go_to_plane(self.viewer, layer, clicked_plane(item))
+            _common.go_to_plane(self.viewer, layer, _common.clicked_plane(item))
 
     def mark_current_plane(self, annotated: bool = True) -> tuple[int, ...]:
         """Record the plane on screen as annotated even if empty (all background), or unmark it."""
         layer = self._require_layer()
-        index = current_plane(self.viewer, layer, layer.ndim - 2)
+        index = _common.current_plane(self.viewer, layer, layer.ndim - 2)
         mark_planes(layer, [index], annotated)
         self.refresh_planes()
         return index
@@ -336,7 +310,7 @@ class AnnotateWidget(DockWidget):
 
     def _confirm(self, text: str) -> str:
         self._set_status(text)
-        show_info(one_line(text, 160))
+        show_info(_common.one_line(text, 160))
         return text
 
     def _on_import_clicked(self) -> None:
@@ -359,8 +333,8 @@ class AnnotateWidget(DockWidget):
         target = target or self.annotation_layer() or self.new_annotation_layer()
         if target is source:
             raise InputError("choose labels to import other than the annotation layer itself")
-        current = current_plane(self.viewer, target, target.ndim - 2)
-        data, shape = layer_data(source), tuple(target.data.shape)
+        current = _common.current_plane(self.viewer, target, target.ndim - 2)
+        data, shape = _common.layer_data(source), tuple(target.data.shape)
         chosen = planes_from_labels(data, shape, planes, current, source.name)
         self._write_planes(target, chosen)
         self._confirm(import_summary(f"'{source.name}'", chosen, layer_mode(target)))
@@ -394,7 +368,7 @@ class AnnotateWidget(DockWidget):
         shape = tuple(target.data.shape)
         if len(shape) != 3:
             raise InputError(f"mask files fill the planes of a stack (Z/T, Y, X), not {shape}")
-        name = target.metadata.get(META_IMAGE)
+        name = target.metadata.get(_common.META_IMAGE)
         image = self.viewer.layers[name] if name in self.viewer.layers else None
         names = folder_plane_names(getattr(getattr(image, "source", None), "path", None), shape[0])
         matched = match_mask_files(mask_paths(paths), shape[0], names, by)
@@ -407,7 +381,7 @@ class AnnotateWidget(DockWidget):
     # ------------------------------------------------------------------ annotation files
     def _on_save_clicked(self) -> None:
         layer = self._require_layer()
-        start = f"{layer.metadata.get(META_IMAGE) or layer.name}{SUFFIX}"
+        start = f"{layer.metadata.get(_common.META_IMAGE) or layer.name}{SUFFIX}"
         path, _ = QFileDialog.getSaveFileName(self, "Save annotations", start, FILE_FILTER)
         if path:
             self.save_annotations(path, layer)
@@ -427,7 +401,7 @@ class AnnotateWidget(DockWidget):
         if path.suffix.lower() not in (".tif", ".tiff"):
             path = path.with_name(path.name + SUFFIX)
         state = {"metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate}
-        written = save_annotations(path, layer_data(layer), metadata_from_layer(state))
+        written = save_annotations(path, _common.layer_data(layer), metadata_from_layer(state))
         self._confirm(f"saved '{layer.name}' ({plane_count(layer)}) to {written.name}")
         return written
 

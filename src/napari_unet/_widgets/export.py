@@ -17,21 +17,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_warning
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    annotation_layers,
-    channel_axis,
-    column,
-    current_plane,
-    error_message,
-    hint,
-    layer_data,
-    report_error,
-    spatial_shape,
-)
-from napari_unet._widgets._dock import DockWidget, wait_until, worker_returned
+from napari_unet._widgets import _common, _session
+from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
 from napari_unet._widgets._forms import layer_picker
 from napari_unet.errors import InputError
 from napari_unet.inference.job import SOURCES
@@ -98,7 +87,7 @@ class ExportWidget(DockWidget):
             "test input and cover; none: a random test image",
             # images with an annotation layer (trained on; not a weight map or a probability
             # layer) are offered first
-            prefer=lambda layer: bool(annotation_layers(viewer, layer)),
+            prefer=lambda layer: bool(_common.annotation_layers(viewer, layer)),
             placeholder="none: a random test image",
         )
         self.training_data = LineEdit(label="training data")
@@ -121,15 +110,15 @@ class ExportWidget(DockWidget):
                 self.onnx_weights,
             ]
         )
-        self.export_button = QPushButton("Export", self)
+        _common.add_buttons(self, export_button=("Export", self.export))
         self.export_button.setToolTip("export in the background, then check the file written")
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1)
         self.status, self.verdict = QLabel("", self), QLabel("", self)
         for label in (self.status, self.verdict):
             label.setWordWrap(True)
-        self.checker = hint(checker_note())
-        column(
+        self.checker = _common.hint(checker_note())
+        _common.column(
             self.body,
             self.form,
             self.export_button,
@@ -141,12 +130,11 @@ class ExportWidget(DockWidget):
             "written is then checked and the verdict shown above.",
             stretch=True,
         )
-        self.export_button.clicked.connect(lambda: self.export())
         self._suggested = ""
         for widget in (self.source, self.format, self.model_path, self.sample):
             widget.changed.connect(self._show_rows)
             widget.changed.connect(self._suggest_out)
-        _session.changed.connect(self._suggest_out)
+        self.follow(_session.changed, self._suggest_out)
         self._show_rows()
         self._suggest_out()
 
@@ -155,6 +143,7 @@ class ExportWidget(DockWidget):
         text = self.out.line_edit.value.strip()
         return "" if text in ("", ".") else text
 
+    @unless_deleted
     def _suggest_out(self, *_args) -> None:
         """Follow the model and format with the suggested file name, unless the user chose one."""
         text = self.out_text()
@@ -174,11 +163,6 @@ class ExportWidget(DockWidget):
         for widget in (self.sample, self.training_data, self.authors, self.onnx_weights):
             widget.visible = package
         self.checker.setVisible(package)
-
-    def stop_workers(self) -> None:
-        """The widget is closing: stop following the session, then end an export."""
-        _session.changed.disconnect(self._suggest_out)  # psygnal: a no-op if gone
-        super().stop_workers()
 
     # ------------------------------------------------------------------ what to export
     def model_file(self) -> Path:
@@ -221,9 +205,11 @@ class ExportWidget(DockWidget):
         if image is None:
             return None, None, ""
         cfg = read_metadata(model_path).architecture
-        axis = channel_axis(image)
-        n_lead = len(spatial_shape(image, axis)) - 2
-        plane = read_plane(layer_data(image), current_plane(self.viewer, image, n_lead), axis)
+        axis = _common.channel_axis(image)
+        n_lead = len(_common.spatial_shape(image, axis)) - 2
+        plane = read_plane(
+            _common.layer_data(image), _common.current_plane(self.viewer, image, n_lead), axis
+        )
         if plane.shape[0] != cfg.in_channels:
             raise InputError(
                 f"the model takes {cfg.in_channels} channel(s), '{image.name}' has "
@@ -267,8 +253,8 @@ class ExportWidget(DockWidget):
         try:
             request = self.request(fmt, out)
         except Exception as exc:  # noqa: BLE001 - shown to the user
-            report_error(exc)
-            self.status.setText(f"not exported: {error_message(exc)}")
+            _common.report_error(exc)
+            self.status.setText(f"not exported: {_common.error_message(exc)}")
             return None
         self.exported, self.check = None, None
         self.verdict.setText("")
@@ -305,8 +291,8 @@ class ExportWidget(DockWidget):
                 show_warning(f"{self.exported.name if self.exported else 'export'}: check failed: "
                              f"{check.verdict}")  # fmt: skip
         elif kind == "error":
-            report_error(message[1])
-            self.status.setText(f"not exported: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"not exported: {_common.error_message(message[1])}")
 
     def _on_finished(self) -> None:
         self.worker = None

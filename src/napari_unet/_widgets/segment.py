@@ -23,40 +23,9 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QProgressBar, QWidget
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    HINT_STYLE,
-    META_INSTANCES,
-    TIPS,
-    add_buttons,
-    annotation_layers,
-    channel_axis,
-    clicked_plane,
-    column,
-    current_plane,
-    error_message,
-    fill_plane_list,
-    go_to_plane,
-    group,
-    guarded,
-    hint,
-    keeping_selection,
-    layer_data,
-    log,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-    show_long,
-    spatial_shape,
-    spatial_transform,
-)
-from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import (
-    Remembered,
-    config_form,
-    field_widget,
-    layer_picker,
-)
+from napari_unet._widgets import _common, _session
+from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
+from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet._widgets.annotate import (
     add_annotation_layer,
     layer_mode,
@@ -116,23 +85,11 @@ class _Progress(QObject):
     changed = Signal(int, int)
 
 
-def _tracked(func, ended: threading.Event):
-    """``func`` that sets ``ended`` when it returns or raises (so closing can wait for it)."""
-
-    def call(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        finally:
-            ended.set()
-
-    return call
-
-
-def stop_segmentation(cancel: threading.Event, ended: threading.Event) -> None:
+def stop_segmentation(cancel: threading.Event, worker) -> None:
     """Ask a segmentation to stop and wait until its thread is done (the widget is closing)."""
     cancel.set()
-    if not ended.wait(STOP_WAIT_S):
-        log.warning("napari-unet: the segmentation did not stop within %s s", STOP_WAIT_S)
+    if not wait_until(lambda: worker_returned(worker), STOP_WAIT_S):
+        _common.log.warning("napari-unet: the segmentation did not stop within %s s", STOP_WAIT_S)
 
 
 class SegmentWidget(DockWidget):
@@ -148,8 +105,7 @@ class SegmentWidget(DockWidget):
         self._last_run: Job | None = None  # the last segmentation that gave layers
         self._rank_pending = False  # rank when the running segmentation ends
         self._rerun_pending: Job | None = None  # segment again when the running work ends
-        self._cancel, self._ended = threading.Event(), threading.Event()
-        self._ended.set()
+        self._cancel = threading.Event()
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
         self.source, self.scope, self.probability, self.uncertainty = config_form(SegmentRequest)
@@ -171,7 +127,7 @@ class SegmentWidget(DockWidget):
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
-        self.derived.native.setStyleSheet(HINT_STYLE)
+        self.derived.native.setStyleSheet(_common.HINT_STYLE)
         self.cache = OutputCache()
         self._model_shown = None  # the model whose recorded settings the form shows
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
@@ -180,19 +136,25 @@ class SegmentWidget(DockWidget):
         rest = [self.min_size, self.fill_holes, self.core_ratio, self.neck_depth, self.derived]
         rest += [self.probability, self.uncertainty]
         self.form = Container(widgets=[*top, *fields, *rest])
-        add_buttons(self, run_button="Segment", cancel_button="Cancel")
+        _common.add_buttons(
+            self, run_button=("Segment", self.run), cancel_button=("Cancel", self.cancel)
+        )
         self.progress, self.status = QProgressBar(self), QLabel("", self)
         self.status.setWordWrap(True)
         self.resegment = QCheckBox("segment again when training ends", self)
         self.resegment.setChecked(True)
-        add_buttons(self, use_plane_button="Use plane as annotation", rank_button="Rank planes")
+        _common.add_buttons(
+            self,
+            use_plane_button=("Use plane as annotation", self.use_plane_as_annotation),
+            rank_button=("Rank planes", self.rank_planes),
+        )
         self.rank_after = QCheckBox("rank planes after a whole-stack run", self)
         self.rank_after.setChecked(True)
         self.next_list = QListWidget(self)
         self.next_list.setMaximumHeight(140)
-        self.next_hint = hint("")
-        set_tooltips(self, TIPS["segment"])
-        column(
+        self.next_hint = _common.hint("")
+        _common.set_tooltips(self, _common.TIPS["segment"])
+        _common.column(
             self.body,
             self.form,
             self.resegment,
@@ -204,7 +166,7 @@ class SegmentWidget(DockWidget):
             "Probability and uncertainty maps are computed for the current plane. A whole "
             "stack is read one plane at a time. Correct a plane of the segmentation with "
             "napari's label tools, then Use plane as annotation.",
-            group(
+            _common.group(
                 "Annotate next",
                 self,
                 (self.rank_after, self.rank_button),
@@ -213,32 +175,25 @@ class SegmentWidget(DockWidget):
             ),
             stretch=True,
         )
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button.clicked.connect(self.cancel)
         self.image_combo.changed.connect(lambda i: i is self.cache.image or self.cache.drop())
         self.source.changed.connect(self._update_info)
         self.model_path.changed.connect(self._on_model_path)
         self.scope.changed.connect(self._on_scope)
-        _session.changed.connect(self._update_info)
         self._relabel_timer = QTimer(self, singleShot=True, interval=150)
         self._relabel_timer.timeout.connect(self._relabel)
         for widget in live:
             widget.changed.connect(lambda *_: self._relabel_timer.start())
             widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
             widget.native.setToolTip(widget.tooltip)
-        self.use_plane_button.clicked.connect(guarded(lambda: self.use_plane_as_annotation()))
-        self.rank_button.clicked.connect(lambda: self.rank_planes())
         self.next_list.itemClicked.connect(self._on_next_clicked)
         self.image_combo.changed.connect(self._update_rank_state)
-        _session.changed.connect(self._on_session_changed)
+        self.follow(_session.changed, self._update_info, self._on_session_changed)
         self._update_info()
         self._on_scope(self.scope.value)
         self._set_running(False)
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
-        _session.changed.disconnect(self._update_info)  # psygnal: a no-op if gone
-        _session.changed.disconnect(self._on_session_changed)
         self._drop_pending()
         super().stop_workers()
 
@@ -253,12 +208,8 @@ class SegmentWidget(DockWidget):
         """The model file typed or chosen ("" when none)."""
         return self.model_path.line_edit.value.strip()
 
+    @unless_deleted
     def _update_info(self, *_args) -> None:
-        try:
-            self.model_info.native.text()
-        except RuntimeError:  # widget deleted; the session signal outlived it
-            _session.changed.disconnect(self._update_info)
-            return
         from_file = not self._uses_trained_model()
         self.model_path.visible = from_file
         metadata = model = None
@@ -273,7 +224,7 @@ class SegmentWidget(DockWidget):
                 metadata, model = ModelSource(path=path).read_metadata() if path else None, path
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
-        show_long(self.model_info, info, "which model will be used")
+        _common.show_long(self.model_info, info, "which model will be used")
         recorded = getattr(metadata, "postprocess", None) or {}
         post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
@@ -324,7 +275,7 @@ class SegmentWidget(DockWidget):
             **({"min_size": min_size} if min_size >= 0 else {}),
         )
         predict = PredictConfig(tta=self.tta.value, device=self.device.value)
-        axis = None if image is None else channel_axis(image)
+        axis = None if image is None else _common.channel_axis(image)
         return SegmentConfig(predict, post, self.instances.value, axis)
 
     # ------------------------------------------------------------------ run
@@ -343,12 +294,12 @@ class SegmentWidget(DockWidget):
             return start()
         except Exception as exc:  # noqa: BLE001 - shown to the user
             if quiet and isinstance(exc, InputError):
-                self.status.setText(f"{self.status.text()} (not ranked: {error_message(exc)})")
+                self.status.setText(
+                    f"{self.status.text()} (not ranked: {_common.error_message(exc)})"
+                )
             else:
-                report_error(exc)
-                self.status.setText(f"not started: {error_message(exc)}")
-            if self.worker is None:
-                self._ended.set()
+                _common.report_error(exc)
+                self.status.setText(f"not started: {_common.error_message(exc)}")
             return None
 
     def _start(self, scope: str, image: Image | None = None, after_training: bool = False):
@@ -360,7 +311,7 @@ class SegmentWidget(DockWidget):
         source = self.model_source()
         config = self.segment_config(source.read_metadata(), image)
         device = self.device.value
-        data, axis = layer_data(image), config.channel_axis
+        data, axis = _common.layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
         keep, planes = self.cache.collector()
         model = source.path or id(source.model)
@@ -384,11 +335,10 @@ class SegmentWidget(DockWidget):
         ``keep(index, probabilities)``: gets the network output of each plane (``on_plane``).
         """
         self._cancel.clear()
-        self._ended.clear()
         resolved = available_devices()[0] if device == "auto" else device
         threads = gui_cpu_threads() if resolved == "cpu" else None
         self.worker = create_worker(
-            _tracked(func, self._ended),
+            func,
             *args,
             self._cancel.is_set,
             threads,
@@ -398,9 +348,9 @@ class SegmentWidget(DockWidget):
         self.progress.setRange(0, 1 if counted else 0)  # 0, 0: busy until progress comes
         self.progress.setValue(0)
         self.worker.returned.connect(lambda result: self._on_result(image, result))
-        self.worker.errored.connect(report_error)
+        self.worker.errored.connect(_common.report_error)
         self.worker.finished.connect(self._on_finished)
-        self.background.set(partial(stop_segmentation, self._cancel, self._ended))
+        self.background.set(partial(stop_segmentation, self._cancel, self.worker))
         self._job = job
         self._started = time.perf_counter()
         what = {"rank": "ranking the planes", "relabel": "re-labelling"}.get(job.kind)
@@ -411,9 +361,9 @@ class SegmentWidget(DockWidget):
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
         if source.model is not None:  # a model in memory checks the channels now
-            lead, _ = plane_layout(tuple(layer_data(image).shape), source.model, axis)
+            lead, _ = plane_layout(tuple(_common.layer_data(image).shape), source.model, axis)
         else:
-            lead = spatial_shape(image, axis)[:-2]
+            lead = _common.spatial_shape(image, axis)[:-2]
         position = list(image.world_to_data(self.viewer.dims.point))
         if axis is not None and not image.rgb:
             del position[axis]
@@ -448,13 +398,13 @@ class SegmentWidget(DockWidget):
         self.last_result = result
         took = time.perf_counter() - self._started
         if kind == "error":
-            report_error(result[1])
-            self.status.setText(f"failed: {error_message(result[1])}")
+            _common.report_error(result[1])
+            self.status.setText(f"failed: {_common.error_message(result[1])}")
         elif kind == "cancelled":
             self.status.setText("cancelled; no layer was changed")
         elif kind == "stack":
             layer = self._put(image, "segmentation", result[1], "labels")
-            layer.metadata[META_INSTANCES] = self.instances.value
+            layer.metadata[_common.META_INSTANCES] = self.instances.value
             self.status.setText(
                 f"done: {int(np.asarray(result[1]).shape[0])} planes in {took:.1f} s"
             )
@@ -462,7 +412,7 @@ class SegmentWidget(DockWidget):
         else:
             _, index, labels, prob, unc = result
             layer = self._put_plane(image, "segmentation", index, labels, "labels", np.uint32)
-            layer.metadata[META_INSTANCES] = self.instances.value
+            layer.metadata[_common.META_INSTANCES] = self.instances.value
             if prob is not None:
                 self._put_plane(image, "probability", index, prob, "image", np.float32)
             if unc is not None:
@@ -478,12 +428,12 @@ class SegmentWidget(DockWidget):
     def _put(self, image: Image, what: str, data, kind: str):
         """Write ``data`` into the layer "<image> <what>" (made anew if it does not fit)."""
         name = f"{image.name} {what}"
-        layer = reusable_layer(self.viewer, name, _KINDS[kind], data.shape)
+        layer = _common.reusable_layer(self.viewer, name, _KINDS[kind], data.shape)
         if layer is not None:
             layer.data = data
             return layer
         if kind == "labels":
-            return self.viewer.add_labels(data, name=name, **spatial_transform(image))
+            return self.viewer.add_labels(data, name=name, **_common.spatial_transform(image))
         cmap = "viridis" if what == "probability" else "inferno"
         return self.viewer.add_image(
             data,
@@ -492,11 +442,11 @@ class SegmentWidget(DockWidget):
             blending="additive",
             opacity=0.7,
             contrast_limits=(0, 1),
-            **spatial_transform(image),
+            **_common.spatial_transform(image),
         )
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
-        shape = spatial_shape(image)
+        shape = _common.spatial_shape(image)
         layer = self.result_layer(image, what)
         if not isinstance(layer, _KINDS[kind]) or tuple(layer.data.shape) != shape:
             layer = self._put(image, what, np.zeros(shape, dtype), kind)
@@ -536,7 +486,7 @@ class SegmentWidget(DockWidget):
             return
         for index, labels in planes.items():
             layer.data[index] = labels
-        layer.metadata[META_INSTANCES] = self._relabelled[1]
+        layer.metadata[_common.META_INSTANCES] = self._relabelled[1]
         layer.refresh()
         self.cache.config = self._relabelled
         took = time.perf_counter() - self._started
@@ -560,7 +510,7 @@ class SegmentWidget(DockWidget):
     def _rankable(self, image: Image | None = None) -> bool:
         """Whether ``image`` (default: the chosen one) has more than one plane to rank."""
         image = image or self.image_combo.value
-        return image is not None and int(np.prod(spatial_shape(image)[:-2])) > 1
+        return image is not None and int(np.prod(_common.spatial_shape(image)[:-2])) > 1
 
     def _update_rank_state(self, *_args) -> None:
         """Grey out ranking for a single plane (or while the worker runs); set the hint."""
@@ -598,14 +548,14 @@ class SegmentWidget(DockWidget):
         config = self.segment_config(source.read_metadata(), image)
         target = self.annotation_layer(image)
         exclude = set(training_plane_list(target)) if target is not None else set()
-        lead = spatial_shape(image)[:-2]
+        lead = _common.spatial_shape(image)[:-2]
         if all(index in exclude for index in np.ndindex(*lead)):
             raise InputError(f"every plane of '{image.name}' is annotated: nothing left to rank")
         device = self.device.value
         args = (
             source,
             device,
-            layer_data(image),
+            _common.layer_data(image),
             SuggestConfig(segment=config),
             sorted(exclude),
             self._progress.changed.emit,
@@ -621,14 +571,14 @@ class SegmentWidget(DockWidget):
         elif kind == "cancelled":
             self.status.setText("ranking cancelled; the list was not changed")
         elif kind == "error":
-            report_error(result[1])
-            self.status.setText(f"ranking failed: {error_message(result[1])}")
+            _common.report_error(result[1])
+            self.status.setText(f"ranking failed: {_common.error_message(result[1])}")
 
     def _show_ranking(self, image: Image, scores: list[PlaneScore], maps: np.ndarray) -> None:
         """Keep the ranking, fill "<image> uncertainty" and the list; the selection stays."""
         self.ranking = list(scores)
         self._ranked_image = image.name
-        with keeping_selection(self.viewer):  # e.g. the segmentation being corrected
+        with _common.keeping_selection(self.viewer):  # e.g. the segmentation being corrected
             layer = self._put(image, "uncertainty", maps, "image")
         layer.contrast_limits = (0.0, max(float(maps.max()), 1e-3))
         self._fill_next_list()
@@ -648,14 +598,16 @@ class SegmentWidget(DockWidget):
             )
             for e in self.ranking
         ]
-        fill_plane_list(self.next_list, rows)
+        _common.fill_plane_list(self.next_list, rows)
 
     def _on_next_clicked(self, item) -> None:
         """Go to the plane of the row clicked."""
         for what in ("uncertainty", "segmentation"):
             name = f"{self._ranked_image} {what}"
             if name in self.viewer.layers:
-                go_to_plane(self.viewer, self.viewer.layers[name], clicked_plane(item))
+                _common.go_to_plane(
+                    self.viewer, self.viewer.layers[name], _common.clicked_plane(item)
+                )
                 return
 
     def _drop_from_ranking(self, image: Image, index: tuple[int, ...]) -> None:
@@ -673,7 +625,7 @@ class SegmentWidget(DockWidget):
         image = image or self.image_combo.value
         if image is None:
             return None
-        mine = annotation_layers(self.viewer, image)
+        mine = _common.annotation_layers(self.viewer, image)
         active = self.viewer.layers.selection.active
         if active in mine:
             return active
@@ -698,18 +650,18 @@ class SegmentWidget(DockWidget):
                 "segmentation' to copy from"
             )
         target = self.annotation_layer(image)
-        expected = tuple(target.data.shape) if target is not None else spatial_shape(image)
+        expected = tuple(target.data.shape) if target is not None else _common.spatial_shape(image)
         if tuple(result.data.shape) != expected:
             where = f"the annotation layer '{target.name}'" if target else f"'{image.name}'"
             raise InputError(
                 f"'{result.name}' has planes of shape {tuple(result.data.shape)} but {where} "
                 f"has shape {expected}: segment '{image.name}' again, then copy the plane"
             )
-        index = current_plane(self.viewer, result, result.ndim - 2)
+        index = _common.current_plane(self.viewer, result, result.ndim - 2)
         name = plane_names([index])
-        instances = bool(result.metadata.get(META_INSTANCES, True))
+        instances = bool(result.metadata.get(_common.META_INSTANCES, True))
         new, objects = plane_as_annotation(
-            np.asarray(layer_data(result)[index]), layer_mode(target), instances, name
+            np.asarray(_common.layer_data(result)[index]), layer_mode(target), instances, name
         )
         notes = []
         if target is None:
@@ -743,16 +695,13 @@ class SegmentWidget(DockWidget):
         return index
 
     # ------------------------------------------------------------------ after training
+    @unless_deleted
     def _on_session_changed(self, *_args) -> None:
         """3 Train finished a model: segment the last plane or stack again with it."""
         entry = _session.trained()
         if entry is None or self._shut_down:
             return
-        try:
-            wanted = self.resegment.isChecked() and self._uses_trained_model()
-        except RuntimeError:  # widget deleted; the session signal outlived it
-            _session.changed.disconnect(self._on_session_changed)
-            return
+        wanted = self.resegment.isChecked() and self._uses_trained_model()
         job = self._job
         again = job if job is not None and job.kind == "segment" else self._last_run
         if not wanted or again is None:

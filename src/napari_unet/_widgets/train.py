@@ -1,7 +1,7 @@
 """3 Train: train a U-Net on the annotated planes in a worker thread, with live plot and preview.
 
-:class:`TrainForm` holds the fields (magicgui, from the config dataclasses' field metadata),
-buttons, progress bar and live plot; :class:`TrainWidget` is what they do.
+The fields are magicgui widgets from the config dataclasses' field metadata; buttons, progress
+bar and live plot are Qt.
 """
 
 from __future__ import annotations
@@ -21,26 +21,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 from superqt import QCollapsible
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    META_IMAGE,
-    META_WEIGHTMAP,
-    TIPS,
-    add_buttons,
-    channel_axis,
-    column,
-    current_plane,
-    error_message,
-    guarded,
-    is_annotation_layer,
-    layer_data,
-    log,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-    spatial_shape,
-)
-from napari_unet._widgets._dock import DockWidget, wait_until, worker_returned
+from napari_unet._widgets import _common, _session
+from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
 from napari_unet._widgets._forms import (
     Remembered,
     config_form,
@@ -92,10 +74,34 @@ SCHEMA_TIP = (
 )
 
 
-class TrainForm(DockWidget):
-    """Fields, buttons, progress bar and live plot of the Train widget (no behaviour)."""
+def safe_name(name: str) -> str:
+    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
+    ``_``."""
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
 
-    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
+
+
+def stop_training(job: TrainJob, worker) -> None:
+    """Cancel ``job`` and wait until its worker thread is done (the widget is closing)."""
+    job.cancel()
+    # napari may already have aborted the worker (viewer closing): then the generator is never
+    # resumed and the thread returns after the current step
+    if not wait_until(lambda: job.ended or worker_returned(worker), STOP_WAIT_S):
+        _common.log.warning("napari-unet: the training run did not stop within %s s", STOP_WAIT_S)
+
+
+class TrainWidget(DockWidget):
+    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
+    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
+
+    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
+    only gets small messages: event batches for the progress bar and the plot and, every few
+    seconds, a predicted crop of the plane on screen for "<image> live prediction".
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self._custom = PRESETS["small"]
         self.image_combo = layer_picker(
@@ -109,7 +115,7 @@ class TrainForm(DockWidget):
             "annotations",
             "the annotation layer made in 1 Annotate; only its annotated planes are used "
             "(import ground truth there to train on it)",
-            accept=is_annotation_layer,
+            accept=_common.is_annotation_layer,
             placeholder="none: create one in 1 Annotate",
         )
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
@@ -159,24 +165,24 @@ class TrainForm(DockWidget):
         # the steps each kind of run had last: a new model, or continuing the model just
         # trained (the field shows one; switching kind swaps them, so no typed value is lost)
         self._steps_of = {False: self.steps.value, True: default_steps(True)}
-        add_buttons(
+        _common.add_buttons(
             self,
-            preview_button="Preview augmentation",
-            train_button="Train",
-            cancel_button="Cancel",
-            resume_button="Resume",
-            save_button="Save model...",
+            preview_button=("Preview augmentation", self.preview_augmentation),
+            train_button=("Train", self.start_training),
+            cancel_button=("Cancel", self.cancel),
+            resume_button=("Resume", partial(self.start_training, resume=True)),
+            save_button=("Save model...", self._save_clicked),
         )
         self.progress, self.status, self.plot = QProgressBar(self), QLabel("", self), LivePlot(self)
         self.accuracy = QLabel("", self)  # the score on unseen annotated planes after a run
         self.accuracy.setToolTip(ACCURACY_TIP)
         for label in (self.status, self.accuracy):
             label.setWordWrap(True)
-        set_tooltips(self, TIPS["train"])
+        _common.set_tooltips(self, _common.TIPS["train"])
         advanced = QCollapsible("Advanced", self)
         advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
         advanced.addWidget(self.advanced.native)
-        column(
+        _common.column(
             self.body,
             self.form,
             advanced,
@@ -194,10 +200,28 @@ class TrainForm(DockWidget):
         )
         self.labels_combo.changed.connect(self._on_labels_changed)
         self.model_combo.changed.connect(self._on_model_choice)
-        _session.changed.connect(self._on_session_changed)
+        self.follow(_session.changed, self._on_session_changed)
         self._on_labels_changed()
         self._on_model_choice(self.model_combo.value)
         self._on_session_changed()
+        self._done = True  # no run stopped half-way (see _on_worker_finished)
+        self.job: TrainJob | None = None
+        self.events: list[TrainEvent] = []
+        self.last_checkpoint: Path | None = None
+        self.result = None  # (model, metadata) of the last finished or cancelled run
+        self._held_how = ""  # how the run's hold-out was chosen, for the accuracy line
+        self._seen_before: list[tuple[int, ...]] = []  # planes the continued model trained on
+        self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
+        entry = _session.trained()
+        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
+            self.plot.show_history(entry.history)
+            self._plotted = entry
+        self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
+        self.preview = LivePreview(viewer)
+        self._started = time.perf_counter()
+        self.speed: float | None = None
+        viewer.dims.events.current_step.connect(self._on_dims_changed)
+        self._set_running(False)
 
     def _not_remembered(self) -> set[str]:
         """Steps are remembered for new models only (continuing has its own default)."""
@@ -209,8 +233,8 @@ class TrainForm(DockWidget):
             self.schema.value = "(no annotation layer)"
             return
         self.schema.value = layer_mode(layer)
-        if layer.metadata.get(META_IMAGE) in self.viewer.layers:
-            self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+        if layer.metadata.get(_common.META_IMAGE) in self.viewer.layers:
+            self.image_combo.value = self.viewer.layers[layer.metadata[_common.META_IMAGE]]
 
     def _on_model_choice(self, choice: str) -> None:
         self.model_path.visible = choice == FINE_TUNE
@@ -223,14 +247,11 @@ class TrainForm(DockWidget):
         if continuing and _session.trained() is None:
             self.status.setText(f"continue: {NO_SESSION_MODEL}")
 
+    @unless_deleted
     def _on_session_changed(self) -> None:
         """Offer "continue: model just trained" only while the session holds a model."""
-        try:
-            combo = self.model_combo.native
-            item = combo.model().item(combo.findText(CONTINUE))
-        except RuntimeError:  # the widget was deleted; the session signal outlived it
-            _session.changed.disconnect(self._on_session_changed)
-            return
+        combo = self.model_combo.native
+        item = combo.model().item(combo.findText(CONTINUE))
         entry = _session.trained()
         item.setEnabled(entry is not None)
         item.setData(
@@ -241,11 +262,6 @@ class TrainForm(DockWidget):
         )
         if entry is None and self.is_continuing():
             self.status.setText(f"continue: {NO_SESSION_MODEL}")
-
-    def stop_workers(self) -> None:
-        """The widget is closing: stop following the session, then stop the workers."""
-        _session.changed.disconnect(self._on_session_changed)  # psygnal: a no-op if gone
-        super().stop_workers()
 
     def is_continuing(self) -> bool:
         """Whether the chosen model is "continue: model just trained"."""
@@ -292,74 +308,20 @@ class TrainForm(DockWidget):
             return None
         return self.threads.value or gui_cpu_threads()
 
-
-def safe_name(name: str) -> str:
-    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
-    ``_``."""
-    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
-
-
-STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
-
-
-def stop_training(job: TrainJob, worker) -> None:
-    """Cancel ``job`` and wait until its worker thread is done (the widget is closing)."""
-    job.cancel()
-    # napari may already have aborted the worker (viewer closing): then the generator is never
-    # resumed and the thread returns after the current step
-    if not wait_until(lambda: job.ended or worker_returned(worker), STOP_WAIT_S):
-        log.warning("napari-unet: the training run did not stop within %s s", STOP_WAIT_S)
-
-
-class TrainWidget(TrainForm):
-    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
-    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
-
-    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
-    only gets small messages: event batches for the progress bar and the plot and, every few
-    seconds, a predicted crop of the plane on screen for "<image> live prediction".
-    """
-
-    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(viewer, parent)
-        self._done = True  # no run stopped half-way (see _on_worker_finished)
-        self.job: TrainJob | None = None
-        self.events: list[TrainEvent] = []
-        self.last_checkpoint: Path | None = None
-        self.result = None  # (model, metadata) of the last finished or cancelled run
-        self._held_how = ""  # how the run's hold-out was chosen, for the accuracy line
-        self._seen_before: list[tuple[int, ...]] = []  # planes the continued model trained on
-        self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
-        entry = _session.trained()
-        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
-            self.plot.show_history(entry.history)
-            self._plotted = entry
-        self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
-        self.preview = LivePreview(viewer)
-        self._started = time.perf_counter()
-        self.speed: float | None = None
-        viewer.dims.events.current_step.connect(self._on_dims_changed)
-        self.preview_button.clicked.connect(guarded(lambda: self.preview_augmentation()))
-        self.train_button.clicked.connect(lambda: self.start_training())
-        self.cancel_button.clicked.connect(lambda: self.cancel())
-        self.resume_button.clicked.connect(lambda: self.start_training(resume=True))
-        self.save_button.clicked.connect(guarded(self._save_clicked))
-        self._set_running(False)
-
     def _layers(self) -> tuple[Image, Labels]:
         image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             raise InputError("choose an image and its annotation layer (see 1 Annotate)")
-        if spatial_shape(image) != tuple(labels.data.shape):
+        if _common.spatial_shape(image) != tuple(labels.data.shape):
             raise InputError(
                 f"the annotations {tuple(labels.data.shape)} do not match the image "
-                f"{tuple(layer_data(image).shape)}; create them in 1 Annotate"
+                f"{tuple(_common.layer_data(image).shape)}; create them in 1 Annotate"
             )
         return image, labels
 
     def annotation_config(self, labels: Labels) -> AnnotationConfig:
         """Schema and weight-map settings recorded on the annotation layer."""
-        weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
+        weights = WeightMapConfig(**labels.metadata.get(_common.META_WEIGHTMAP, {}))
         return AnnotationConfig(
             mode=layer_mode(labels),
             weight_map=weights,
@@ -373,9 +335,9 @@ class TrainWidget(TrainForm):
         try:
             return self._start(resume)
         except Exception as exc:  # noqa: BLE001 - shown to the user
-            report_error(exc)
+            _common.report_error(exc)
             if self.worker is None:  # the line under the buttons says the same as the message
-                self.status.setText(f"not started: {error_message(exc)}")
+                self.status.setText(f"not started: {_common.error_message(exc)}")
                 self.progress.setValue(self.progress.minimum())
                 self.progress.setFormat("")
             return None
@@ -401,7 +363,7 @@ class TrainWidget(TrainForm):
             if not self._done:  # the stopped run's preview is not the model's output
                 self.preview.remove()
         except Exception:  # noqa: BLE001 - the viewer may be closing
-            log.debug("napari-unet: live preview not removed", exc_info=True)
+            _common.log.debug("napari-unet: live preview not removed", exc_info=True)
 
     def _start(self, resume: bool):
         if self.worker is not None:
@@ -429,7 +391,7 @@ class TrainWidget(TrainForm):
             warm_up()
         self.worker = create_worker(run_job, job, _start_thread=False)
         self.worker.yielded.connect(self._on_message)
-        self.worker.errored.connect(report_error)
+        self.worker.errored.connect(_common.report_error)
         self.worker.finished.connect(self._on_worker_finished)
         self.background.set(partial(stop_training, job, self.worker))
         self._first_step = None  # this run's first step (a resumed run starts at its checkpoint)
@@ -485,10 +447,10 @@ class TrainWidget(TrainForm):
             checkpoint=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
             planes=tuple(planes),
             val_planes=tuple(held),
-            channel_axis=channel_axis(image),
+            channel_axis=_common.channel_axis(image),
         )
         return TrainJob(
-            image=layer_data(image),
+            image=_common.layer_data(image),
             labels=labels.data,
             recipe=recipe,
             preview_every_s=self.preview_every.value,
@@ -583,12 +545,12 @@ class TrainWidget(TrainForm):
         """Show ``n`` augmented versions of the current annotated plane right of the image (layers
         "augmentation preview" and "... labels"); returns the two layers."""
         image, labels = self._layers()
-        plane = current_plane(self.viewer, labels, labels.ndim - 2)
+        plane = _common.current_plane(self.viewer, labels, labels.ndim - 2)
         planes = training_plane_list(labels)
         if not planes:
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
-        raw = read_plane(layer_data(image), plane, channel_axis(image))
+        raw = read_plane(_common.layer_data(image), plane, _common.channel_axis(image))
         config = AugmentConfig(strength=self.augment.value)
         row = preview_row(raw, labels.data[plane], self.annotation_config(labels), config, n)
         scale, (y, x) = tuple(labels.scale[-2:]), labels.translate[-2:]
@@ -596,7 +558,7 @@ class TrainWidget(TrainForm):
         layers = []
         for data, kind, name in zip(row, (Image, Labels), ("", " labels"), strict=True):
             name = f"augmentation preview{name}"
-            layer = reusable_layer(self.viewer, name, kind)
+            layer = _common.reusable_layer(self.viewer, name, kind)
             if layer is not None:  # the samples are always one 2D row
                 layer.data, layer.scale, layer.translate = data, where["scale"], where["translate"]
             elif kind is Image:
@@ -634,8 +596,8 @@ class TrainWidget(TrainForm):
         elif kind == "finished":
             self._on_finished(*message[1:])
         elif kind == "error":
-            report_error(message[1])
-            self.status.setText(f"failed: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"failed: {_common.error_message(message[1])}")
             self.progress.setFormat("step %v/%m   failed")
 
     def _on_events(self, events: list[TrainEvent]) -> None:

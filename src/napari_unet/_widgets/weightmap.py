@@ -17,19 +17,7 @@ from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import QLabel, QWidget
 
-from napari_unet._widgets._common import (
-    META_WEIGHTMAP,
-    TIPS,
-    add_buttons,
-    column,
-    current_plane,
-    error_message,
-    guarded,
-    is_annotation_layer,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-)
+from napari_unet._widgets import _common
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import Remembered, config_form, layer_picker, read_config
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
@@ -62,7 +50,7 @@ class WeightMapWidget(DockWidget):
             "annotations",
             "the annotation layer (from 1 Annotate) whose loss weights to show; training uses "
             "the settings chosen here for it",
-            accept=is_annotation_layer,
+            accept=_common.is_annotation_layer,
             placeholder="none: create one in 1 Annotate",
         )
         self.form = config_form(WeightMapConfig, FIELDS)
@@ -73,7 +61,7 @@ class WeightMapWidget(DockWidget):
             tooltip="current plane: the plane on screen; all annotated planes: every plane "
             "listed in 1 Annotate",
         )
-        add_buttons(self, compute_button="Compute weight map")
+        _common.add_buttons(self, compute_button=("Compute weight map", self.compute))
         self.settings = Remembered("weightmap", self.form)
         self.form.insert(0, self.labels_combo)
         self.form.extend([self.scope, self.settings.button])
@@ -81,8 +69,8 @@ class WeightMapWidget(DockWidget):
             setattr(self, name, self.form[name])
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
-        set_tooltips(self, TIPS["weightmap"])
-        column(
+        _common.set_tooltips(self, _common.TIPS["weightmap"])
+        _common.column(
             self.body,
             self.form,
             self.compute_button,
@@ -94,7 +82,6 @@ class WeightMapWidget(DockWidget):
             stretch=True,
         )
         self.variant.changed.connect(self._show_variant_rows)
-        self.compute_button.clicked.connect(guarded(lambda: self.compute()))
         self._show_variant_rows(self.variant.value)
 
     def _show_variant_rows(self, variant: str) -> None:
@@ -116,17 +103,17 @@ class WeightMapWidget(DockWidget):
         try:
             return self._start(scope or self.scope.value, layer or self.labels_combo.value)
         except Exception as exc:
-            self.status.setText(f"not computed: {error_message(exc)}")
+            self.status.setText(f"not computed: {_common.error_message(exc)}")
             raise
 
     def _start(self, scope: str, layer: Labels | None):
         if layer is None:
             raise AnnotationError("choose an annotation layer (create one in 1 Annotate)")
         config = self.config()
-        layer.metadata[META_WEIGHTMAP] = asdict(config)
+        layer.metadata[_common.META_WEIGHTMAP] = asdict(config)
         annotated = training_plane_list(layer)
         if scope.startswith("current"):
-            planes = [current_plane(self.viewer, layer, layer.ndim - 2)]
+            planes = [_common.current_plane(self.viewer, layer, layer.ndim - 2)]
             if planes[0] not in annotated:
                 raise AnnotationError(
                     f"plane {plane_names(planes)} is not annotated: it has no weights; paint or "
@@ -152,7 +139,7 @@ class WeightMapWidget(DockWidget):
 
     def _output_layer(self, labels: Labels) -> Image:
         name, shape = f"{labels.name} weight map", tuple(labels.data.shape)
-        output = reusable_layer(self.viewer, name, Image, shape)
+        output = _common.reusable_layer(self.viewer, name, Image, shape)
         if output is None:
             output = self.viewer.add_image(
                 np.zeros(shape, np.float32),
@@ -170,8 +157,8 @@ class WeightMapWidget(DockWidget):
 
     def _on_message(self, output: Image, message: tuple) -> None:
         if message[0] == "error":
-            report_error(message[1])
-            self.status.setText(f"failed: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"failed: {_common.error_message(message[1])}")
             return
         _, index, weight, base = message
         output.data[index] = weight
