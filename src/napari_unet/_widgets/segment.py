@@ -121,7 +121,7 @@ class SegmentWidget(DockWidget):
         self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
         self.instances = field_widget(SegmentConfig, "instances")
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
-        post = config_form(PostprocessConfig, POST, min_size=auto)
+        self.post = post = config_form(PostprocessConfig, POST, min_size=auto)
         self.watershed, self.seed_distance, self.min_size, self.fill_holes = post[:4]
         self.core_ratio, self.neck_depth = post[4:]
         live = (*post, self.instances)  # re-label the kept planes when they change
@@ -235,9 +235,8 @@ class SegmentWidget(DockWidget):
         if model != self._model_shown:  # another model: start from what it records
             self._model_shown = model
             self.cache.drop()
-            self.fill_holes.value = post.fill_holes
-            self.core_ratio.value = post.core_ratio
-            self.neck_depth.value = post.neck_depth
+            for name in ("fill_holes", "core_ratio", "neck_depth"):
+                self.post[name].value = getattr(post, name)
         for method, name in METHOD_PARAMETER.items():
             control = getattr(self, name)
             control.enabled = control.visible = post.method == method
@@ -264,16 +263,8 @@ class SegmentWidget(DockWidget):
     def segment_config(self, metadata=None, image: Image | None = None) -> SegmentConfig:
         """Prediction and post-processing settings shown in the widget ("auto" ones from the
         model's ``metadata``), with the channel axis of ``image``."""
-        min_size = self.min_size.value
-        post = replace(
-            postprocess_config(getattr(metadata, "postprocess", None) or {}),
-            fill_holes=self.fill_holes.value,
-            core_ratio=self.core_ratio.value,
-            neck_depth=self.neck_depth.value,
-            watershed=self.watershed.value,
-            watershed_min_distance=self.seed_distance.value,
-            **({"min_size": min_size} if min_size >= 0 else {}),
-        )
+        chosen = {w.name: w.value for w in self.post if w.name != "min_size" or w.value >= 0}
+        post = replace(postprocess_config(getattr(metadata, "postprocess", None) or {}), **chosen)
         predict = PredictConfig(tta=self.tta.value, device=self.device.value)
         axis = None if image is None else _common.channel_axis(image)
         return SegmentConfig(predict, post, self.instances.value, axis)
@@ -552,14 +543,8 @@ class SegmentWidget(DockWidget):
         if all(index in exclude for index in np.ndindex(*lead)):
             raise InputError(f"every plane of '{image.name}' is annotated: nothing left to rank")
         device = self.device.value
-        args = (
-            source,
-            device,
-            _common.layer_data(image),
-            SuggestConfig(segment=config),
-            sorted(exclude),
-            self._progress.changed.emit,
-        )
+        args = (source, device, _common.layer_data(image), SuggestConfig(segment=config))
+        args += (sorted(exclude), self._progress.changed.emit)
         job = Job("rank", "", image.name, self._session_entry(source))
         return self._launch(rank_whole, args, device, image, job, counted=True)
 
@@ -590,14 +575,10 @@ class SegmentWidget(DockWidget):
 
     def _fill_next_list(self) -> None:
         """One row per plane of :attr:`ranking`: plane, score, objects found."""
-        rows = [
-            (
-                f"plane {plane_names([e.index])}   {e.score:.3f}   "
-                f"({e.objects} object{'' if e.objects == 1 else 's'})",
-                e.index,
-            )
-            for e in self.ranking
-        ]
+        rows = []
+        for e in self.ranking:
+            objects = f"{e.objects} object{'' if e.objects == 1 else 's'}"
+            rows.append((f"plane {plane_names([e.index])}   {e.score:.3f}   ({objects})", e.index))
         _common.fill_plane_list(self.next_list, rows)
 
     def _on_next_clicked(self, item) -> None:
