@@ -202,6 +202,12 @@ def group(title: str, parent: QWidget, *items) -> QGroupBox:
     return box
 
 
+def safe_name(name: str) -> str:
+    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
+    ``_``."""
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
+
+
 def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:
     """Show ``text`` in a magicgui ``Label``, word-wrapped, words longer than ``longest``
     characters (file paths) cut in the middle, so it never widens the dock; the tooltip holds

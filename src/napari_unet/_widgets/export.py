@@ -98,18 +98,8 @@ class ExportWidget(DockWidget):
         self.onnx_weights.tooltip = (
             "bioimageio: add ONNX weights beside the TorchScript ones (needs onnx and onnxscript)"
         )
-        self.form = Container(
-            widgets=[
-                self.source,
-                self.model_path,
-                self.format,
-                self.out,
-                self.sample,
-                self.training_data,
-                self.authors,
-                self.onnx_weights,
-            ]
-        )
+        self.form = Container(widgets=[self.source, self.model_path, self.format, self.out])
+        self.form.extend([self.sample, self.training_data, self.authors, self.onnx_weights])
         _common.add_buttons(self, export_button=("Export", self.export))
         self.export_button.setToolTip("export in the background, then check the file written")
         self.progress = QProgressBar(self)
@@ -195,8 +185,7 @@ class ExportWidget(DockWidget):
         folder = Path(source).parent if source else Path.cwd()
         entry = _session.trained()
         stem = image.name if image is not None else (entry.stem if entry else "unet")
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
-        return folder / f"{safe}{SUFFIXES[fmt]}"
+        return folder / f"{_common.safe_name(stem)}{SUFFIXES[fmt]}"
 
     def _sample(self, model_path: Path) -> tuple[np.ndarray | None, int | None, str]:
         """The plane on screen of the sample image (C x Y x X, or Y x X for one channel), the

@@ -74,12 +74,6 @@ SCHEMA_TIP = (
 )
 
 
-def safe_name(name: str) -> str:
-    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
-    ``_``."""
-    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
-
-
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 
 
@@ -120,9 +114,9 @@ class TrainWidget(DockWidget):
         )
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
-        self.model_combo, self.hold_out = config_form(TrainChoices, model={"choices": choices})
-        self.hold_out.native.setPlaceholderText(
-            f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"
+        hold_out = {"placeholder": f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"}
+        self.model_combo, self.hold_out = config_form(
+            TrainChoices, model={"choices": choices}, hold_out=hold_out
         )
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = (
@@ -142,20 +136,11 @@ class TrainWidget(DockWidget):
         self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
         self.advanced.append(field_widget(TrainConfig, "tile"))
         self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
-        remembered = [
-            *self.form,
-            self.partial,
-            self.instance_targets,
-            self.lr,
-            *more,
-            self.augment,
-            *self.advanced,
-        ]
+        extra = [self.partial, self.instance_targets, self.lr, *more, self.augment]
         self._continuing = False  # see _steps_of
+        remembered = [*self.form, *extra, *self.advanced]
         self.settings = Remembered("train", remembered, skip=self._not_remembered)
-        self.form.extend(
-            [self.partial, self.instance_targets, self.lr, *more, self.augment, self.hold_out]
-        )
+        self.form.extend([*extra, self.hold_out])
         for widget in self.form:
             setattr(self, widget.name, widget)
         self.tile, self.preview_every, self.threads = self.advanced[3:6]
@@ -531,7 +516,7 @@ class TrainWidget(DockWidget):
         name = image.name if image is not None else "unet"
         source = getattr(getattr(image, "source", None), "path", None)
         folder = Path(source).parent if source else Path.cwd()
-        return folder / f"{safe_name(name)}.unet.safetensors"
+        return folder / f"{_common.safe_name(name)}.unet.safetensors"
 
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
