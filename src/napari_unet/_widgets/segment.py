@@ -23,15 +23,9 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QProgressBar, QWidget
 
-from napari_unet._widgets import _common, _session
+from napari_unet._widgets import _common, _session, annotate
 from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
 from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
-from napari_unet._widgets.annotate import (
-    add_annotation_layer,
-    layer_mode,
-    mark_planes,
-    training_plane_list,
-)
 from napari_unet.annotation.derived import describe, postprocess_config
 from napari_unet.annotation.imported import as_annotations
 from napari_unet.annotation.schema import plane_as_annotation
@@ -538,7 +532,7 @@ class SegmentWidget(DockWidget):
         source = self.model_source()
         config = self.segment_config(source.read_metadata(), image)
         target = self.annotation_layer(image)
-        exclude = set(training_plane_list(target)) if target is not None else set()
+        exclude = set(annotate.training_plane_list(target)) if target is not None else set()
         lead = _common.spatial_shape(image)[:-2]
         if all(index in exclude for index in np.ndindex(*lead)):
             raise InputError(f"every plane of '{image.name}' is annotated: nothing left to rank")
@@ -642,11 +636,14 @@ class SegmentWidget(DockWidget):
         name = plane_names([index])
         instances = bool(result.metadata.get(_common.META_INSTANCES, True))
         new, objects = plane_as_annotation(
-            np.asarray(_common.layer_data(result)[index]), layer_mode(target), instances, name
+            np.asarray(_common.layer_data(result)[index]),
+            annotate.layer_mode(target),
+            instances,
+            name,
         )
         notes = []
         if target is None:
-            target = add_annotation_layer(self.viewer, image)
+            target = annotate.add_annotation_layer(self.viewer, image)
             notes.append(f"created the annotation layer '{target.name}'")
         new = as_annotations({index: new}, target.data.dtype, "instances")[index]
         old = np.asarray(target.data[index])
@@ -663,7 +660,7 @@ class SegmentWidget(DockWidget):
             finally:
                 target.visible = not hidden
         if not new.any():  # an empty plane is annotated only when marked
-            mark_planes(target, [index])
+            annotate.mark_planes(target, [index])
             target.events.paint(value=[])  # the Annotate widget refreshes its plane list
         self._drop_from_ranking(image, index)
         notes.insert(

@@ -21,16 +21,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 from superqt import QCollapsible
 
-from napari_unet._widgets import _common, _session
+from napari_unet._widgets import _common, _forms, _session
 from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
-from napari_unet._widgets._forms import (
-    Remembered,
-    config_form,
-    field_widget,
-    layer_picker,
-    read_config,
-    widget_value,
-)
 from napari_unet._widgets._plot import LivePlot
 from napari_unet._widgets._preview import LivePreview
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
@@ -98,12 +90,12 @@ class TrainWidget(DockWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self._custom = PRESETS["small"]
-        self.image_combo = layer_picker(
+        self.image_combo = _forms.layer_picker(
             viewer, Image, "image", "the image layer to learn from (chosen with the annotations)"
         )
         # only layers made (or imported) in 1 Annotate: a ground-truth layer opened with the
         # sample data is never trained on without the user saying so
-        self.labels_combo = layer_picker(
+        self.labels_combo = _forms.layer_picker(
             viewer,
             Labels,
             "annotations",
@@ -115,7 +107,7 @@ class TrainWidget(DockWidget):
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
         hold_out = {"placeholder": f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"}
-        self.model_combo, self.hold_out = config_form(
+        self.model_combo, self.hold_out = _forms.config_form(
             TrainChoices, model={"choices": choices}, hold_out=hold_out
         )
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
@@ -124,22 +116,22 @@ class TrainWidget(DockWidget):
             "classes are kept"
         )
         devices = available_devices()  # the first is the default
-        self.form = config_form(
+        self.form = _forms.config_form(
             TrainConfig, TRAIN_FIELDS, device={"choices": devices, "value": devices[0]}
         )
-        self.partial = field_widget(AnnotationConfig, "partial")
-        self.instance_targets = field_widget(AnnotationConfig, "instance_targets")
-        self.lr = field_widget(TrainConfig, "lr")
-        more = config_form(TrainConfig, MORE_FIELDS)
-        self.augment = field_widget(AugmentConfig, "strength")
+        self.partial = _forms.field_widget(AnnotationConfig, "partial")
+        self.instance_targets = _forms.field_widget(AnnotationConfig, "instance_targets")
+        self.lr = _forms.field_widget(TrainConfig, "lr")
+        more = _forms.config_form(TrainConfig, MORE_FIELDS)
+        self.augment = _forms.field_widget(AugmentConfig, "strength")
         small = {n: {"value": getattr(PRESETS["small"], n)} for n in ARCH_FIELDS}
-        self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
-        self.advanced.append(field_widget(TrainConfig, "tile"))
-        self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
+        self.advanced = _forms.config_form(UNetConfig, ARCH_FIELDS, **small)
+        self.advanced.append(_forms.field_widget(TrainConfig, "tile"))
+        self.advanced.extend(_forms.config_form(TrainJob, ("preview_every_s", "cpu_threads")))
         extra = [self.partial, self.instance_targets, self.lr, *more, self.augment]
         self._continuing = False  # see _steps_of
         remembered = [*self.form, *extra, *self.advanced]
-        self.settings = Remembered("train", remembered, skip=self._not_remembered)
+        self.settings = _forms.Remembered("train", remembered, skip=self._not_remembered)
         self.form.extend([*extra, self.hold_out])
         for widget in self.form:
             setattr(self, widget.name, widget)
@@ -280,9 +272,9 @@ class TrainWidget(DockWidget):
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""
-        tile = widget_value(self.tile, TrainConfig)
+        tile = _forms.widget_value(self.tile, TrainConfig)
         augment = AugmentConfig(strength=self.augment.value)
-        return read_config(self.form, TrainConfig, tile=tile, augment=augment)
+        return _forms.read_config(self.form, TrainConfig, tile=tile, augment=augment)
 
     def cpu_threads(self) -> int | None:
         """PyTorch CPU threads for the run (None on a GPU); auto leaves one core to the viewer."""
