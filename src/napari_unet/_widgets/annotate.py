@@ -20,20 +20,7 @@ from napari_unet._widgets import _common
 from napari_unet._widgets._dock import DockWidget
 from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet._widgets._schema import schema_colormap, schema_html
-from napari_unet.annotation.imported import (
-    ImportRequest,
-    as_annotations,
-    import_summary,
-    object_counts,
-    planes_from_labels,
-)
-from napari_unet.annotation.schema import (
-    IGNORE_LABEL,
-    MODES,
-    AnnotationConfig,
-    annotated_planes,
-    brush_value,
-)
+from napari_unet.annotation import imported, schema
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
 from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
@@ -51,7 +38,7 @@ def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
 
 def training_plane_list(layer: Labels) -> list[tuple[int, ...]]:
     """Every annotated plane of ``layer``: planes holding labels plus the explicitly marked ones."""
-    return sorted(set(annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
+    return sorted(set(schema.annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
 
 
 def mark_planes(layer: Labels, planes, annotated: bool = True) -> None:
@@ -64,7 +51,7 @@ def mark_planes(layer: Labels, planes, annotated: bool = True) -> None:
 def layer_mode(layer: Labels | None) -> str:
     """The label schema of an annotation layer (``instances`` unless recorded otherwise)."""
     mode = layer.metadata.get(_common.META_MODE, "instances") if layer is not None else "instances"
-    return mode if mode in MODES else "instances"
+    return mode if mode in schema.MODES else "instances"
 
 
 def add_annotation_layer(
@@ -104,7 +91,7 @@ class AnnotateWidget(DockWidget):
             "axis), scale and translation",
         )
         self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
-        self.mode_combo = field_widget(AnnotationConfig, "mode")
+        self.mode_combo = field_widget(schema.AnnotationConfig, "mode")
         self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
         self.schema_label.native.setWordWrap(True)
@@ -124,7 +111,7 @@ class AnnotateWidget(DockWidget):
             "layers are not offered: open a saved one with Open annotations)",
             accept=lambda layer: not _common.is_annotation_layer(layer),
         )
-        self.import_planes, self.match_combo = config_form(ImportRequest)
+        self.import_planes, self.match_combo = config_form(imported.ImportRequest)
         _common.add_buttons(
             self,
             new_button=("New annotation layer", self.new_annotation_layer),
@@ -260,11 +247,11 @@ class AnnotateWidget(DockWidget):
         """Select the paint brush with the schema's background or object label."""
         layer = self._require_layer()
         plane = np.asarray(layer.data[_common.current_plane(self.viewer, layer, layer.ndim - 2)])
-        return self._select(layer, brush_value(layer_mode(layer), what, plane))
+        return self._select(layer, schema.brush_value(layer_mode(layer), what, plane))
 
     def use_ignore_label(self) -> int:
         """Paint with :data:`IGNORE_LABEL` (pixels the loss skips)."""
-        return self._select(self._require_layer(), IGNORE_LABEL)
+        return self._select(self._require_layer(), schema.IGNORE_LABEL)
 
     def _select(self, layer: Labels, value: int) -> int:
         layer.selected_label = value
@@ -281,7 +268,7 @@ class AnnotateWidget(DockWidget):
     def refresh_planes(self) -> None:
         """Recompute the list of annotated planes from the layer data."""
         layer = self.annotation_layer()
-        painted = set() if layer is None else set(annotated_planes(np.asarray(layer.data)))
+        painted = set() if layer is None else set(schema.annotated_planes(np.asarray(layer.data)))
         rows = []
         for index in [] if layer is None else sorted(painted | explicit_planes(layer)):
             where = ", ".join(map(str, index)) if index else "whole image"
@@ -335,14 +322,15 @@ class AnnotateWidget(DockWidget):
             raise InputError("choose labels to import other than the annotation layer itself")
         current = _common.current_plane(self.viewer, target, target.ndim - 2)
         data, shape = _common.layer_data(source), tuple(target.data.shape)
-        chosen = planes_from_labels(data, shape, planes, current, source.name)
+        chosen = imported.planes_from_labels(data, shape, planes, current, source.name)
         self._write_planes(target, chosen)
-        self._confirm(import_summary(f"'{source.name}'", chosen, layer_mode(target)))
+        self._confirm(imported.import_summary(f"'{source.name}'", chosen, layer_mode(target)))
         return list(chosen)
 
     def _write_planes(self, target: Labels, planes: dict[tuple[int, ...], np.ndarray]) -> None:
         """Put label planes into ``target`` in its schema and mark them annotated."""
-        for index, plane in as_annotations(planes, target.data.dtype, layer_mode(target)).items():
+        mode = layer_mode(target)
+        for index, plane in imported.as_annotations(planes, target.data.dtype, mode).items():
             target.data[index] = plane
         mark_planes(target, planes)
         target.refresh()
@@ -375,8 +363,9 @@ class AnnotateWidget(DockWidget):
         planes = {(i,): read_mask(path, shape[1:]) for i, path in matched.items()}
         self._write_planes(target, planes)
         n = len(planes)
-        self._confirm(import_summary(f"{n} mask file{'s' * (n != 1)}", planes, layer_mode(target)))
-        return {i: count for (i,), count in object_counts(planes).items()}
+        files = f"{n} mask file{'s' * (n != 1)}"
+        self._confirm(imported.import_summary(files, planes, layer_mode(target)))
+        return {i: count for (i,), count in imported.object_counts(planes).items()}
 
     # ------------------------------------------------------------------ annotation files
     def _on_save_clicked(self) -> None:
