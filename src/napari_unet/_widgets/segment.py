@@ -417,18 +417,12 @@ class SegmentWidget(DockWidget):
         if layer is not None:
             layer.data = data
             return layer
+        where = _common.spatial_transform(image)
         if kind == "labels":
-            return self.viewer.add_labels(data, name=name, **_common.spatial_transform(image))
+            return self.viewer.add_labels(data, name=name, **where)
         cmap = "viridis" if what == "probability" else "inferno"
-        return self.viewer.add_image(
-            data,
-            name=name,
-            colormap=cmap,
-            blending="additive",
-            opacity=0.7,
-            contrast_limits=(0, 1),
-            **_common.spatial_transform(image),
-        )
+        look = {"colormap": cmap, "blending": "additive", "opacity": 0.7, "contrast_limits": (0, 1)}
+        return self.viewer.add_image(data, name=name, **look, **where)
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
         shape = _common.spatial_shape(image)

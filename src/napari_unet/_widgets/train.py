@@ -231,12 +231,8 @@ class TrainWidget(DockWidget):
         item = combo.model().item(combo.findText(CONTINUE))
         entry = _session.trained()
         item.setEnabled(entry is not None)
-        item.setData(
-            f"continue training the model just trained ({entry.description})"
-            if entry
-            else NO_SESSION_MODEL,
-            Qt.ItemDataRole.ToolTipRole,
-        )
+        tip = f"continue training the model just trained ({entry.description})" if entry else ""
+        item.setData(tip or NO_SESSION_MODEL, Qt.ItemDataRole.ToolTipRole)
         if entry is None and self.is_continuing():
             self.status.setText(f"continue: {NO_SESSION_MODEL}")
 

@@ -141,15 +141,9 @@ class WeightMapWidget(DockWidget):
         name, shape = f"{labels.name} weight map", tuple(labels.data.shape)
         output = _common.reusable_layer(self.viewer, name, Image, shape)
         if output is None:
-            output = self.viewer.add_image(
-                np.zeros(shape, np.float32),
-                name=name,
-                colormap=GLOW,
-                blending="translucent",
-                scale=labels.scale,
-                translate=labels.translate,
-                contrast_limits=(0.0, 1.0),
-            )
+            look = {"colormap": GLOW, "blending": "translucent", "contrast_limits": (0.0, 1.0)}
+            where = {"scale": labels.scale, "translate": labels.translate}
+            output = self.viewer.add_image(np.zeros(shape, np.float32), name=name, **look, **where)
             # under the annotations: objects keep their label colours, the gaps glow
             layers = self.viewer.layers
             layers.move(layers.index(output), layers.index(labels))
