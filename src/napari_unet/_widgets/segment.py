@@ -629,12 +629,8 @@ class SegmentWidget(DockWidget):
         index = _common.current_plane(self.viewer, result, result.ndim - 2)
         name = plane_names([index])
         instances = bool(result.metadata.get(_common.META_INSTANCES, True))
-        new, objects = plane_as_annotation(
-            np.asarray(_common.layer_data(result)[index]),
-            annotate.layer_mode(target),
-            instances,
-            name,
-        )
+        plane = np.asarray(_common.layer_data(result)[index])
+        new, objects = plane_as_annotation(plane, annotate.layer_mode(target), instances, name)
         notes = []
         if target is None:
             target = annotate.add_annotation_layer(self.viewer, image)
@@ -657,11 +653,8 @@ class SegmentWidget(DockWidget):
             annotate.mark_planes(target, [index])
             target.events.paint(value=[])  # the Annotate widget refreshes its plane list
         self._drop_from_ranking(image, index)
-        notes.insert(
-            0,
-            f"plane {name} of '{result.name}' is now an annotated plane of '{target.name}' "
-            f"({objects} object{'' if objects == 1 else 's'})",
-        )
+        done = f"plane {name} of '{result.name}' is now an annotated plane of '{target.name}'"
+        notes.insert(0, f"{done} ({objects} object{'' if objects == 1 else 's'})")
         show_info("; ".join([*notes, "to undo: select the annotation layer and press Ctrl+Z"]))
         self.status.setText(notes[0])
         return index
