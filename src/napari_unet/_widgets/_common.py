@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLayout,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -176,18 +175,16 @@ def add_buttons(
         setattr(owner, name, button)
 
 
-def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout:
-    """A vertical layout of ``items``: Qt or magicgui widgets, layouts, tuples (side by side)
-    and strings (a :func:`hint`); ``stretch`` pushes them up."""
-    layout = QVBoxLayout() if parent is None else QVBoxLayout(parent)
+def column(parent: QWidget, *items, stretch: bool = True) -> QVBoxLayout:
+    """A vertical layout of ``items`` in ``parent``: Qt or magicgui widgets, tuples (side by
+    side) and strings (a :func:`hint`); ``stretch`` pushes them up."""
+    layout = QVBoxLayout(parent)
     for item in items:
         if isinstance(item, tuple):
             row = QHBoxLayout()
             for widget in item:
                 row.addWidget(getattr(widget, "native", widget))
             layout.addLayout(row)
-        elif isinstance(item, QLayout):
-            layout.addLayout(item)
         else:
             layout.addWidget(hint(item) if isinstance(item, str) else getattr(item, "native", item))
     if stretch:
@@ -198,7 +195,7 @@ def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout
 def group(title: str, parent: QWidget, *items) -> QGroupBox:
     """A titled box of ``items`` laid out by :func:`column`."""
     box = QGroupBox(title, parent)
-    column(box, *items)
+    column(box, *items, stretch=False)
     return box
 
 

@@ -165,7 +165,6 @@ class AnnotateWidget(DockWidget):
                 self.import_status,
             ),
             _common.group("Annotation file", self, (self.save_button, self.open_button)),
-            stretch=True,
         )
 
         self.image_combo.changed.connect(self._on_image_changed)

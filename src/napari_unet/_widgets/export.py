@@ -118,7 +118,6 @@ class ExportWidget(DockWidget):
             self.checker,
             "The export is the command line's napari-unet export (the same code); the file "
             "written is then checked and the verdict shown above.",
-            stretch=True,
         )
         self._suggested = ""
         for widget in (self.source, self.format, self.model_path, self.sample):

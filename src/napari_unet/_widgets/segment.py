@@ -167,7 +167,6 @@ class SegmentWidget(DockWidget):
                 self.next_list,
                 self.next_hint,
             ),
-            stretch=True,
         )
         self.image_combo.changed.connect(lambda i: i is self.cache.image or self.cache.drop())
         self.source.changed.connect(self._update_info)

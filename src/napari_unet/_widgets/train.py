@@ -173,7 +173,6 @@ class TrainWidget(DockWidget):
             "Training runs in the background. The live prediction layer shows the plane on "
             "screen every few seconds; the plot shows the loss and, with hold-out planes, the "
             "validation IoU.",
-            stretch=True,
         )
         self.labels_combo.changed.connect(self._on_labels_changed)
         self.model_combo.changed.connect(self._on_model_choice)

@@ -79,7 +79,6 @@ class WeightMapWidget(DockWidget):
             "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
             "Shown: what the border term adds (the class-balance weights are transparent), so "
             "the gaps between touching objects glow. Training uses these settings.",
-            stretch=True,
         )
         self.variant.changed.connect(self._show_variant_rows)
         self._show_variant_rows(self.variant.value)
