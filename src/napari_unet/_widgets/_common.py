@@ -7,6 +7,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -199,10 +200,12 @@ def group(title: str, parent: QWidget, *items) -> QGroupBox:
     return box
 
 
-def safe_name(name: str) -> str:
-    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
-    ``_``."""
-    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
+def beside(layer: Layer | None, stem: str, suffix: str) -> Path:
+    """``<stem><suffix>`` in the folder of the file ``layer`` was opened from (else the working
+    folder); characters of ``stem`` other than letters, digits, ``-`` and ``_`` become ``_``."""
+    source = getattr(getattr(layer, "source", None), "path", None)
+    safe = "".join(c if c.isalnum() or c == "-" else "_" for c in stem)
+    return (Path(source).parent if source else Path.cwd()) / f"{safe}{suffix}"
 
 
 def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:

@@ -271,9 +271,8 @@ class AnnotateWidget(DockWidget):
         rows = []
         for index in [] if layer is None else sorted(painted | explicit_planes(layer)):
             where = ", ".join(map(str, index)) if index else "whole image"
-            rows.append(
-                (f"plane {where}  ({'painted' if index in painted else 'marked, empty'})", index)
-            )
+            state = "painted" if index in painted else "marked, empty"
+            rows.append((f"plane {where}  ({state})", index))
         _common.fill_plane_list(self.plane_list, rows)
 
     def _on_plane_clicked(self, item) -> None:

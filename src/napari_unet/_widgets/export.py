@@ -179,12 +179,9 @@ class ExportWidget(DockWidget):
             model = Path(self.model_path.line_edit.value.strip()).expanduser()
             stem = model.name.removesuffix(".safetensors").removesuffix(".unet")
             return model.parent / f"{stem}{SUFFIXES[fmt]}"
-        image = self.sample.value
-        source = getattr(getattr(image, "source", None), "path", None)
-        folder = Path(source).parent if source else Path.cwd()
-        entry = _session.trained()
+        image, entry = self.sample.value, _session.trained()
         stem = image.name if image is not None else (entry.stem if entry else "unet")
-        return folder / f"{_common.safe_name(stem)}{SUFFIXES[fmt]}"
+        return _common.beside(image, stem, SUFFIXES[fmt])
 
     def _sample(self, model_path: Path) -> tuple[np.ndarray | None, int | None, str]:
         """The plane on screen of the sample image (C x Y x X, or Y x X for one channel), the
@@ -195,9 +192,8 @@ class ExportWidget(DockWidget):
         cfg = read_metadata(model_path).architecture
         axis = _common.channel_axis(image)
         n_lead = len(_common.spatial_shape(image, axis)) - 2
-        plane = read_plane(
-            _common.layer_data(image), _common.current_plane(self.viewer, image, n_lead), axis
-        )
+        index = _common.current_plane(self.viewer, image, n_lead)
+        plane = read_plane(_common.layer_data(image), index, axis)
         if plane.shape[0] != cfg.in_channels:
             raise InputError(
                 f"the model takes {cfg.in_channels} channel(s), '{image.name}' has "

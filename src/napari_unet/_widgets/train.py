@@ -501,9 +501,7 @@ class TrainWidget(DockWidget):
         the image's file, if it was opened from one, else in the working folder."""
         image = self.image_combo.value
         name = image.name if image is not None else "unet"
-        source = getattr(getattr(image, "source", None), "path", None)
-        folder = Path(source).parent if source else Path.cwd()
-        return folder / f"{_common.safe_name(name)}.unet.safetensors"
+        return _common.beside(image, name, ".unet.safetensors")
 
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
