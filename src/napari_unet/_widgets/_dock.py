@@ -77,6 +77,25 @@ class DockWidget(QWidget):
         """Whether this widget's worker (a run, a ranking, an export, ...) is in progress."""
         return self.worker is not None
 
+    def start_worker(self, worker, stop: Callable[[], None]):
+        """Start ``worker`` as this widget's work; ``stop()`` ends it when the widget closes.
+        :meth:`set_running` shows it running and, once it has finished, idle again."""
+        self.worker = worker
+        worker.finished.connect(self.worker_finished)
+        self.background.set(stop)
+        self.set_running(True)
+        worker.start()
+        return worker
+
+    def worker_finished(self) -> None:
+        """The worker has finished: the widget is idle again (override to do more, then call)."""
+        self.worker = None
+        self.background.set(None)
+        self.set_running(False)
+
+    def set_running(self, running: bool) -> None:
+        """Enable what makes sense while a worker runs, or when idle (override)."""
+
     def sizeHint(self) -> QSize:
         """The content's size, at most ``MAX_HINT_HEIGHT`` tall: docks stacked in one area share
         the height (each scrolls) instead of the first one taking it all."""

@@ -243,19 +243,14 @@ class ExportWidget(DockWidget):
         self.exported, self.check = None, None
         self.verdict.setText("")
         self.out.value = str(request.out)
-        worker = self.worker = create_worker(export_job, request, _start_thread=False)
+        worker = create_worker(export_job, request, _start_thread=False)
         worker.yielded.connect(self._on_message)
-        worker.finished.connect(self._on_finished)
 
         def stop() -> None:
             worker.quit()  # after the step now running: the export, then the check
             wait_until(lambda: worker_returned(worker), STOP_WAIT_S)
 
-        self.background.set(stop)
-        self.export_button.setEnabled(False)
-        self.progress.setRange(0, 0)  # busy
-        worker.start()
-        return worker
+        return self.start_worker(worker, stop)
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
@@ -278,9 +273,8 @@ class ExportWidget(DockWidget):
             _common.report_error(message[1])
             self.status.setText(f"not exported: {_common.error_message(message[1])}")
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self.export_button.setEnabled(True)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.exported else 0)
+    def set_running(self, running: bool) -> None:
+        """A busy bar while exporting; full when a file was written."""
+        self.export_button.setEnabled(not running)
+        self.progress.setRange(0, 0 if running else 1)  # 0, 0: busy
+        self.progress.setValue(1 if self.exported and not running else 0)

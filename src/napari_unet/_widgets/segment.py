@@ -183,7 +183,7 @@ class SegmentWidget(DockWidget):
         self.follow(_session.changed, self._update_info, self._on_session_changed)
         self._update_info()
         self._on_scope(self.scope.value)
-        self._set_running(False)
+        self.set_running(False)
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
@@ -321,7 +321,7 @@ class SegmentWidget(DockWidget):
         self._cancel.clear()
         resolved = available_devices()[0] if device == "auto" else device
         threads = gui_cpu_threads() if resolved == "cpu" else None
-        self.worker = create_worker(
+        worker = create_worker(
             func,
             *args,
             self._cancel.is_set,
@@ -331,17 +331,13 @@ class SegmentWidget(DockWidget):
         )
         self.progress.setRange(0, 1 if counted else 0)  # 0, 0: busy until progress comes
         self.progress.setValue(0)
-        self.worker.returned.connect(lambda result: self._on_result(image, result))
-        self.worker.errored.connect(_common.report_error)
-        self.worker.finished.connect(self._on_finished)
-        self.background.set(partial(stop_segmentation, self._cancel, self.worker))
+        worker.returned.connect(lambda result: self._on_result(image, result))
+        worker.errored.connect(_common.report_error)
         self._job = job
         self._started = time.perf_counter()
         what = {"rank": "ranking the planes", "relabel": "re-labelling"}.get(job.kind)
         self.status.setText(f"{what or f'segmenting ({job.scope})'} ...")
-        self._set_running(True)
-        self.worker.start()
-        return self.worker
+        return self.start_worker(worker, partial(stop_segmentation, self._cancel, worker))
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
         if source.model is not None:  # a model in memory checks the channels now
@@ -432,11 +428,10 @@ class SegmentWidget(DockWidget):
         layer.refresh()
         return layer
 
-    def _on_finished(self) -> None:
-        self.worker = None
+    def worker_finished(self) -> None:
+        """The worker's thread is done: go on with the round, if something is pending."""
         self._job = None
-        self.background.set(None)
-        self._set_running(False)
+        super().worker_finished()
         self._continue_round()
         self._relabel()  # settings changed while it ran
 
@@ -472,7 +467,8 @@ class SegmentWidget(DockWidget):
             f"re-labelled {len(planes)} plane(s) in {took:.2f} s (the network was not run)"
         )
 
-    def _set_running(self, running: bool) -> None:
+    def set_running(self, running: bool) -> None:
+        """Enable the buttons that make sense now."""
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self._update_rank_state()

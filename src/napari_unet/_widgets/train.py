@@ -180,7 +180,7 @@ class TrainWidget(DockWidget):
         self._on_labels_changed()
         self._on_model_choice(self.model_combo.value)
         self._on_session_changed()
-        self._done = True  # no run stopped half-way (see _on_worker_finished)
+        self._done = True  # no run stopped half-way (see worker_finished)
         self.job: TrainJob | None = None
         self.events: list[TrainEvent] = []
         self.last_checkpoint: Path | None = None
@@ -197,7 +197,7 @@ class TrainWidget(DockWidget):
         self._started = time.perf_counter()
         self.speed: float | None = None
         viewer.dims.events.current_step.connect(self._on_dims_changed)
-        self._set_running(False)
+        self.set_running(False)
 
     def _not_remembered(self) -> set[str]:
         """Steps are remembered for new models only (continuing has its own default)."""
@@ -361,21 +361,17 @@ class TrainWidget(DockWidget):
             self.status.setText("loading PyTorch's optimiser (once per session) ...")
             self.status.repaint()
             warm_up()
-        self.worker = create_worker(run_job, job, _start_thread=False)
-        self.worker.yielded.connect(self._on_message)
-        self.worker.errored.connect(_common.report_error)
-        self.worker.finished.connect(self._on_worker_finished)
-        self.background.set(partial(stop_training, job, self.worker))
+        worker = create_worker(run_job, job, _start_thread=False)
+        worker.yielded.connect(self._on_message)
+        worker.errored.connect(_common.report_error)
         self._first_step = None  # this run's first step (a resumed run starts at its checkpoint)
         self._done = False  # the run finished: its last preview is the model's output
         self.progress.setRange(job.steps_before, job.steps_before + job.config.steps)
         self.progress.setValue(job.steps_before)
         self.progress.setFormat(self._step_format())
-        self._set_running(True)
         self.status.setText("starting ...")
         self._started = time.perf_counter()
-        self.worker.start()
-        return self.worker
+        return self.start_worker(worker, partial(stop_training, job, worker))
 
     def _new_job(self) -> TrainJob:
         image, labels = self._layers()
@@ -639,14 +635,13 @@ class TrainWidget(DockWidget):
         parent = metadata.provenance.get("parent_model") or "the model trained before"
         return f"trained on {name!r}, {before} + {step} steps (continued from {parent})"
 
-    def _on_worker_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self._set_running(False)
+    def worker_finished(self) -> None:
+        """The run's thread is done: the widget is idle again."""
+        super().worker_finished()
         if not self._done:  # a stopped run's preview must not pass for the model's output
             self.preview.remove()
 
-    def _set_running(self, running: bool) -> None:
+    def set_running(self, running: bool) -> None:
         """Enable the buttons that make sense now."""
         self.train_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)

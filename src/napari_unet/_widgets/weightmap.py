@@ -124,17 +124,11 @@ class WeightMapWidget(DockWidget):
                 raise AnnotationError("no annotated plane yet: paint or import annotations first")
         output = self._output_layer(layer)
         annotation = AnnotationConfig(mode=layer_mode(layer), weight_map=config)
-        self.worker = create_worker(
-            weight_planes, layer.data, planes, annotation, _start_thread=False
-        )
-        self.worker.yielded.connect(lambda message: self._on_message(output, message))
-        self.worker.finished.connect(self._on_finished)
-        self.background.set(self.worker.quit)  # closing: stop after the plane being computed
-        self.compute_button.setEnabled(False)
+        worker = create_worker(weight_planes, layer.data, planes, annotation, _start_thread=False)
+        worker.yielded.connect(lambda message: self._on_message(output, message))
         self.summary = WeightSummary(planes)
         self.status.setText(f"computing plane {plane_names(planes)} ...")
-        self.worker.start()
-        return self.worker
+        return self.start_worker(worker, worker.quit)  # closing: stop after the plane computed
 
     def _output_layer(self, labels: Labels) -> Image:
         name, shape = f"{labels.name} weight map", tuple(labels.data.shape)
@@ -159,7 +153,6 @@ class WeightMapWidget(DockWidget):
         output.refresh()
         self.status.setText(self.summary.text(index))
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self.compute_button.setEnabled(True)
+    def set_running(self, running: bool) -> None:
+        """Compute is pressed once at a time."""
+        self.compute_button.setEnabled(not running)
