@@ -184,6 +184,18 @@ def worker_returned(worker) -> bool:
     return worker is None or not worker.is_running
 
 
+def stopper(worker, ask: Callable[[], None], what: str, timeout_s: float, ended=lambda: False):
+    """How closing the widget stops ``worker``: ``ask()``, then wait until its thread is done
+    (or ``ended()``); after ``timeout_s`` a warning names ``what`` did not stop."""
+
+    def stop() -> None:
+        ask()
+        if not wait_until(lambda: ended() or worker_returned(worker), timeout_s):
+            log.warning("napari-unet: %s did not stop within %s s", what, timeout_s)
+
+    return stop
+
+
 def unless_deleted(slot: Callable) -> Callable:
     """Decorate a slot of :meth:`DockWidget.follow`: once Qt has deleted the widget (the signal
     outlived it), a call stops following instead of failing."""

@@ -20,7 +20,7 @@ from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
 from napari_unet._widgets import _common, _session
-from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
 from napari_unet._widgets._forms import layer_picker
 from napari_unet.errors import InputError
 from napari_unet.inference.job import SOURCES
@@ -245,12 +245,8 @@ class ExportWidget(DockWidget):
         self.out.value = str(request.out)
         worker = create_worker(export_job, request, _start_thread=False)
         worker.yielded.connect(self._on_message)
-
-        def stop() -> None:
-            worker.quit()  # after the step now running: the export, then the check
-            wait_until(lambda: worker_returned(worker), STOP_WAIT_S)
-
-        return self.start_worker(worker, stop)
+        # closing stops after the step now running: the export, then the check
+        return self.start_worker(worker, stopper(worker, worker.quit, "the export", STOP_WAIT_S))
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 
 import napari
 import numpy as np
@@ -24,7 +23,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QProgressBar, QWidget
 
 from napari_unet._widgets import _common, _session, annotate
-from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
 from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet.annotation.derived import describe, postprocess_config
 from napari_unet.annotation.imported import as_annotations
@@ -77,13 +76,6 @@ class _Progress(QObject):
     """Carries progress from the worker thread to the GUI thread (queued signal)."""
 
     changed = Signal(int, int)
-
-
-def stop_segmentation(cancel: threading.Event, worker) -> None:
-    """Ask a segmentation to stop and wait until its thread is done (the widget is closing)."""
-    cancel.set()
-    if not wait_until(lambda: worker_returned(worker), STOP_WAIT_S):
-        _common.log.warning("napari-unet: the segmentation did not stop within %s s", STOP_WAIT_S)
 
 
 class SegmentWidget(DockWidget):
@@ -337,7 +329,8 @@ class SegmentWidget(DockWidget):
         self._started = time.perf_counter()
         what = {"rank": "ranking the planes", "relabel": "re-labelling"}.get(job.kind)
         self.status.setText(f"{what or f'segmenting ({job.scope})'} ...")
-        return self.start_worker(worker, partial(stop_segmentation, self._cancel, worker))
+        stop = stopper(worker, self._cancel.set, "the segmentation", STOP_WAIT_S)
+        return self.start_worker(worker, stop)
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
         if source.model is not None:  # a model in memory checks the channels now

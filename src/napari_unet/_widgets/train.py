@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 from superqt import QCollapsible
 
 from napari_unet._widgets import _common, _forms, _session
-from napari_unet._widgets._dock import DockWidget, unless_deleted, wait_until, worker_returned
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
 from napari_unet._widgets._plot import LivePlot
 from napari_unet._widgets._preview import LivePreview
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
@@ -67,15 +67,6 @@ SCHEMA_TIP = (
 
 
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
-
-
-def stop_training(job: TrainJob, worker) -> None:
-    """Cancel ``job`` and wait until its worker thread is done (the widget is closing)."""
-    job.cancel()
-    # napari may already have aborted the worker (viewer closing): then the generator is never
-    # resumed and the thread returns after the current step
-    if not wait_until(lambda: job.ended or worker_returned(worker), STOP_WAIT_S):
-        _common.log.warning("napari-unet: the training run did not stop within %s s", STOP_WAIT_S)
 
 
 class TrainWidget(DockWidget):
@@ -371,7 +362,10 @@ class TrainWidget(DockWidget):
         self.progress.setFormat(self._step_format())
         self.status.setText("starting ...")
         self._started = time.perf_counter()
-        return self.start_worker(worker, partial(stop_training, job, worker))
+        # closing cancels the job; napari may already have aborted the worker (viewer closing):
+        # then the generator is never resumed and the thread returns after the current step
+        stop = stopper(worker, job.cancel, "the training run", STOP_WAIT_S, lambda: job.ended)
+        return self.start_worker(worker, stop)
 
     def _new_job(self) -> TrainJob:
         image, labels = self._layers()
