@@ -36,21 +36,16 @@ from napari_unet.io.plane_lists import parse_plane_list, plane_names
 from napari_unet.io.planes import read_plane
 from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
+from napari_unet.training import recipe
 from napari_unet.training.augment import AugmentConfig, preview_row
 from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
-from napari_unet.training.recipe import (
-    AUTO_HOLD_OUT_MIN,
-    MODEL_CHOICES,
-    TrainChoices,
-    TrainingRecipe,
-    auto_hold_out,
-)
 from napari_unet.training.trainer import TrainConfig, TrainEvent
 from napari_unet.training.validation import score_text
 
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
 ARCH_FIELDS = ("width", "depth", "padding")
+MODEL_CHOICES = recipe.MODEL_CHOICES
 STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
 NO_SESSION_MODEL = (
     "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
@@ -86,20 +81,16 @@ class TrainWidget(DockWidget):
         )
         # only layers made (or imported) in 1 Annotate: a ground-truth layer opened with the
         # sample data is never trained on without the user saying so
-        self.labels_combo = _forms.layer_picker(
+        self.labels_combo = _forms.annotation_picker(
             viewer,
-            Labels,
-            "annotations",
             "the annotation layer made in 1 Annotate; only its annotated planes are used "
             "(import ground truth there to train on it)",
-            accept=_common.is_annotation_layer,
-            placeholder="none: create one in 1 Annotate",
         )
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
-        hold_out = {"placeholder": f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"}
+        hold_out = {"placeholder": f"auto ({recipe.AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"}
         self.model_combo, self.hold_out = _forms.config_form(
-            TrainChoices, model={"choices": choices}, hold_out=hold_out
+            recipe.TrainChoices, model={"choices": choices}, hold_out=hold_out
         )
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = (
@@ -400,7 +391,7 @@ class TrainWidget(DockWidget):
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() else "_" for c in image.name)[:40]
-        recipe = TrainingRecipe(
+        training_recipe = recipe.TrainingRecipe(
             annotation=self.annotation_config(labels),
             training=self.train_config(),
             architecture=self.architecture() or PRESETS["small"],
@@ -414,7 +405,7 @@ class TrainWidget(DockWidget):
         return TrainJob(
             image=_common.layer_data(image),
             labels=labels.data,
-            recipe=recipe,
+            recipe=training_recipe,
             preview_every_s=self.preview_every.value,
             cpu_threads=self.cpu_threads(),
             steps_before=steps_before,
@@ -437,7 +428,7 @@ class TrainWidget(DockWidget):
             kept = [p for p in kept if p in annotated]
             self._held_how = ", held out as for the model continued" if kept else ""
             return kept
-        held = auto_hold_out(annotated)
+        held = recipe.auto_hold_out(annotated)
         if held:
             self._held_how = f", held out automatically ({len(annotated)} annotated planes)"
         return held
@@ -451,8 +442,8 @@ class TrainWidget(DockWidget):
             return (
                 f"No accuracy figure: every annotated plane ({trained}) was trained on, so no "
                 "unseen annotated plane is left to score on. To get one, type a plane in 'hold "
-                f"out planes' (or annotate {AUTO_HOLD_OUT_MIN} or more planes: one is then held "
-                "out automatically)."
+                f"out planes' (or annotate {recipe.AUTO_HOLD_OUT_MIN} or more planes: one is "
+                "then held out automatically)."
             )
         scores = {e.step: e.metrics for e in self.events if e.kind == "validation" and e.metrics}
         if not scores:
