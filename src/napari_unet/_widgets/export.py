@@ -25,7 +25,7 @@ from napari_unet._widgets._forms import layer_picker
 from napari_unet.errors import InputError
 from napari_unet.inference.job import SOURCES
 from napari_unet.io.export import FORMATS, default_tile, onnx_available
-from napari_unet.io.export_check import ExportCheck, ExportRequest, export_job, installed
+from napari_unet.io.export_check import ExportCheck, ExportRequest, checker_note, export_job
 from napari_unet.io.files import check_output_folder
 from napari_unet.io.modelfile import read_metadata
 from napari_unet.io.planes import read_plane
@@ -39,21 +39,6 @@ FORMAT_TIP = (
 )
 NO_MODEL = "no model to export: train one in 3 Train, or choose 'model file...'"
 STOP_WAIT_S = 30.0  # closing the widget waits this long for an export to end
-
-
-def checker_note() -> str:
-    """Which checker will judge a bioimage.io package here, in words."""
-    if installed("bioimageio.core"):
-        return "checked by bioimageio.core's model test after export"
-    if installed("bioimageio.spec"):
-        return (
-            "checked by bioimageio.spec's validator and napari-unet's own test (bioimageio.core "
-            "is not installed: pip install 'napari-unet[export]')"
-        )
-    return (
-        "checked by napari-unet's own test only: the bioimage.io tools are not installed "
-        "(pip install 'napari-unet[export]')"
-    )
 
 
 class ExportWidget(DockWidget):
