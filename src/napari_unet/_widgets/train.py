@@ -40,7 +40,6 @@ from napari_unet.training import recipe
 from napari_unet.training.augment import AugmentConfig, preview_row
 from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
 from napari_unet.training.trainer import TrainConfig, TrainEvent
-from napari_unet.training.validation import score_text
 
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
@@ -381,7 +380,7 @@ class TrainWidget(DockWidget):
                 raise InputError(NO_SESSION_MODEL)
             model_path = entry.model_file(self.checkpoint_dir)  # the parent, named in the file
             steps_before = entry.chain_steps
-            self._seen_before = _planes_of(entry.metadata, "seen_planes", "train_planes")
+            self._seen_before = entry.metadata.planes("seen_planes", "train_planes")
         else:
             self._seen_before = []
         if not self.is_continuing() and self.architecture() is None:
@@ -424,7 +423,7 @@ class TrainWidget(DockWidget):
             return parse_plane_list(text, n_lead)
         if self.is_continuing():
             entry = _session.trained()
-            kept = _planes_of(entry.metadata, "val_planes") if entry is not None else []
+            kept = entry.metadata.planes("val_planes") if entry is not None else []
             kept = [p for p in kept if p in annotated]
             self._held_how = ", held out as for the model continued" if kept else ""
             return kept
@@ -432,36 +431,6 @@ class TrainWidget(DockWidget):
         if held:
             self._held_how = f", held out automatically ({len(annotated)} annotated planes)"
         return held
-
-    def accuracy_text(self, metadata) -> str:
-        """The accuracy line after a finished run: the score on the held-out planes of the
-        weights kept, or why there is none."""
-        held = _planes_of(metadata, "val_planes")
-        if not held:
-            trained = plane_names(_planes_of(metadata, "train_planes"))
-            return (
-                f"No accuracy figure: every annotated plane ({trained}) was trained on, so no "
-                "unseen annotated plane is left to score on. To get one, type a plane in 'hold "
-                f"out planes' (or annotate {recipe.AUTO_HOLD_OUT_MIN} or more planes: one is "
-                "then held out automatically)."
-            )
-        scores = {e.step: e.metrics for e in self.events if e.kind == "validation" and e.metrics}
-        if not scores:
-            return f"No accuracy figure: plane {plane_names(held)} was not scored in this run."
-        best = metadata.provenance.get("best_step")
-        step = best if best in scores else max(scores)
-        kept = f" (the weights of step {step}, the best score, are kept)" if best == step else ""
-        text = (
-            f"Accuracy on plane {plane_names(held)} (annotated, not trained on"
-            f"{self._held_how}): {score_text(scores[step])}{kept}."
-        )
-        seen = [p for p in held if p in self._seen_before]
-        if seen:
-            text += (
-                f" Careful: plane {plane_names(seen)} was trained on by the model continued, so "
-                "this score is not on unseen data."
-            )
-        return text
 
     def cancel(self) -> None:
         """Stop the run after the current step; a checkpoint is written for Resume."""
@@ -583,9 +552,10 @@ class TrainWidget(DockWidget):
         else:
             self.last_checkpoint = None  # finished: Resume would retrain an older state
             self._done = True
-            seen = {tuple(p) for p in self._seen_before} | set(_planes_of(metadata, "train_planes"))
+            seen = {tuple(p) for p in self._seen_before} | set(metadata.planes("train_planes"))
             metadata.provenance["seen_planes"] = [list(p) for p in sorted(seen)]
-            self.accuracy.setText(self.accuracy_text(metadata))
+            text = recipe.accuracy_text(metadata, self.events, self._held_how, self._seen_before)
+            self.accuracy.setText(text)
             self.progress.setValue(self.job.steps_before + step)
             self.progress.setFormat(self._step_format("done"))
             self._plotted = _session.set_trained(
@@ -633,12 +603,3 @@ class TrainWidget(DockWidget):
         self.resume_button.setEnabled(not running and self.last_checkpoint is not None)
         self.save_button.setEnabled(not running and self.result is not None)
         self.preview_button.setEnabled(not running)
-
-
-def _planes_of(metadata, *keys: str) -> list[tuple[int, ...]]:
-    """Plane indices a model file's provenance records under the first of ``keys`` present."""
-    for key in keys:
-        planes = metadata.provenance.get(key)
-        if isinstance(planes, list):
-            return [tuple(int(i) for i in p) for p in planes]
-    return []
