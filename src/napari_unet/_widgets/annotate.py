@@ -16,9 +16,8 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidget, QWidget
 
-from napari_unet._widgets import _common
+from napari_unet._widgets import _common, _forms
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet._widgets._schema import schema_colormap, schema_html
 from napari_unet.annotation import imported, schema
 from napari_unet.errors import AnnotationError, InputError
@@ -83,7 +82,7 @@ class AnnotateWidget(DockWidget):
         self._timer = QTimer(self, singleShot=True, interval=200)
         self._timer.timeout.connect(self.refresh_planes)
 
-        self.image_combo = layer_picker(
+        self.image_combo = _forms.layer_picker(
             viewer,
             Image,
             "image",
@@ -91,19 +90,15 @@ class AnnotateWidget(DockWidget):
             "axis), scale and translation",
         )
         self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
-        self.mode_combo = field_widget(schema.AnnotationConfig, "mode")
-        self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
+        self.mode_combo = _forms.field_widget(schema.AnnotationConfig, "mode")
+        self.settings = _forms.Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
         self.schema_label.native.setWordWrap(True)
         self.schema_label.native.setTextFormat(Qt.RichText)
-        self.labels_combo = layer_picker(
-            viewer,
-            Labels,
-            "annotations",
-            "the annotation layer to paint and to train on",
-            accept=_common.is_annotation_layer,
+        self.labels_combo = _forms.annotation_picker(
+            viewer, "the annotation layer to paint and to train on", placeholder=""
         )
-        self.source_combo = layer_picker(
+        self.source_combo = _forms.layer_picker(
             viewer,
             Labels,
             "labels",
@@ -111,7 +106,7 @@ class AnnotateWidget(DockWidget):
             "layers are not offered: open a saved one with Open annotations)",
             accept=lambda layer: not _common.is_annotation_layer(layer),
         )
-        self.import_planes, self.match_combo = config_form(imported.ImportRequest)
+        self.import_planes, self.match_combo = _forms.config_form(imported.ImportRequest)
         _common.add_buttons(
             self,
             new_button=("New annotation layer", self.new_annotation_layer),

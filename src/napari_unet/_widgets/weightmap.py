@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_unet._widgets import _common
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import Remembered, config_form, layer_picker, read_config
+from napari_unet._widgets._forms import Remembered, annotation_picker, config_form, read_config
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
 from napari_unet.annotation.job import WeightSummary, weight_planes
 from napari_unet.annotation.schema import AnnotationConfig
@@ -44,14 +44,10 @@ class WeightMapWidget(DockWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self.summary = WeightSummary([])  # of the planes computed by the last run
-        self.labels_combo = layer_picker(
+        self.labels_combo = annotation_picker(
             viewer,
-            Labels,
-            "annotations",
             "the annotation layer (from 1 Annotate) whose loss weights to show; training uses "
             "the settings chosen here for it",
-            accept=_common.is_annotation_layer,
-            placeholder="none: create one in 1 Annotate",
         )
         self.form = config_form(WeightMapConfig, FIELDS)
         self.scope = ComboBox(
