@@ -64,11 +64,8 @@ class DockWidget(QWidget):
 
     def eventFilter(self, watched, event) -> bool:
         """The viewer's main window was closed (a non-spontaneous hide): stop our workers."""
-        if (
-            isinstance(watched, QMainWindow)
-            and event.type() == QEvent.Type.Hide
-            and not event.spontaneous()
-        ):
+        closed = event.type() == QEvent.Type.Hide and not event.spontaneous()
+        if closed and isinstance(watched, QMainWindow):
             _quietly(self.shutdown)
         return False
 

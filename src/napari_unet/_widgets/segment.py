@@ -55,6 +55,10 @@ POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "core_r
 # the control of each instance method's own parameter, shown for models that use that method
 METHOD_PARAMETER = {"relative-cores": "core_ratio", "necks": "neck_depth"}
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"
+RANK_HINT = (
+    "Planes not annotated yet, least sure first. Click one to go there, correct its "
+    "segmentation and press Use plane as annotation."
+)
 
 
 @dataclass(frozen=True)
@@ -486,12 +490,7 @@ class SegmentWidget(DockWidget):
         self.rank_after.setEnabled(not single)
         self.next_list.setEnabled(not single)
         self.rank_button.setEnabled(not single and image is not None and self.worker is None)
-        self.next_hint.setText(
-            NOTHING_TO_RANK
-            if single
-            else "Planes not annotated yet, least sure first. Click one to go there, correct "
-            "its segmentation and press Use plane as annotation."
-        )
+        self.next_hint.setText(NOTHING_TO_RANK if single else RANK_HINT)
 
     def rank_planes(self, auto: bool = False):
         """Rank the chosen image's planes not annotated yet, least sure first, in a worker.
@@ -559,12 +558,11 @@ class SegmentWidget(DockWidget):
 
     def _on_next_clicked(self, item) -> None:
         """Go to the plane of the row clicked."""
+        index = _common.clicked_plane(item)
         for what in ("uncertainty", "segmentation"):
             name = f"{self._ranked_image} {what}"
             if name in self.viewer.layers:
-                _common.go_to_plane(
-                    self.viewer, self.viewer.layers[name], _common.clicked_plane(item)
-                )
+                _common.go_to_plane(self.viewer, self.viewer.layers[name], index)
                 return
 
     def _drop_from_ranking(self, image: Image, index: tuple[int, ...]) -> None:
