@@ -181,7 +181,7 @@ def worker_returned(worker) -> bool:
     return worker is None or not worker.is_running
 
 
-def stopper(worker, ask: Callable[[], None], what: str, timeout_s: float, ended=lambda: False):
+def stopper(worker, ask: Callable, what: str, timeout_s: float, ended=lambda: False) -> Callable:
     """How closing the widget stops ``worker``: ``ask()``, then wait until its thread is done
     (or ``ended()``); after ``timeout_s`` a warning names ``what`` did not stop."""
 

@@ -30,6 +30,7 @@ from napari_unet._widgets._common import is_annotation_layer
 log = logging.getLogger("napari_unet")
 #: Overrides where the settings are kept (tests point it to a temporary folder).
 SETTINGS_ENV = "NAPARI_UNET_SETTINGS_DIR"
+NO_ANNOTATIONS = "none: create one in 1 Annotate"  # an annotation picker with nothing to offer
 _QT_ONLY = ("special", "suffix", "none", "placeholder")
 _NOT_OPTIONS = ("label", "tooltip", "widget_type", *_QT_ONLY)
 
@@ -187,7 +188,7 @@ def layer_picker(
     return picker
 
 
-def annotation_picker(viewer, tooltip: str, placeholder: str = "none: create one in 1 Annotate"):
+def annotation_picker(viewer, tooltip: str, placeholder: str = NO_ANNOTATIONS) -> ComboBox:
     """A :func:`layer_picker` of the annotation layers made (or opened) in 1 Annotate."""
     return layer_picker(
         viewer, Labels, "annotations", tooltip, accept=is_annotation_layer, placeholder=placeholder

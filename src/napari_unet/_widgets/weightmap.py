@@ -150,5 +150,5 @@ class WeightMapWidget(DockWidget):
         self.status.setText(self.summary.text(index))
 
     def set_running(self, running: bool) -> None:
-        """Compute is pressed once at a time."""
+        """Compute is enabled while nothing is being computed."""
         self.compute_button.setEnabled(not running)
