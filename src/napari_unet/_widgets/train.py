@@ -44,6 +44,7 @@ from napari_unet.training.trainer import TrainConfig, TrainEvent
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
 ARCH_FIELDS = ("width", "depth", "padding")
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 MODEL_CHOICES = recipe.MODEL_CHOICES
 STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
 NO_SESSION_MODEL = (
@@ -58,9 +59,6 @@ SCHEMA_TIP = (
     "how the annotation values are read (set in 1 Annotate): instances, scribbles or classes; "
     "see docs/annotations.md"
 )
-
-
-STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 
 
 class TrainWidget(DockWidget):
