@@ -122,9 +122,9 @@ def test_title_bar_close_stops_a_whole_stack_segmentation(big_viewer, qtbot):
     dock, segment = viewer.window.add_plugin_dock_widget("napari-unet", "4 Segment")
     segment.run("whole stack")
     qtbot.waitUntil(lambda: segment.progress.value() >= 1, timeout=60000)
-    ended = segment._ended
+    worker = segment.worker
     dock.titleBarWidget().close_button.click()
-    assert segment._cancel.is_set() and ended.is_set()
+    assert segment._cancel.is_set() and not worker.is_running
     assert "long stack segmentation" not in viewer.layers
 
 

@@ -252,8 +252,9 @@ def test_cancel_and_close_stop_the_ranking(viewer, cells, tiny_model, qtbot, not
     listeners = len(_session.changed)
     widget.rank_planes()
     qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=30000)
+    worker = widget.worker
     dock.titleBarWidget().close_button.click()
-    assert widget._cancel.is_set() and widget._ended.is_set()
+    assert widget._cancel.is_set() and not worker.is_running
     assert len(_session.changed) == listeners - 2
     qtbot.waitUntil(lambda: not widget.is_running, timeout=10000)
     assert "long uncertainty" not in viewer.layers

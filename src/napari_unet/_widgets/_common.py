@@ -7,6 +7,7 @@ import logging
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLayout,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -164,24 +164,28 @@ def set_tooltips(owner: QWidget, tips: dict[str, str]) -> None:
         getattr(part, "native", part).setToolTip(tip)
 
 
-def add_buttons(owner: QWidget, **texts: str) -> None:
-    """Push buttons ``owner.<name>`` with their ``text`` (tooltips: :func:`set_tooltips`)."""
-    for name, text in texts.items():
-        setattr(owner, name, QPushButton(text, owner))
+def add_buttons(
+    owner: QWidget, status: Callable[[str], Any] | None = None, **buttons: tuple[str, Callable]
+) -> None:
+    """Push buttons ``owner.<name>`` from ``(text, action)``: a click calls ``action()``, its
+    errors become notifications (:func:`guarded`, with ``status``). Tooltips:
+    :func:`set_tooltips`."""
+    for name, (text, action) in buttons.items():
+        button = QPushButton(text, owner)
+        button.clicked.connect(guarded(action, status))
+        setattr(owner, name, button)
 
 
-def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout:
-    """A vertical layout of ``items``: Qt or magicgui widgets, layouts, tuples (side by side)
-    and strings (a :func:`hint`); ``stretch`` pushes them up."""
-    layout = QVBoxLayout() if parent is None else QVBoxLayout(parent)
+def column(parent: QWidget, *items, stretch: bool = True) -> QVBoxLayout:
+    """A vertical layout of ``items`` in ``parent``: Qt or magicgui widgets, tuples (side by
+    side) and strings (a :func:`hint`); ``stretch`` pushes them up."""
+    layout = QVBoxLayout(parent)
     for item in items:
         if isinstance(item, tuple):
             row = QHBoxLayout()
             for widget in item:
                 row.addWidget(getattr(widget, "native", widget))
             layout.addLayout(row)
-        elif isinstance(item, QLayout):
-            layout.addLayout(item)
         else:
             layout.addWidget(hint(item) if isinstance(item, str) else getattr(item, "native", item))
     if stretch:
@@ -192,8 +196,16 @@ def column(parent: QWidget | None, *items, stretch: bool = False) -> QVBoxLayout
 def group(title: str, parent: QWidget, *items) -> QGroupBox:
     """A titled box of ``items`` laid out by :func:`column`."""
     box = QGroupBox(title, parent)
-    column(box, *items)
+    column(box, *items, stretch=False)
     return box
+
+
+def beside(layer: Layer | None, stem: str, suffix: str) -> Path:
+    """``<stem><suffix>`` in the folder of the file ``layer`` was opened from (else the working
+    folder); characters of ``stem`` other than letters, digits, ``-`` and ``_`` become ``_``."""
+    source = getattr(getattr(layer, "source", None), "path", None)
+    safe = "".join(c if c.isalnum() or c == "-" else "_" for c in stem)
+    return (Path(source).parent if source else Path.cwd()) / f"{safe}{suffix}"
 
 
 def show_long(label, text: str, tip: str = "", longest: int = 36) -> None:

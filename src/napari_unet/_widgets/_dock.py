@@ -10,19 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
-from qtpy.QtWidgets import (
-    QDockWidget,
-    QFrame,
-    QMainWindow,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 log = logging.getLogger("napari_unet")
 MAX_HINT_HEIGHT = 320  # px: the height a dock asks for when it shares its area
@@ -51,6 +45,7 @@ class DockWidget(QWidget):
         background = self.background = BackgroundWork()
         self.destroyed.connect(lambda *_: _quietly(background.stop))
         self._watching_window = False  # no reference to it: a closed viewer must not stay alive
+        self._followed: list[tuple] = []  # (signal, slot) pairs of :meth:`follow`
 
     def event(self, event) -> bool:
         """Notice when napari takes the widget out of its dock (the title-bar x)."""
@@ -69,11 +64,8 @@ class DockWidget(QWidget):
 
     def eventFilter(self, watched, event) -> bool:
         """The viewer's main window was closed (a non-spontaneous hide): stop our workers."""
-        if (
-            isinstance(watched, QMainWindow)
-            and event.type() == QEvent.Type.Hide
-            and not event.spontaneous()
-        ):
+        closed = event.type() == QEvent.Type.Hide and not event.spontaneous()
+        if closed and isinstance(watched, QMainWindow):
             _quietly(self.shutdown)
         return False
 
@@ -81,6 +73,25 @@ class DockWidget(QWidget):
     def is_running(self) -> bool:
         """Whether this widget's worker (a run, a ranking, an export, ...) is in progress."""
         return self.worker is not None
+
+    def start_worker(self, worker, stop: Callable[[], None]):
+        """Start ``worker`` as this widget's work; ``stop()`` ends it when the widget closes.
+        :meth:`set_running` shows it running and, once it has finished, idle again."""
+        self.worker = worker
+        worker.finished.connect(self.worker_finished)
+        self.background.set(stop)
+        self.set_running(True)
+        worker.start()
+        return worker
+
+    def worker_finished(self) -> None:
+        """The worker has finished: the widget is idle again (override to do more, then call)."""
+        self.worker = None
+        self.background.set(None)
+        self.set_running(False)
+
+    def set_running(self, running: bool) -> None:
+        """Enable what makes sense while a worker runs, or when idle (override)."""
 
     def sizeHint(self) -> QSize:
         """The content's size, at most ``MAX_HINT_HEIGHT`` tall: docks stacked in one area share
@@ -111,12 +122,26 @@ class DockWidget(QWidget):
             total = sum(d.height() for d in ours)
             window.resizeDocks(ours, [total // len(ours)] * len(ours), Qt.Orientation.Vertical)
 
+    def follow(self, signal, *slots: Callable) -> None:
+        """Connect ``slots`` (methods of this widget, see :func:`unless_deleted`) to the psygnal
+        ``signal`` until the widget shuts down."""
+        for slot in slots:
+            signal.connect(slot)
+            self._followed.append((signal, slot))
+
+    def unfollow(self) -> None:
+        """Disconnect what :meth:`follow` connected (psygnal: a no-op if already gone)."""
+        for signal, slot in self._followed:
+            signal.disconnect(slot)
+        self._followed.clear()
+
     def shutdown(self) -> None:
-        """Stop every worker this widget started and wait until their threads return (once;
-        subclasses override :meth:`stop_workers`)."""
+        """Stop following signals, then stop every worker this widget started and wait until
+        their threads return (once; subclasses override :meth:`stop_workers`)."""
         if self._shut_down:
             return
         self._shut_down = True
+        self.unfollow()
         self.stop_workers()
 
     def stop_workers(self) -> None:
@@ -154,6 +179,34 @@ def wait_until(done, timeout_s: float, poll_s: float = 0.02) -> bool:
 def worker_returned(worker) -> bool:
     """Whether a napari/superqt worker's thread is done with its function (or never began)."""
     return worker is None or not worker.is_running
+
+
+def stopper(worker, ask: Callable, what: str, timeout_s: float, ended=lambda: False) -> Callable:
+    """How closing the widget stops ``worker``: ``ask()``, then wait until its thread is done
+    (or ``ended()``); after ``timeout_s`` a warning names ``what`` did not stop."""
+
+    def stop() -> None:
+        ask()
+        if not wait_until(lambda: ended() or worker_returned(worker), timeout_s):
+            log.warning("napari-unet: %s did not stop within %s s", what, timeout_s)
+
+    return stop
+
+
+def unless_deleted(slot: Callable) -> Callable:
+    """Decorate a slot of :meth:`DockWidget.follow`: once Qt has deleted the widget (the signal
+    outlived it), a call stops following instead of failing."""
+
+    @functools.wraps(slot)
+    def call(self: DockWidget, *args):
+        try:
+            self.isVisible()  # raises RuntimeError once the Qt widget is deleted
+        except RuntimeError:
+            self.unfollow()
+            return None
+        return slot(self, *args)
+
+    return call
 
 
 def _quietly(func) -> None:

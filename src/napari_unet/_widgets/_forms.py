@@ -22,12 +22,15 @@ from typing import Any
 
 from magicgui.backends._qtpy.widgets import QBaseRangedWidget
 from magicgui.widgets import ComboBox, Container, PushButton, Widget, create_widget
-from napari.layers import Layer
+from napari.layers import Labels, Layer
 from qtpy.QtWidgets import QSpinBox
+
+from napari_unet._widgets._common import is_annotation_layer
 
 log = logging.getLogger("napari_unet")
 #: Overrides where the settings are kept (tests point it to a temporary folder).
 SETTINGS_ENV = "NAPARI_UNET_SETTINGS_DIR"
+NO_ANNOTATIONS = "none: create one in 1 Annotate"  # an annotation picker with nothing to offer
 _QT_ONLY = ("special", "suffix", "none", "placeholder")
 _NOT_OPTIONS = ("label", "tooltip", "widget_type", *_QT_ONLY)
 
@@ -183,6 +186,13 @@ def layer_picker(
         layer.events.name.connect(refresh)
     refresh()
     return picker
+
+
+def annotation_picker(viewer, tooltip: str, placeholder: str = NO_ANNOTATIONS) -> ComboBox:
+    """A :func:`layer_picker` of the annotation layers made (or opened) in 1 Annotate."""
+    return layer_picker(
+        viewer, Labels, "annotations", tooltip, accept=is_annotation_layer, placeholder=placeholder
+    )
 
 
 # ----------------------------------------------------------------------------- settings

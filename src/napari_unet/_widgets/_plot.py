@@ -68,16 +68,9 @@ class LivePlot(QWidget):
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelbottom=False)
         ax.tick_params(axis="y", labelleft=False)
-        self.placeholder = ax.text(
-            0.5,
-            0.5,
-            "loss and validation IoU\nappear here during training",
-            ha="center",
-            va="center",
-            color=FG,
-            fontsize=8,
-            transform=ax.transAxes,
-        )
+        centred = {"ha": "center", "va": "center", "color": FG, "fontsize": 8}
+        text = "loss and validation IoU\nappear here during training"
+        self.placeholder = ax.text(0.5, 0.5, text, transform=ax.transAxes, **centred)
         (self.raw_line,) = ax.plot([], [], ".", color=LOSS, alpha=0.25, ms=2, animated=True)
         (self.loss_line,) = ax.plot([], [], color=LOSS, lw=1.5, animated=True)
         (self.iou_line,) = ax2.plot([], [], "o-", color=IOU, lw=1, ms=3, animated=True)

@@ -56,13 +56,10 @@ class LivePreview:
         self.shown.update({name, f"{name} window"})
         layer = reusable_layer(self.viewer, name, Labels, shape)
         if layer is None:
+            where = {"scale": labels.scale, "translate": labels.translate}
             with keeping_selection(self.viewer):
                 layer = self.viewer.add_labels(
-                    np.zeros(shape, np.uint8),
-                    name=name,
-                    opacity=0.45,
-                    scale=labels.scale,
-                    translate=labels.translate,
+                    np.zeros(shape, np.uint8), name=name, opacity=0.45, **where
                 )
         return layer
 
@@ -106,16 +103,9 @@ class LivePreview:
             existing.data = [corners]
             return
         with keeping_selection(self.viewer):
-            self.viewer.add_shapes(
-                [corners],
-                shape_type="rectangle",
-                name=name,
-                edge_color="yellow",
-                face_color="transparent",
-                edge_width=2,
-                scale=labels.scale,
-                translate=labels.translate,
-            )
+            look = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 2}
+            where = {"scale": labels.scale, "translate": labels.translate}
+            self.viewer.add_shapes([corners], shape_type="rectangle", name=name, **look, **where)
 
 
 def _span(centre: float, size: int, edge: int) -> tuple[int, int]:

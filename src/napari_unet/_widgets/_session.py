@@ -59,9 +59,7 @@ class TrainedModel:
 
 class _Session:
     changed = Signal()
-
-    def __init__(self) -> None:
-        self.latest: TrainedModel | None = None
+    latest: TrainedModel | None = None
 
 
 _SESSION = _Session()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 
 import napari
@@ -15,45 +16,10 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QFileDialog, QListWidget, QWidget
 
-from napari_unet._widgets._common import (
-    META_CHANNEL_AXIS,
-    META_IMAGE,
-    META_MODE,
-    META_PLANES,
-    TIPS,
-    add_buttons,
-    channel_axis,
-    clicked_plane,
-    column,
-    current_plane,
-    fill_plane_list,
-    go_to_plane,
-    group,
-    guarded,
-    is_annotation_layer,
-    layer_data,
-    one_line,
-    set_tooltips,
-    spatial_shape,
-    spatial_transform,
-)
+from napari_unet._widgets import _common, _forms
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet._widgets._schema import schema_colormap, schema_html
-from napari_unet.annotation.imported import (
-    ImportRequest,
-    as_annotations,
-    import_summary,
-    object_counts,
-    planes_from_labels,
-)
-from napari_unet.annotation.schema import (
-    IGNORE_LABEL,
-    MODES,
-    AnnotationConfig,
-    annotated_planes,
-    brush_value,
-)
+from napari_unet.annotation import imported, schema
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.annotation_file import SUFFIX, load_annotations, save_annotations
 from napari_unet.io.annotation_layer import layer_kwargs, metadata_from_layer
@@ -66,25 +32,25 @@ FILE_FILTER = f"napari-unet annotations (*{SUFFIX});;TIFF (*.tif *.tiff)"
 
 def explicit_planes(layer: Labels) -> set[tuple[int, ...]]:
     """Planes listed in the layer's ``napari_unet_planes`` metadata."""
-    return {tuple(int(i) for i in p) for p in layer.metadata.get(META_PLANES, [])}
+    return {tuple(int(i) for i in p) for p in layer.metadata.get(_common.META_PLANES, [])}
 
 
 def training_plane_list(layer: Labels) -> list[tuple[int, ...]]:
     """Every annotated plane of ``layer``: planes holding labels plus the explicitly marked ones."""
-    return sorted(set(annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
+    return sorted(set(schema.annotated_planes(np.asarray(layer.data))) | explicit_planes(layer))
 
 
 def mark_planes(layer: Labels, planes, annotated: bool = True) -> None:
     """Record ``planes`` as annotated even when empty (all background), or unmark them."""
     marked = explicit_planes(layer)
     marked = marked | set(planes) if annotated else marked - set(planes)
-    layer.metadata[META_PLANES] = [list(p) for p in sorted(marked)]
+    layer.metadata[_common.META_PLANES] = [list(p) for p in sorted(marked)]
 
 
 def layer_mode(layer: Labels | None) -> str:
     """The label schema of an annotation layer (``instances`` unless recorded otherwise)."""
-    mode = layer.metadata.get(META_MODE, "instances") if layer is not None else "instances"
-    return mode if mode in MODES else "instances"
+    mode = layer.metadata.get(_common.META_MODE, "instances") if layer is not None else "instances"
+    return mode if mode in schema.MODES else "instances"
 
 
 def add_annotation_layer(
@@ -95,12 +61,12 @@ def add_annotation_layer(
     Its shape is the image's without the channel ``axis`` (default: the recorded one, or RGB),
     with the image's scale and translation, the schema's colours and no annotated plane yet.
     """
-    axis = channel_axis(image) if axis is None else axis
+    axis = _common.channel_axis(image) if axis is None else axis
     layer = viewer.add_labels(
-        np.zeros(spatial_shape(image, axis), np.uint16),
+        np.zeros(_common.spatial_shape(image, axis), np.uint16),
         name=f"{image.name} annotations",
-        metadata={META_IMAGE: image.name, META_MODE: mode, META_PLANES: []},
-        **spatial_transform(image, axis),
+        metadata={_common.META_IMAGE: image.name, _common.META_MODE: mode, _common.META_PLANES: []},
+        **_common.spatial_transform(image, axis),
     )
     layer.colormap = schema_colormap(mode)
     layer.brush_size = 6
@@ -116,7 +82,7 @@ class AnnotateWidget(DockWidget):
         self._timer = QTimer(self, singleShot=True, interval=200)
         self._timer.timeout.connect(self.refresh_planes)
 
-        self.image_combo = layer_picker(
+        self.image_combo = _forms.layer_picker(
             viewer,
             Image,
             "image",
@@ -124,50 +90,50 @@ class AnnotateWidget(DockWidget):
             "axis), scale and translation",
         )
         self.channel_combo = ComboBox(label="channel axis", choices=[("none", -1)])
-        self.mode_combo = field_widget(AnnotationConfig, "mode")
-        self.settings = Remembered("annotate", [self.mode_combo], {"mode": "instances"})
+        self.mode_combo = _forms.field_widget(schema.AnnotationConfig, "mode")
+        self.settings = _forms.Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
         self.schema_label.native.setWordWrap(True)
         self.schema_label.native.setTextFormat(Qt.RichText)
-        self.labels_combo = layer_picker(
-            viewer,
-            Labels,
-            "annotations",
-            "the annotation layer to paint and to train on",
-            accept=is_annotation_layer,
+        self.labels_combo = _forms.annotation_picker(
+            viewer, "the annotation layer to paint and to train on", placeholder=""
         )
-        self.source_combo = layer_picker(
+        self.source_combo = _forms.layer_picker(
             viewer,
             Labels,
             "labels",
             "a labels layer to copy from, e.g. ground truth opened from file (annotation "
             "layers are not offered: open a saved one with Open annotations)",
-            accept=lambda layer: not is_annotation_layer(layer),
+            accept=lambda layer: not _common.is_annotation_layer(layer),
         )
-        self.import_planes, self.match_combo = config_form(ImportRequest)
-        add_buttons(
+        self.import_planes, self.match_combo = _forms.config_form(imported.ImportRequest)
+        _common.add_buttons(
             self,
-            new_button="New annotation layer",
-            background_button="Background",
-            object_button="Object",
-            ignore_button="Use ignore label",
-            mark_button="Mark current plane as annotated (empty)",
-            unmark_button="Unmark",
-            import_button="Import labels layer as annotations",
-            masks_button="Import mask files",
-            save_button="Save annotations…",
-            open_button="Open annotations…",
+            new_button=("New annotation layer", self.new_annotation_layer),
+            background_button=("Background", partial(self.use_brush, "background")),
+            object_button=("Object", partial(self.use_brush, "object")),
+            ignore_button=("Use ignore label", self.use_ignore_label),
+            mark_button=("Mark current plane as annotated (empty)", self.mark_current_plane),
+            unmark_button=("Unmark", partial(self.mark_current_plane, False)),
+        )
+        _common.add_buttons(  # these say what went wrong on the import status line too
+            self,
+            self._set_status,
+            import_button=("Import labels layer as annotations", self._on_import_clicked),
+            masks_button=("Import mask files", self._on_masks_clicked),
+            save_button=("Save annotations…", self._on_save_clicked),
+            open_button=("Open annotations…", self._on_open_clicked),
         )
         self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
         self.import_status = Label(value="", tooltip="the last import, save or open")
         self.import_status.native.setWordWrap(True)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
-        set_tooltips(self, TIPS["annotate"])
+        _common.set_tooltips(self, _common.TIPS["annotate"])
         fields = (self.image_combo, self.channel_combo, self.mode_combo)
-        column(
+        _common.column(
             self.body,
-            group(
+            _common.group(
                 "Annotation layer",
                 self,
                 Container(widgets=[*fields, self.schema_label]),
@@ -176,13 +142,13 @@ class AnnotateWidget(DockWidget):
                 (self.background_button, self.object_button, self.ignore_button),
                 self.settings.button,
             ),
-            group(
+            _common.group(
                 "Annotated planes (click to go there)",
                 self,
                 self.plane_list,
                 (self.mark_button, self.unmark_button),
             ),
-            group(
+            _common.group(
                 "Import (e.g. ground truth)",
                 self,
                 Container(widgets=[self.source_combo, self.import_planes]),
@@ -193,23 +159,12 @@ class AnnotateWidget(DockWidget):
                 "(scribbles: background becomes 1, objects 2).",
                 self.import_status,
             ),
-            group("Annotation file", self, (self.save_button, self.open_button)),
-            stretch=True,
+            _common.group("Annotation file", self, (self.save_button, self.open_button)),
         )
 
         self.image_combo.changed.connect(self._on_image_changed)
         self.mode_combo.changed.connect(self._on_mode_changed)
         self.labels_combo.changed.connect(self._on_labels_changed)
-        self.new_button.clicked.connect(guarded(lambda: self.new_annotation_layer()))
-        self.background_button.clicked.connect(guarded(lambda: self.use_brush("background")))
-        self.object_button.clicked.connect(guarded(lambda: self.use_brush("object")))
-        self.ignore_button.clicked.connect(guarded(lambda: self.use_ignore_label()))
-        self.mark_button.clicked.connect(guarded(lambda: self.mark_current_plane()))
-        self.unmark_button.clicked.connect(guarded(lambda: self.mark_current_plane(False)))
-        self.import_button.clicked.connect(guarded(self._on_import_clicked, self._set_status))
-        self.masks_button.clicked.connect(guarded(self._on_masks_clicked, self._set_status))
-        self.save_button.clicked.connect(guarded(self._on_save_clicked, self._set_status))
-        self.open_button.clicked.connect(guarded(self._on_open_clicked, self._set_status))
         self.plane_list.itemClicked.connect(self._on_plane_clicked)
         self._on_image_changed()
         self._on_labels_changed()
@@ -224,14 +179,14 @@ class AnnotateWidget(DockWidget):
         if image is None:
             self.channel_combo.choices = [("none", -1)]
             return
-        data = layer_data(image)
+        data = _common.layer_data(image)
         if getattr(image, "rgb", False):
             self.channel_combo.choices = [("RGB (last axis)", data.ndim - 1)]
             return
         axes = [(f"axis {a} ({data.shape[a]})", a) for a in range(max(data.ndim - 2, 0))]
         self.channel_combo.native.clear()
         self.channel_combo.choices = [("none", -1), *axes]
-        recorded = image.metadata.get(META_CHANNEL_AXIS)
+        recorded = image.metadata.get(_common.META_CHANNEL_AXIS)
         self.channel_combo.value = -1 if recorded is None else recorded
 
     def new_annotation_layer(self, image: Image | None = None, mode: str | None = None) -> Labels:
@@ -243,7 +198,7 @@ class AnnotateWidget(DockWidget):
         axis = None if image.rgb else self.channel_combo.value
         axis = None if axis == -1 else axis
         if image is self.image_combo.value and not image.rgb:
-            image.metadata[META_CHANNEL_AXIS] = axis
+            image.metadata[_common.META_CHANNEL_AXIS] = axis
         layer = add_annotation_layer(self.viewer, image, mode, axis)
         self.labels_combo.value = layer
         return layer
@@ -252,7 +207,7 @@ class AnnotateWidget(DockWidget):
         self.schema_label.value = schema_html(mode)
         layer = self.annotation_layer()
         if layer is not None and layer_mode(layer) != mode:
-            layer.metadata[META_MODE] = mode
+            layer.metadata[_common.META_MODE] = mode
             layer.colormap = schema_colormap(mode)
 
     def _on_labels_changed(self, *_args) -> None:
@@ -266,8 +221,8 @@ class AnnotateWidget(DockWidget):
             self.mode_combo.value = layer_mode(layer)
             if not isinstance(layer.colormap, DirectLabelColormap):  # e.g. opened from a file
                 layer.colormap = schema_colormap(layer_mode(layer))
-            if layer.metadata.get(META_IMAGE) in self.viewer.layers:
-                self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+            if layer.metadata.get(_common.META_IMAGE) in self.viewer.layers:
+                self.image_combo.value = self.viewer.layers[layer.metadata[_common.META_IMAGE]]
         self.schema_label.value = schema_html(self.mode_combo.value)
         self.refresh_planes()
 
@@ -285,12 +240,12 @@ class AnnotateWidget(DockWidget):
     def use_brush(self, what: str) -> int:
         """Select the paint brush with the schema's background or object label."""
         layer = self._require_layer()
-        plane = np.asarray(layer.data[current_plane(self.viewer, layer, layer.ndim - 2)])
-        return self._select(layer, brush_value(layer_mode(layer), what, plane))
+        plane = np.asarray(layer.data[_common.current_plane(self.viewer, layer, layer.ndim - 2)])
+        return self._select(layer, schema.brush_value(layer_mode(layer), what, plane))
 
     def use_ignore_label(self) -> int:
         """Paint with :data:`IGNORE_LABEL` (pixels the loss skips)."""
-        return self._select(self._require_layer(), IGNORE_LABEL)
+        return self._select(self._require_layer(), schema.IGNORE_LABEL)
 
     def _select(self, layer: Labels, value: int) -> int:
         layer.selected_label = value
@@ -307,24 +262,23 @@ class AnnotateWidget(DockWidget):
     def refresh_planes(self) -> None:
         """Recompute the list of annotated planes from the layer data."""
         layer = self.annotation_layer()
-        painted = set() if layer is None else set(annotated_planes(np.asarray(layer.data)))
+        painted = set() if layer is None else set(schema.annotated_planes(np.asarray(layer.data)))
         rows = []
         for index in [] if layer is None else sorted(painted | explicit_planes(layer)):
             where = ", ".join(map(str, index)) if index else "whole image"
-            rows.append(
-                (f"plane {where}  ({'painted' if index in painted else 'marked, empty'})", index)
-            )
-        fill_plane_list(self.plane_list, rows)
+            state = "painted" if index in painted else "marked, empty"
+            rows.append((f"plane {where}  ({state})", index))
+        _common.fill_plane_list(self.plane_list, rows)
 
     def _on_plane_clicked(self, item) -> None:
         layer = self.annotation_layer()
         if layer is not None:
-            go_to_plane(self.viewer, layer, clicked_plane(item))
+            _common.go_to_plane(self.viewer, layer, _common.clicked_plane(item))
 
     def mark_current_plane(self, annotated: bool = True) -> tuple[int, ...]:
         """Record the plane on screen as annotated even if empty (all background), or unmark it."""
         layer = self._require_layer()
-        index = current_plane(self.viewer, layer, layer.ndim - 2)
+        index = _common.current_plane(self.viewer, layer, layer.ndim - 2)
         mark_planes(layer, [index], annotated)
         self.refresh_planes()
         return index
@@ -336,7 +290,7 @@ class AnnotateWidget(DockWidget):
 
     def _confirm(self, text: str) -> str:
         self._set_status(text)
-        show_info(one_line(text, 160))
+        show_info(_common.one_line(text, 160))
         return text
 
     def _on_import_clicked(self) -> None:
@@ -359,16 +313,17 @@ class AnnotateWidget(DockWidget):
         target = target or self.annotation_layer() or self.new_annotation_layer()
         if target is source:
             raise InputError("choose labels to import other than the annotation layer itself")
-        current = current_plane(self.viewer, target, target.ndim - 2)
-        data, shape = layer_data(source), tuple(target.data.shape)
-        chosen = planes_from_labels(data, shape, planes, current, source.name)
+        current = _common.current_plane(self.viewer, target, target.ndim - 2)
+        data, shape = _common.layer_data(source), tuple(target.data.shape)
+        chosen = imported.planes_from_labels(data, shape, planes, current, source.name)
         self._write_planes(target, chosen)
-        self._confirm(import_summary(f"'{source.name}'", chosen, layer_mode(target)))
+        self._confirm(imported.import_summary(f"'{source.name}'", chosen, layer_mode(target)))
         return list(chosen)
 
     def _write_planes(self, target: Labels, planes: dict[tuple[int, ...], np.ndarray]) -> None:
         """Put label planes into ``target`` in its schema and mark them annotated."""
-        for index, plane in as_annotations(planes, target.data.dtype, layer_mode(target)).items():
+        mode = layer_mode(target)
+        for index, plane in imported.as_annotations(planes, target.data.dtype, mode).items():
             target.data[index] = plane
         mark_planes(target, planes)
         target.refresh()
@@ -394,20 +349,21 @@ class AnnotateWidget(DockWidget):
         shape = tuple(target.data.shape)
         if len(shape) != 3:
             raise InputError(f"mask files fill the planes of a stack (Z/T, Y, X), not {shape}")
-        name = target.metadata.get(META_IMAGE)
+        name = target.metadata.get(_common.META_IMAGE)
         image = self.viewer.layers[name] if name in self.viewer.layers else None
         names = folder_plane_names(getattr(getattr(image, "source", None), "path", None), shape[0])
         matched = match_mask_files(mask_paths(paths), shape[0], names, by)
         planes = {(i,): read_mask(path, shape[1:]) for i, path in matched.items()}
         self._write_planes(target, planes)
         n = len(planes)
-        self._confirm(import_summary(f"{n} mask file{'s' * (n != 1)}", planes, layer_mode(target)))
-        return {i: count for (i,), count in object_counts(planes).items()}
+        files = f"{n} mask file{'s' * (n != 1)}"
+        self._confirm(imported.import_summary(files, planes, layer_mode(target)))
+        return {i: count for (i,), count in imported.object_counts(planes).items()}
 
     # ------------------------------------------------------------------ annotation files
     def _on_save_clicked(self) -> None:
         layer = self._require_layer()
-        start = f"{layer.metadata.get(META_IMAGE) or layer.name}{SUFFIX}"
+        start = f"{layer.metadata.get(_common.META_IMAGE) or layer.name}{SUFFIX}"
         path, _ = QFileDialog.getSaveFileName(self, "Save annotations", start, FILE_FILTER)
         if path:
             self.save_annotations(path, layer)
@@ -427,7 +383,7 @@ class AnnotateWidget(DockWidget):
         if path.suffix.lower() not in (".tif", ".tiff"):
             path = path.with_name(path.name + SUFFIX)
         state = {"metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate}
-        written = save_annotations(path, layer_data(layer), metadata_from_layer(state))
+        written = save_annotations(path, _common.layer_data(layer), metadata_from_layer(state))
         self._confirm(f"saved '{layer.name}' ({plane_count(layer)}) to {written.name}")
         return written
 

@@ -17,26 +17,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_warning
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QWidget
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    annotation_layers,
-    channel_axis,
-    column,
-    current_plane,
-    error_message,
-    hint,
-    layer_data,
-    report_error,
-    spatial_shape,
-)
-from napari_unet._widgets._dock import DockWidget, wait_until, worker_returned
+from napari_unet._widgets import _common, _session
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
 from napari_unet._widgets._forms import layer_picker
 from napari_unet.errors import InputError
 from napari_unet.inference.job import SOURCES
 from napari_unet.io.export import FORMATS, default_tile, onnx_available
-from napari_unet.io.export_check import ExportCheck, ExportRequest, export_job, installed
+from napari_unet.io.export_check import ExportCheck, ExportRequest, checker_note, export_job
 from napari_unet.io.files import check_output_folder
 from napari_unet.io.modelfile import read_metadata
 from napari_unet.io.planes import read_plane
@@ -50,21 +39,6 @@ FORMAT_TIP = (
 )
 NO_MODEL = "no model to export: train one in 3 Train, or choose 'model file...'"
 STOP_WAIT_S = 30.0  # closing the widget waits this long for an export to end
-
-
-def checker_note() -> str:
-    """Which checker will judge a bioimage.io package here, in words."""
-    if installed("bioimageio.core"):
-        return "checked by bioimageio.core's model test after export"
-    if installed("bioimageio.spec"):
-        return (
-            "checked by bioimageio.spec's validator and napari-unet's own test (bioimageio.core "
-            "is not installed: pip install 'napari-unet[export]')"
-        )
-    return (
-        "checked by napari-unet's own test only: the bioimage.io tools are not installed "
-        "(pip install 'napari-unet[export]')"
-    )
 
 
 class ExportWidget(DockWidget):
@@ -98,7 +72,7 @@ class ExportWidget(DockWidget):
             "test input and cover; none: a random test image",
             # images with an annotation layer (trained on; not a weight map or a probability
             # layer) are offered first
-            prefer=lambda layer: bool(annotation_layers(viewer, layer)),
+            prefer=lambda layer: bool(_common.annotation_layers(viewer, layer)),
             placeholder="none: a random test image",
         )
         self.training_data = LineEdit(label="training data")
@@ -109,27 +83,17 @@ class ExportWidget(DockWidget):
         self.onnx_weights.tooltip = (
             "bioimageio: add ONNX weights beside the TorchScript ones (needs onnx and onnxscript)"
         )
-        self.form = Container(
-            widgets=[
-                self.source,
-                self.model_path,
-                self.format,
-                self.out,
-                self.sample,
-                self.training_data,
-                self.authors,
-                self.onnx_weights,
-            ]
-        )
-        self.export_button = QPushButton("Export", self)
+        self.form = Container(widgets=[self.source, self.model_path, self.format, self.out])
+        self.form.extend([self.sample, self.training_data, self.authors, self.onnx_weights])
+        _common.add_buttons(self, export_button=("Export", self.export))
         self.export_button.setToolTip("export in the background, then check the file written")
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1)
         self.status, self.verdict = QLabel("", self), QLabel("", self)
         for label in (self.status, self.verdict):
             label.setWordWrap(True)
-        self.checker = hint(checker_note())
-        column(
+        self.checker = _common.hint(checker_note())
+        _common.column(
             self.body,
             self.form,
             self.export_button,
@@ -139,14 +103,12 @@ class ExportWidget(DockWidget):
             self.checker,
             "The export is the command line's napari-unet export (the same code); the file "
             "written is then checked and the verdict shown above.",
-            stretch=True,
         )
-        self.export_button.clicked.connect(lambda: self.export())
         self._suggested = ""
         for widget in (self.source, self.format, self.model_path, self.sample):
             widget.changed.connect(self._show_rows)
             widget.changed.connect(self._suggest_out)
-        _session.changed.connect(self._suggest_out)
+        self.follow(_session.changed, self._suggest_out)
         self._show_rows()
         self._suggest_out()
 
@@ -155,6 +117,7 @@ class ExportWidget(DockWidget):
         text = self.out.line_edit.value.strip()
         return "" if text in ("", ".") else text
 
+    @unless_deleted
     def _suggest_out(self, *_args) -> None:
         """Follow the model and format with the suggested file name, unless the user chose one."""
         text = self.out_text()
@@ -174,11 +137,6 @@ class ExportWidget(DockWidget):
         for widget in (self.sample, self.training_data, self.authors, self.onnx_weights):
             widget.visible = package
         self.checker.setVisible(package)
-
-    def stop_workers(self) -> None:
-        """The widget is closing: stop following the session, then end an export."""
-        _session.changed.disconnect(self._suggest_out)  # psygnal: a no-op if gone
-        super().stop_workers()
 
     # ------------------------------------------------------------------ what to export
     def model_file(self) -> Path:
@@ -206,13 +164,9 @@ class ExportWidget(DockWidget):
             model = Path(self.model_path.line_edit.value.strip()).expanduser()
             stem = model.name.removesuffix(".safetensors").removesuffix(".unet")
             return model.parent / f"{stem}{SUFFIXES[fmt]}"
-        image = self.sample.value
-        source = getattr(getattr(image, "source", None), "path", None)
-        folder = Path(source).parent if source else Path.cwd()
-        entry = _session.trained()
+        image, entry = self.sample.value, _session.trained()
         stem = image.name if image is not None else (entry.stem if entry else "unet")
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
-        return folder / f"{safe}{SUFFIXES[fmt]}"
+        return _common.beside(image, stem, SUFFIXES[fmt])
 
     def _sample(self, model_path: Path) -> tuple[np.ndarray | None, int | None, str]:
         """The plane on screen of the sample image (C x Y x X, or Y x X for one channel), the
@@ -221,9 +175,10 @@ class ExportWidget(DockWidget):
         if image is None:
             return None, None, ""
         cfg = read_metadata(model_path).architecture
-        axis = channel_axis(image)
-        n_lead = len(spatial_shape(image, axis)) - 2
-        plane = read_plane(layer_data(image), current_plane(self.viewer, image, n_lead), axis)
+        axis = _common.channel_axis(image)
+        n_lead = len(_common.spatial_shape(image, axis)) - 2
+        index = _common.current_plane(self.viewer, image, n_lead)
+        plane = read_plane(_common.layer_data(image), index, axis)
         if plane.shape[0] != cfg.in_channels:
             raise InputError(
                 f"the model takes {cfg.in_channels} channel(s), '{image.name}' has "
@@ -267,25 +222,16 @@ class ExportWidget(DockWidget):
         try:
             request = self.request(fmt, out)
         except Exception as exc:  # noqa: BLE001 - shown to the user
-            report_error(exc)
-            self.status.setText(f"not exported: {error_message(exc)}")
+            _common.report_error(exc)
+            self.status.setText(f"not exported: {_common.error_message(exc)}")
             return None
         self.exported, self.check = None, None
         self.verdict.setText("")
         self.out.value = str(request.out)
-        worker = self.worker = create_worker(export_job, request, _start_thread=False)
+        worker = create_worker(export_job, request, _start_thread=False)
         worker.yielded.connect(self._on_message)
-        worker.finished.connect(self._on_finished)
-
-        def stop() -> None:
-            worker.quit()  # after the step now running: the export, then the check
-            wait_until(lambda: worker_returned(worker), STOP_WAIT_S)
-
-        self.background.set(stop)
-        self.export_button.setEnabled(False)
-        self.progress.setRange(0, 0)  # busy
-        worker.start()
-        return worker
+        # closing stops after the step now running: the export, then the check
+        return self.start_worker(worker, stopper(worker, worker.quit, "the export", STOP_WAIT_S))
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
@@ -305,12 +251,11 @@ class ExportWidget(DockWidget):
                 show_warning(f"{self.exported.name if self.exported else 'export'}: check failed: "
                              f"{check.verdict}")  # fmt: skip
         elif kind == "error":
-            report_error(message[1])
-            self.status.setText(f"not exported: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"not exported: {_common.error_message(message[1])}")
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self.export_button.setEnabled(True)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1 if self.exported else 0)
+    def set_running(self, running: bool) -> None:
+        """A busy bar while exporting; full when a file was written."""
+        self.export_button.setEnabled(not running)
+        self.progress.setRange(0, 0 if running else 1)  # 0, 0: busy
+        self.progress.setValue(1 if self.exported and not running else 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 
 import napari
 import numpy as np
@@ -23,46 +22,9 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QProgressBar, QWidget
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    HINT_STYLE,
-    META_INSTANCES,
-    TIPS,
-    add_buttons,
-    annotation_layers,
-    channel_axis,
-    clicked_plane,
-    column,
-    current_plane,
-    error_message,
-    fill_plane_list,
-    go_to_plane,
-    group,
-    guarded,
-    hint,
-    keeping_selection,
-    layer_data,
-    log,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-    show_long,
-    spatial_shape,
-    spatial_transform,
-)
-from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import (
-    Remembered,
-    config_form,
-    field_widget,
-    layer_picker,
-)
-from napari_unet._widgets.annotate import (
-    add_annotation_layer,
-    layer_mode,
-    mark_planes,
-    training_plane_list,
-)
+from napari_unet._widgets import _common, _session, annotate
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
+from napari_unet._widgets._forms import Remembered, config_form, field_widget, layer_picker
 from napari_unet.annotation.derived import describe, postprocess_config
 from napari_unet.annotation.imported import as_annotations
 from napari_unet.annotation.schema import plane_as_annotation
@@ -93,6 +55,10 @@ POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "core_r
 # the control of each instance method's own parameter, shown for models that use that method
 METHOD_PARAMETER = {"relative-cores": "core_ratio", "necks": "neck_depth"}
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"
+RANK_HINT = (
+    "Planes not annotated yet, least sure first. Click one to go there, correct its "
+    "segmentation and press Use plane as annotation."
+)
 
 
 @dataclass(frozen=True)
@@ -116,25 +82,6 @@ class _Progress(QObject):
     changed = Signal(int, int)
 
 
-def _tracked(func, ended: threading.Event):
-    """``func`` that sets ``ended`` when it returns or raises (so closing can wait for it)."""
-
-    def call(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        finally:
-            ended.set()
-
-    return call
-
-
-def stop_segmentation(cancel: threading.Event, ended: threading.Event) -> None:
-    """Ask a segmentation to stop and wait until its thread is done (the widget is closing)."""
-    cancel.set()
-    if not ended.wait(STOP_WAIT_S):
-        log.warning("napari-unet: the segmentation did not stop within %s s", STOP_WAIT_S)
-
-
 class SegmentWidget(DockWidget):
     """Segment an image layer; results are layers "<image> segmentation" (and probability,
     uncertainty) aligned with the image. Then the human-in-the-loop round (module docstring)."""
@@ -148,8 +95,7 @@ class SegmentWidget(DockWidget):
         self._last_run: Job | None = None  # the last segmentation that gave layers
         self._rank_pending = False  # rank when the running segmentation ends
         self._rerun_pending: Job | None = None  # segment again when the running work ends
-        self._cancel, self._ended = threading.Event(), threading.Event()
-        self._ended.set()
+        self._cancel = threading.Event()
         self._progress = _Progress(self)
         self._progress.changed.connect(self._on_progress)
         self.source, self.scope, self.probability, self.uncertainty = config_form(SegmentRequest)
@@ -165,13 +111,13 @@ class SegmentWidget(DockWidget):
         self.tta, self.device = config_form(PredictConfig, ("tta", "device"), device=device)
         self.instances = field_widget(SegmentConfig, "instances")
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
-        post = config_form(PostprocessConfig, POST, min_size=auto)
+        self.post = post = config_form(PostprocessConfig, POST, min_size=auto)
         self.watershed, self.seed_distance, self.min_size, self.fill_holes = post[:4]
         self.core_ratio, self.neck_depth = post[4:]
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
-        self.derived.native.setStyleSheet(HINT_STYLE)
+        self.derived.native.setStyleSheet(_common.HINT_STYLE)
         self.cache = OutputCache()
         self._model_shown = None  # the model whose recorded settings the form shows
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
@@ -180,19 +126,25 @@ class SegmentWidget(DockWidget):
         rest = [self.min_size, self.fill_holes, self.core_ratio, self.neck_depth, self.derived]
         rest += [self.probability, self.uncertainty]
         self.form = Container(widgets=[*top, *fields, *rest])
-        add_buttons(self, run_button="Segment", cancel_button="Cancel")
+        _common.add_buttons(
+            self, run_button=("Segment", self.run), cancel_button=("Cancel", self.cancel)
+        )
         self.progress, self.status = QProgressBar(self), QLabel("", self)
         self.status.setWordWrap(True)
         self.resegment = QCheckBox("segment again when training ends", self)
         self.resegment.setChecked(True)
-        add_buttons(self, use_plane_button="Use plane as annotation", rank_button="Rank planes")
+        _common.add_buttons(
+            self,
+            use_plane_button=("Use plane as annotation", self.use_plane_as_annotation),
+            rank_button=("Rank planes", self.rank_planes),
+        )
         self.rank_after = QCheckBox("rank planes after a whole-stack run", self)
         self.rank_after.setChecked(True)
         self.next_list = QListWidget(self)
         self.next_list.setMaximumHeight(140)
-        self.next_hint = hint("")
-        set_tooltips(self, TIPS["segment"])
-        column(
+        self.next_hint = _common.hint("")
+        _common.set_tooltips(self, _common.TIPS["segment"])
+        _common.column(
             self.body,
             self.form,
             self.resegment,
@@ -204,41 +156,33 @@ class SegmentWidget(DockWidget):
             "Probability and uncertainty maps are computed for the current plane. A whole "
             "stack is read one plane at a time. Correct a plane of the segmentation with "
             "napari's label tools, then Use plane as annotation.",
-            group(
+            _common.group(
                 "Annotate next",
                 self,
                 (self.rank_after, self.rank_button),
                 self.next_list,
                 self.next_hint,
             ),
-            stretch=True,
         )
-        self.run_button.clicked.connect(lambda: self.run())
-        self.cancel_button.clicked.connect(self.cancel)
         self.image_combo.changed.connect(lambda i: i is self.cache.image or self.cache.drop())
         self.source.changed.connect(self._update_info)
         self.model_path.changed.connect(self._on_model_path)
         self.scope.changed.connect(self._on_scope)
-        _session.changed.connect(self._update_info)
         self._relabel_timer = QTimer(self, singleShot=True, interval=150)
         self._relabel_timer.timeout.connect(self._relabel)
         for widget in live:
             widget.changed.connect(lambda *_: self._relabel_timer.start())
             widget.tooltip = f"{widget.tooltip}; {CACHE_TIP}"
             widget.native.setToolTip(widget.tooltip)
-        self.use_plane_button.clicked.connect(guarded(lambda: self.use_plane_as_annotation()))
-        self.rank_button.clicked.connect(lambda: self.rank_planes())
         self.next_list.itemClicked.connect(self._on_next_clicked)
         self.image_combo.changed.connect(self._update_rank_state)
-        _session.changed.connect(self._on_session_changed)
+        self.follow(_session.changed, self._update_info, self._on_session_changed)
         self._update_info()
         self._on_scope(self.scope.value)
-        self._set_running(False)
+        self.set_running(False)
 
     def stop_workers(self) -> None:
         """The widget is closing: cancel a segmentation and wait until its thread returns."""
-        _session.changed.disconnect(self._update_info)  # psygnal: a no-op if gone
-        _session.changed.disconnect(self._on_session_changed)
         self._drop_pending()
         super().stop_workers()
 
@@ -253,12 +197,8 @@ class SegmentWidget(DockWidget):
         """The model file typed or chosen ("" when none)."""
         return self.model_path.line_edit.value.strip()
 
+    @unless_deleted
     def _update_info(self, *_args) -> None:
-        try:
-            self.model_info.native.text()
-        except RuntimeError:  # widget deleted; the session signal outlived it
-            _session.changed.disconnect(self._update_info)
-            return
         from_file = not self._uses_trained_model()
         self.model_path.visible = from_file
         metadata = model = None
@@ -273,7 +213,7 @@ class SegmentWidget(DockWidget):
                 metadata, model = ModelSource(path=path).read_metadata() if path else None, path
             except Exception:  # noqa: BLE001 - a bad path is reported when Segment is pressed
                 metadata = None
-        show_long(self.model_info, info, "which model will be used")
+        _common.show_long(self.model_info, info, "which model will be used")
         recorded = getattr(metadata, "postprocess", None) or {}
         post = postprocess_config(recorded)
         self.min_size.native.setSpecialValueText(
@@ -284,9 +224,8 @@ class SegmentWidget(DockWidget):
         if model != self._model_shown:  # another model: start from what it records
             self._model_shown = model
             self.cache.drop()
-            self.fill_holes.value = post.fill_holes
-            self.core_ratio.value = post.core_ratio
-            self.neck_depth.value = post.neck_depth
+            for name in ("fill_holes", "core_ratio", "neck_depth"):
+                self.post[name].value = getattr(post, name)
         for method, name in METHOD_PARAMETER.items():
             control = getattr(self, name)
             control.enabled = control.visible = post.method == method
@@ -313,18 +252,10 @@ class SegmentWidget(DockWidget):
     def segment_config(self, metadata=None, image: Image | None = None) -> SegmentConfig:
         """Prediction and post-processing settings shown in the widget ("auto" ones from the
         model's ``metadata``), with the channel axis of ``image``."""
-        min_size = self.min_size.value
-        post = replace(
-            postprocess_config(getattr(metadata, "postprocess", None) or {}),
-            fill_holes=self.fill_holes.value,
-            core_ratio=self.core_ratio.value,
-            neck_depth=self.neck_depth.value,
-            watershed=self.watershed.value,
-            watershed_min_distance=self.seed_distance.value,
-            **({"min_size": min_size} if min_size >= 0 else {}),
-        )
+        chosen = {w.name: w.value for w in self.post if w.name != "min_size" or w.value >= 0}
+        post = replace(postprocess_config(getattr(metadata, "postprocess", None) or {}), **chosen)
         predict = PredictConfig(tta=self.tta.value, device=self.device.value)
-        axis = None if image is None else channel_axis(image)
+        axis = None if image is None else _common.channel_axis(image)
         return SegmentConfig(predict, post, self.instances.value, axis)
 
     # ------------------------------------------------------------------ run
@@ -343,12 +274,12 @@ class SegmentWidget(DockWidget):
             return start()
         except Exception as exc:  # noqa: BLE001 - shown to the user
             if quiet and isinstance(exc, InputError):
-                self.status.setText(f"{self.status.text()} (not ranked: {error_message(exc)})")
+                self.status.setText(
+                    f"{self.status.text()} (not ranked: {_common.error_message(exc)})"
+                )
             else:
-                report_error(exc)
-                self.status.setText(f"not started: {error_message(exc)}")
-            if self.worker is None:
-                self._ended.set()
+                _common.report_error(exc)
+                self.status.setText(f"not started: {_common.error_message(exc)}")
             return None
 
     def _start(self, scope: str, image: Image | None = None, after_training: bool = False):
@@ -360,7 +291,7 @@ class SegmentWidget(DockWidget):
         source = self.model_source()
         config = self.segment_config(source.read_metadata(), image)
         device = self.device.value
-        data, axis = layer_data(image), config.channel_axis
+        data, axis = _common.layer_data(image), config.channel_axis
         job = Job("segment", scope, image.name, self._session_entry(source), after_training)
         keep, planes = self.cache.collector()
         model = source.path or id(source.model)
@@ -384,11 +315,10 @@ class SegmentWidget(DockWidget):
         ``keep(index, probabilities)``: gets the network output of each plane (``on_plane``).
         """
         self._cancel.clear()
-        self._ended.clear()
         resolved = available_devices()[0] if device == "auto" else device
         threads = gui_cpu_threads() if resolved == "cpu" else None
-        self.worker = create_worker(
-            _tracked(func, self._ended),
+        worker = create_worker(
+            func,
             *args,
             self._cancel.is_set,
             threads,
@@ -397,23 +327,20 @@ class SegmentWidget(DockWidget):
         )
         self.progress.setRange(0, 1 if counted else 0)  # 0, 0: busy until progress comes
         self.progress.setValue(0)
-        self.worker.returned.connect(lambda result: self._on_result(image, result))
-        self.worker.errored.connect(report_error)
-        self.worker.finished.connect(self._on_finished)
-        self.background.set(partial(stop_segmentation, self._cancel, self._ended))
+        worker.returned.connect(lambda result: self._on_result(image, result))
+        worker.errored.connect(_common.report_error)
         self._job = job
         self._started = time.perf_counter()
         what = {"rank": "ranking the planes", "relabel": "re-labelling"}.get(job.kind)
         self.status.setText(f"{what or f'segmenting ({job.scope})'} ...")
-        self._set_running(True)
-        self.worker.start()
-        return self.worker
+        stop = stopper(worker, self._cancel.set, "the segmentation", STOP_WAIT_S)
+        return self.start_worker(worker, stop)
 
     def _plane_index(self, image: Image, source: ModelSource, axis: int | None) -> tuple:
         if source.model is not None:  # a model in memory checks the channels now
-            lead, _ = plane_layout(tuple(layer_data(image).shape), source.model, axis)
+            lead, _ = plane_layout(tuple(_common.layer_data(image).shape), source.model, axis)
         else:
-            lead = spatial_shape(image, axis)[:-2]
+            lead = _common.spatial_shape(image, axis)[:-2]
         position = list(image.world_to_data(self.viewer.dims.point))
         if axis is not None and not image.rgb:
             del position[axis]
@@ -448,13 +375,13 @@ class SegmentWidget(DockWidget):
         self.last_result = result
         took = time.perf_counter() - self._started
         if kind == "error":
-            report_error(result[1])
-            self.status.setText(f"failed: {error_message(result[1])}")
+            _common.report_error(result[1])
+            self.status.setText(f"failed: {_common.error_message(result[1])}")
         elif kind == "cancelled":
             self.status.setText("cancelled; no layer was changed")
         elif kind == "stack":
             layer = self._put(image, "segmentation", result[1], "labels")
-            layer.metadata[META_INSTANCES] = self.instances.value
+            layer.metadata[_common.META_INSTANCES] = self.instances.value
             self.status.setText(
                 f"done: {int(np.asarray(result[1]).shape[0])} planes in {took:.1f} s"
             )
@@ -462,7 +389,7 @@ class SegmentWidget(DockWidget):
         else:
             _, index, labels, prob, unc = result
             layer = self._put_plane(image, "segmentation", index, labels, "labels", np.uint32)
-            layer.metadata[META_INSTANCES] = self.instances.value
+            layer.metadata[_common.META_INSTANCES] = self.instances.value
             if prob is not None:
                 self._put_plane(image, "probability", index, prob, "image", np.float32)
             if unc is not None:
@@ -478,25 +405,19 @@ class SegmentWidget(DockWidget):
     def _put(self, image: Image, what: str, data, kind: str):
         """Write ``data`` into the layer "<image> <what>" (made anew if it does not fit)."""
         name = f"{image.name} {what}"
-        layer = reusable_layer(self.viewer, name, _KINDS[kind], data.shape)
+        layer = _common.reusable_layer(self.viewer, name, _KINDS[kind], data.shape)
         if layer is not None:
             layer.data = data
             return layer
+        where = _common.spatial_transform(image)
         if kind == "labels":
-            return self.viewer.add_labels(data, name=name, **spatial_transform(image))
+            return self.viewer.add_labels(data, name=name, **where)
         cmap = "viridis" if what == "probability" else "inferno"
-        return self.viewer.add_image(
-            data,
-            name=name,
-            colormap=cmap,
-            blending="additive",
-            opacity=0.7,
-            contrast_limits=(0, 1),
-            **spatial_transform(image),
-        )
+        look = {"colormap": cmap, "blending": "additive", "opacity": 0.7, "contrast_limits": (0, 1)}
+        return self.viewer.add_image(data, name=name, **look, **where)
 
     def _put_plane(self, image: Image, what: str, index, plane, kind: str, dtype):
-        shape = spatial_shape(image)
+        shape = _common.spatial_shape(image)
         layer = self.result_layer(image, what)
         if not isinstance(layer, _KINDS[kind]) or tuple(layer.data.shape) != shape:
             layer = self._put(image, what, np.zeros(shape, dtype), kind)
@@ -504,11 +425,10 @@ class SegmentWidget(DockWidget):
         layer.refresh()
         return layer
 
-    def _on_finished(self) -> None:
-        self.worker = None
+    def worker_finished(self) -> None:
+        """The worker's thread is done: go on with the round, if something is pending."""
         self._job = None
-        self.background.set(None)
-        self._set_running(False)
+        super().worker_finished()
         self._continue_round()
         self._relabel()  # settings changed while it ran
 
@@ -536,7 +456,7 @@ class SegmentWidget(DockWidget):
             return
         for index, labels in planes.items():
             layer.data[index] = labels
-        layer.metadata[META_INSTANCES] = self._relabelled[1]
+        layer.metadata[_common.META_INSTANCES] = self._relabelled[1]
         layer.refresh()
         self.cache.config = self._relabelled
         took = time.perf_counter() - self._started
@@ -544,7 +464,8 @@ class SegmentWidget(DockWidget):
             f"re-labelled {len(planes)} plane(s) in {took:.2f} s (the network was not run)"
         )
 
-    def _set_running(self, running: bool) -> None:
+    def set_running(self, running: bool) -> None:
+        """Enable the buttons that make sense now."""
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self._update_rank_state()
@@ -560,7 +481,7 @@ class SegmentWidget(DockWidget):
     def _rankable(self, image: Image | None = None) -> bool:
         """Whether ``image`` (default: the chosen one) has more than one plane to rank."""
         image = image or self.image_combo.value
-        return image is not None and int(np.prod(spatial_shape(image)[:-2])) > 1
+        return image is not None and int(np.prod(_common.spatial_shape(image)[:-2])) > 1
 
     def _update_rank_state(self, *_args) -> None:
         """Grey out ranking for a single plane (or while the worker runs); set the hint."""
@@ -569,12 +490,7 @@ class SegmentWidget(DockWidget):
         self.rank_after.setEnabled(not single)
         self.next_list.setEnabled(not single)
         self.rank_button.setEnabled(not single and image is not None and self.worker is None)
-        self.next_hint.setText(
-            NOTHING_TO_RANK
-            if single
-            else "Planes not annotated yet, least sure first. Click one to go there, correct "
-            "its segmentation and press Use plane as annotation."
-        )
+        self.next_hint.setText(NOTHING_TO_RANK if single else RANK_HINT)
 
     def rank_planes(self, auto: bool = False):
         """Rank the chosen image's planes not annotated yet, least sure first, in a worker.
@@ -597,19 +513,13 @@ class SegmentWidget(DockWidget):
         source = self.model_source()
         config = self.segment_config(source.read_metadata(), image)
         target = self.annotation_layer(image)
-        exclude = set(training_plane_list(target)) if target is not None else set()
-        lead = spatial_shape(image)[:-2]
+        exclude = set(annotate.training_plane_list(target)) if target is not None else set()
+        lead = _common.spatial_shape(image)[:-2]
         if all(index in exclude for index in np.ndindex(*lead)):
             raise InputError(f"every plane of '{image.name}' is annotated: nothing left to rank")
         device = self.device.value
-        args = (
-            source,
-            device,
-            layer_data(image),
-            SuggestConfig(segment=config),
-            sorted(exclude),
-            self._progress.changed.emit,
-        )
+        args = (source, device, _common.layer_data(image), SuggestConfig(segment=config))
+        args += (sorted(exclude), self._progress.changed.emit)
         job = Job("rank", "", image.name, self._session_entry(source))
         return self._launch(rank_whole, args, device, image, job, counted=True)
 
@@ -621,14 +531,14 @@ class SegmentWidget(DockWidget):
         elif kind == "cancelled":
             self.status.setText("ranking cancelled; the list was not changed")
         elif kind == "error":
-            report_error(result[1])
-            self.status.setText(f"ranking failed: {error_message(result[1])}")
+            _common.report_error(result[1])
+            self.status.setText(f"ranking failed: {_common.error_message(result[1])}")
 
     def _show_ranking(self, image: Image, scores: list[PlaneScore], maps: np.ndarray) -> None:
         """Keep the ranking, fill "<image> uncertainty" and the list; the selection stays."""
         self.ranking = list(scores)
         self._ranked_image = image.name
-        with keeping_selection(self.viewer):  # e.g. the segmentation being corrected
+        with _common.keeping_selection(self.viewer):  # e.g. the segmentation being corrected
             layer = self._put(image, "uncertainty", maps, "image")
         layer.contrast_limits = (0.0, max(float(maps.max()), 1e-3))
         self._fill_next_list()
@@ -640,22 +550,19 @@ class SegmentWidget(DockWidget):
 
     def _fill_next_list(self) -> None:
         """One row per plane of :attr:`ranking`: plane, score, objects found."""
-        rows = [
-            (
-                f"plane {plane_names([e.index])}   {e.score:.3f}   "
-                f"({e.objects} object{'' if e.objects == 1 else 's'})",
-                e.index,
-            )
-            for e in self.ranking
-        ]
-        fill_plane_list(self.next_list, rows)
+        rows = []
+        for e in self.ranking:
+            objects = f"{e.objects} object{'' if e.objects == 1 else 's'}"
+            rows.append((f"plane {plane_names([e.index])}   {e.score:.3f}   ({objects})", e.index))
+        _common.fill_plane_list(self.next_list, rows)
 
     def _on_next_clicked(self, item) -> None:
         """Go to the plane of the row clicked."""
+        index = _common.clicked_plane(item)
         for what in ("uncertainty", "segmentation"):
             name = f"{self._ranked_image} {what}"
             if name in self.viewer.layers:
-                go_to_plane(self.viewer, self.viewer.layers[name], clicked_plane(item))
+                _common.go_to_plane(self.viewer, self.viewer.layers[name], index)
                 return
 
     def _drop_from_ranking(self, image: Image, index: tuple[int, ...]) -> None:
@@ -673,7 +580,7 @@ class SegmentWidget(DockWidget):
         image = image or self.image_combo.value
         if image is None:
             return None
-        mine = annotation_layers(self.viewer, image)
+        mine = _common.annotation_layers(self.viewer, image)
         active = self.viewer.layers.selection.active
         if active in mine:
             return active
@@ -698,22 +605,21 @@ class SegmentWidget(DockWidget):
                 "segmentation' to copy from"
             )
         target = self.annotation_layer(image)
-        expected = tuple(target.data.shape) if target is not None else spatial_shape(image)
+        expected = tuple(target.data.shape) if target is not None else _common.spatial_shape(image)
         if tuple(result.data.shape) != expected:
             where = f"the annotation layer '{target.name}'" if target else f"'{image.name}'"
             raise InputError(
                 f"'{result.name}' has planes of shape {tuple(result.data.shape)} but {where} "
                 f"has shape {expected}: segment '{image.name}' again, then copy the plane"
             )
-        index = current_plane(self.viewer, result, result.ndim - 2)
+        index = _common.current_plane(self.viewer, result, result.ndim - 2)
         name = plane_names([index])
-        instances = bool(result.metadata.get(META_INSTANCES, True))
-        new, objects = plane_as_annotation(
-            np.asarray(layer_data(result)[index]), layer_mode(target), instances, name
-        )
+        instances = bool(result.metadata.get(_common.META_INSTANCES, True))
+        plane = np.asarray(_common.layer_data(result)[index])
+        new, objects = plane_as_annotation(plane, annotate.layer_mode(target), instances, name)
         notes = []
         if target is None:
-            target = add_annotation_layer(self.viewer, image)
+            target = annotate.add_annotation_layer(self.viewer, image)
             notes.append(f"created the annotation layer '{target.name}'")
         new = as_annotations({index: new}, target.data.dtype, "instances")[index]
         old = np.asarray(target.data[index])
@@ -730,29 +636,23 @@ class SegmentWidget(DockWidget):
             finally:
                 target.visible = not hidden
         if not new.any():  # an empty plane is annotated only when marked
-            mark_planes(target, [index])
+            annotate.mark_planes(target, [index])
             target.events.paint(value=[])  # the Annotate widget refreshes its plane list
         self._drop_from_ranking(image, index)
-        notes.insert(
-            0,
-            f"plane {name} of '{result.name}' is now an annotated plane of '{target.name}' "
-            f"({objects} object{'' if objects == 1 else 's'})",
-        )
+        done = f"plane {name} of '{result.name}' is now an annotated plane of '{target.name}'"
+        notes.insert(0, f"{done} ({objects} object{'' if objects == 1 else 's'})")
         show_info("; ".join([*notes, "to undo: select the annotation layer and press Ctrl+Z"]))
         self.status.setText(notes[0])
         return index
 
     # ------------------------------------------------------------------ after training
+    @unless_deleted
     def _on_session_changed(self, *_args) -> None:
         """3 Train finished a model: segment the last plane or stack again with it."""
         entry = _session.trained()
         if entry is None or self._shut_down:
             return
-        try:
-            wanted = self.resegment.isChecked() and self._uses_trained_model()
-        except RuntimeError:  # widget deleted; the session signal outlived it
-            _session.changed.disconnect(self._on_session_changed)
-            return
+        wanted = self.resegment.isChecked() and self._uses_trained_model()
         job = self._job
         again = job if job is not None and job.kind == "segment" else self._last_run
         if not wanted or again is None:

@@ -1,7 +1,7 @@
 """3 Train: train a U-Net on the annotated planes in a worker thread, with live plot and preview.
 
-:class:`TrainForm` holds the fields (magicgui, from the config dataclasses' field metadata),
-buttons, progress bar and live plot; :class:`TrainWidget` is what they do.
+The fields are magicgui widgets from the config dataclasses' field metadata; buttons, progress
+bar and live plot are Qt.
 """
 
 from __future__ import annotations
@@ -21,34 +21,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QWidget
 from superqt import QCollapsible
 
-from napari_unet._widgets import _session
-from napari_unet._widgets._common import (
-    META_IMAGE,
-    META_WEIGHTMAP,
-    TIPS,
-    add_buttons,
-    channel_axis,
-    column,
-    current_plane,
-    error_message,
-    guarded,
-    is_annotation_layer,
-    layer_data,
-    log,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-    spatial_shape,
-)
-from napari_unet._widgets._dock import DockWidget, wait_until, worker_returned
-from napari_unet._widgets._forms import (
-    Remembered,
-    config_form,
-    field_widget,
-    layer_picker,
-    read_config,
-    widget_value,
-)
+from napari_unet._widgets import _common, _forms, _session
+from napari_unet._widgets._dock import DockWidget, stopper, unless_deleted
 from napari_unet._widgets._plot import LivePlot
 from napari_unet._widgets._preview import LivePreview
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
@@ -62,21 +36,16 @@ from napari_unet.io.plane_lists import parse_plane_list, plane_names
 from napari_unet.io.planes import read_plane
 from napari_unet.model import PRESETS, UNetConfig
 from napari_unet.threads import gui_cpu_threads
+from napari_unet.training import recipe
 from napari_unet.training.augment import AugmentConfig, preview_row
 from napari_unet.training.job import TrainJob, is_warm, run_job, warm_up
-from napari_unet.training.recipe import (
-    AUTO_HOLD_OUT_MIN,
-    MODEL_CHOICES,
-    TrainChoices,
-    TrainingRecipe,
-    auto_hold_out,
-)
 from napari_unet.training.trainer import TrainConfig, TrainEvent
-from napari_unet.training.validation import score_text
 
 TRAIN_FIELDS = ("device", "steps", "minutes")
 MORE_FIELDS = ("optimizer", "batch_size")
 ARCH_FIELDS = ("width", "depth", "padding")
+STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
+MODEL_CHOICES = recipe.MODEL_CHOICES
 STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
 NO_SESSION_MODEL = (
     "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
@@ -92,31 +61,33 @@ SCHEMA_TIP = (
 )
 
 
-class TrainForm(DockWidget):
-    """Fields, buttons, progress bar and live plot of the Train widget (no behaviour)."""
+class TrainWidget(DockWidget):
+    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
+    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
 
-    def __init__(self, viewer, parent: QWidget | None = None) -> None:
+    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
+    only gets small messages: event batches for the progress bar and the plot and, every few
+    seconds, a predicted crop of the plane on screen for "<image> live prediction".
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self._custom = PRESETS["small"]
-        self.image_combo = layer_picker(
+        self.image_combo = _forms.layer_picker(
             viewer, Image, "image", "the image layer to learn from (chosen with the annotations)"
         )
         # only layers made (or imported) in 1 Annotate: a ground-truth layer opened with the
         # sample data is never trained on without the user saying so
-        self.labels_combo = layer_picker(
+        self.labels_combo = _forms.annotation_picker(
             viewer,
-            Labels,
-            "annotations",
             "the annotation layer made in 1 Annotate; only its annotated planes are used "
             "(import ground truth there to train on it)",
-            accept=is_annotation_layer,
-            placeholder="none: create one in 1 Annotate",
         )
         self.schema = Label(label="schema", tooltip=SCHEMA_TIP)
         choices = [*MODEL_CHOICES[:4], Separator, *MODEL_CHOICES[4:]]
-        self.model_combo, self.hold_out = config_form(TrainChoices, model={"choices": choices})
-        self.hold_out.native.setPlaceholderText(
-            f"auto ({AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"
+        hold_out = {"placeholder": f"auto ({recipe.AUTO_HOLD_OUT_MIN}+ planes), none, or e.g. 3"}
+        self.model_combo, self.hold_out = _forms.config_form(
+            recipe.TrainChoices, model={"choices": choices}, hold_out=hold_out
         )
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = (
@@ -124,32 +95,23 @@ class TrainForm(DockWidget):
             "classes are kept"
         )
         devices = available_devices()  # the first is the default
-        self.form = config_form(
+        self.form = _forms.config_form(
             TrainConfig, TRAIN_FIELDS, device={"choices": devices, "value": devices[0]}
         )
-        self.partial = field_widget(AnnotationConfig, "partial")
-        self.instance_targets = field_widget(AnnotationConfig, "instance_targets")
-        self.lr = field_widget(TrainConfig, "lr")
-        more = config_form(TrainConfig, MORE_FIELDS)
-        self.augment = field_widget(AugmentConfig, "strength")
+        self.partial = _forms.field_widget(AnnotationConfig, "partial")
+        self.instance_targets = _forms.field_widget(AnnotationConfig, "instance_targets")
+        self.lr = _forms.field_widget(TrainConfig, "lr")
+        more = _forms.config_form(TrainConfig, MORE_FIELDS)
+        self.augment = _forms.field_widget(AugmentConfig, "strength")
         small = {n: {"value": getattr(PRESETS["small"], n)} for n in ARCH_FIELDS}
-        self.advanced = config_form(UNetConfig, ARCH_FIELDS, **small)
-        self.advanced.append(field_widget(TrainConfig, "tile"))
-        self.advanced.extend(config_form(TrainJob, ("preview_every_s", "cpu_threads")))
-        remembered = [
-            *self.form,
-            self.partial,
-            self.instance_targets,
-            self.lr,
-            *more,
-            self.augment,
-            *self.advanced,
-        ]
+        self.advanced = _forms.config_form(UNetConfig, ARCH_FIELDS, **small)
+        self.advanced.append(_forms.field_widget(TrainConfig, "tile"))
+        self.advanced.extend(_forms.config_form(TrainJob, ("preview_every_s", "cpu_threads")))
+        extra = [self.partial, self.instance_targets, self.lr, *more, self.augment]
         self._continuing = False  # see _steps_of
-        self.settings = Remembered("train", remembered, skip=self._not_remembered)
-        self.form.extend(
-            [self.partial, self.instance_targets, self.lr, *more, self.augment, self.hold_out]
-        )
+        remembered = [*self.form, *extra, *self.advanced]
+        self.settings = _forms.Remembered("train", remembered, skip=self._not_remembered)
+        self.form.extend([*extra, self.hold_out])
         for widget in self.form:
             setattr(self, widget.name, widget)
         self.tile, self.preview_every, self.threads = self.advanced[3:6]
@@ -159,24 +121,24 @@ class TrainForm(DockWidget):
         # the steps each kind of run had last: a new model, or continuing the model just
         # trained (the field shows one; switching kind swaps them, so no typed value is lost)
         self._steps_of = {False: self.steps.value, True: default_steps(True)}
-        add_buttons(
+        _common.add_buttons(
             self,
-            preview_button="Preview augmentation",
-            train_button="Train",
-            cancel_button="Cancel",
-            resume_button="Resume",
-            save_button="Save model...",
+            preview_button=("Preview augmentation", self.preview_augmentation),
+            train_button=("Train", self.start_training),
+            cancel_button=("Cancel", self.cancel),
+            resume_button=("Resume", partial(self.start_training, resume=True)),
+            save_button=("Save model...", self._save_clicked),
         )
         self.progress, self.status, self.plot = QProgressBar(self), QLabel("", self), LivePlot(self)
         self.accuracy = QLabel("", self)  # the score on unseen annotated planes after a run
         self.accuracy.setToolTip(ACCURACY_TIP)
         for label in (self.status, self.accuracy):
             label.setWordWrap(True)
-        set_tooltips(self, TIPS["train"])
+        _common.set_tooltips(self, _common.TIPS["train"])
         advanced = QCollapsible("Advanced", self)
         advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")
         advanced.addWidget(self.advanced.native)
-        column(
+        _common.column(
             self.body,
             self.form,
             advanced,
@@ -190,14 +152,31 @@ class TrainForm(DockWidget):
             "Training runs in the background. The live prediction layer shows the plane on "
             "screen every few seconds; the plot shows the loss and, with hold-out planes, the "
             "validation IoU.",
-            stretch=True,
         )
         self.labels_combo.changed.connect(self._on_labels_changed)
         self.model_combo.changed.connect(self._on_model_choice)
-        _session.changed.connect(self._on_session_changed)
+        self.follow(_session.changed, self._on_session_changed)
         self._on_labels_changed()
         self._on_model_choice(self.model_combo.value)
         self._on_session_changed()
+        self._done = True  # no run stopped half-way (see worker_finished)
+        self.job: TrainJob | None = None
+        self.events: list[TrainEvent] = []
+        self.last_checkpoint: Path | None = None
+        self.result = None  # (model, metadata) of the last finished or cancelled run
+        self._held_how = ""  # how the run's hold-out was chosen, for the accuracy line
+        self._seen_before: list[tuple[int, ...]] = []  # planes the continued model trained on
+        self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
+        entry = _session.trained()
+        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
+            self.plot.show_history(entry.history)
+            self._plotted = entry
+        self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
+        self.preview = LivePreview(viewer)
+        self._started = time.perf_counter()
+        self.speed: float | None = None
+        viewer.dims.events.current_step.connect(self._on_dims_changed)
+        self.set_running(False)
 
     def _not_remembered(self) -> set[str]:
         """Steps are remembered for new models only (continuing has its own default)."""
@@ -209,8 +188,8 @@ class TrainForm(DockWidget):
             self.schema.value = "(no annotation layer)"
             return
         self.schema.value = layer_mode(layer)
-        if layer.metadata.get(META_IMAGE) in self.viewer.layers:
-            self.image_combo.value = self.viewer.layers[layer.metadata[META_IMAGE]]
+        if layer.metadata.get(_common.META_IMAGE) in self.viewer.layers:
+            self.image_combo.value = self.viewer.layers[layer.metadata[_common.META_IMAGE]]
 
     def _on_model_choice(self, choice: str) -> None:
         self.model_path.visible = choice == FINE_TUNE
@@ -223,29 +202,17 @@ class TrainForm(DockWidget):
         if continuing and _session.trained() is None:
             self.status.setText(f"continue: {NO_SESSION_MODEL}")
 
+    @unless_deleted
     def _on_session_changed(self) -> None:
         """Offer "continue: model just trained" only while the session holds a model."""
-        try:
-            combo = self.model_combo.native
-            item = combo.model().item(combo.findText(CONTINUE))
-        except RuntimeError:  # the widget was deleted; the session signal outlived it
-            _session.changed.disconnect(self._on_session_changed)
-            return
+        combo = self.model_combo.native
+        item = combo.model().item(combo.findText(CONTINUE))
         entry = _session.trained()
         item.setEnabled(entry is not None)
-        item.setData(
-            f"continue training the model just trained ({entry.description})"
-            if entry
-            else NO_SESSION_MODEL,
-            Qt.ItemDataRole.ToolTipRole,
-        )
+        tip = f"continue training the model just trained ({entry.description})" if entry else ""
+        item.setData(tip or NO_SESSION_MODEL, Qt.ItemDataRole.ToolTipRole)
         if entry is None and self.is_continuing():
             self.status.setText(f"continue: {NO_SESSION_MODEL}")
-
-    def stop_workers(self) -> None:
-        """The widget is closing: stop following the session, then stop the workers."""
-        _session.changed.disconnect(self._on_session_changed)  # psygnal: a no-op if gone
-        super().stop_workers()
 
     def is_continuing(self) -> bool:
         """Whether the chosen model is "continue: model just trained"."""
@@ -279,9 +246,9 @@ class TrainForm(DockWidget):
 
     def train_config(self) -> TrainConfig:
         """The training settings shown in the widget."""
-        tile = widget_value(self.tile, TrainConfig)
+        tile = _forms.widget_value(self.tile, TrainConfig)
         augment = AugmentConfig(strength=self.augment.value)
-        return read_config(self.form, TrainConfig, tile=tile, augment=augment)
+        return _forms.read_config(self.form, TrainConfig, tile=tile, augment=augment)
 
     def cpu_threads(self) -> int | None:
         """PyTorch CPU threads for the run (None on a GPU); auto leaves one core to the viewer."""
@@ -292,74 +259,20 @@ class TrainForm(DockWidget):
             return None
         return self.threads.value or gui_cpu_threads()
 
-
-def safe_name(name: str) -> str:
-    """``name`` as a file name: characters other than letters, digits, ``-`` and ``_`` become
-    ``_``."""
-    return "".join(c if c.isalnum() or c == "-" else "_" for c in name)
-
-
-STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
-
-
-def stop_training(job: TrainJob, worker) -> None:
-    """Cancel ``job`` and wait until its worker thread is done (the widget is closing)."""
-    job.cancel()
-    # napari may already have aborted the worker (viewer closing): then the generator is never
-    # resumed and the thread returns after the current step
-    if not wait_until(lambda: job.ended or worker_returned(worker), STOP_WAIT_S):
-        log.warning("napari-unet: the training run did not stop within %s s", STOP_WAIT_S)
-
-
-class TrainWidget(TrainForm):
-    """Train, cancel, resume and save; the result becomes the "model just trained" ("continue:
-    model just trained" fine-tunes it further, the plot goes on after the earlier curve).
-
-    The run is a napari worker over :func:`~napari_unet.training.job.run_job`; the GUI thread
-    only gets small messages: event batches for the progress bar and the plot and, every few
-    seconds, a predicted crop of the plane on screen for "<image> live prediction".
-    """
-
-    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(viewer, parent)
-        self._done = True  # no run stopped half-way (see _on_worker_finished)
-        self.job: TrainJob | None = None
-        self.events: list[TrainEvent] = []
-        self.last_checkpoint: Path | None = None
-        self.result = None  # (model, metadata) of the last finished or cancelled run
-        self._held_how = ""  # how the run's hold-out was chosen, for the accuracy line
-        self._seen_before: list[tuple[int, ...]] = []  # planes the continued model trained on
-        self._plotted: _session.TrainedModel | None = None  # whose training the plot ends with
-        entry = _session.trained()
-        if entry is not None and entry.history:  # a Train dock opened anew: the curve stays
-            self.plot.show_history(entry.history)
-            self._plotted = entry
-        self.checkpoint_dir = Path(tempfile.gettempdir()) / "napari-unet"
-        self.preview = LivePreview(viewer)
-        self._started = time.perf_counter()
-        self.speed: float | None = None
-        viewer.dims.events.current_step.connect(self._on_dims_changed)
-        self.preview_button.clicked.connect(guarded(lambda: self.preview_augmentation()))
-        self.train_button.clicked.connect(lambda: self.start_training())
-        self.cancel_button.clicked.connect(lambda: self.cancel())
-        self.resume_button.clicked.connect(lambda: self.start_training(resume=True))
-        self.save_button.clicked.connect(guarded(self._save_clicked))
-        self._set_running(False)
-
     def _layers(self) -> tuple[Image, Labels]:
         image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             raise InputError("choose an image and its annotation layer (see 1 Annotate)")
-        if spatial_shape(image) != tuple(labels.data.shape):
+        if _common.spatial_shape(image) != tuple(labels.data.shape):
             raise InputError(
                 f"the annotations {tuple(labels.data.shape)} do not match the image "
-                f"{tuple(layer_data(image).shape)}; create them in 1 Annotate"
+                f"{tuple(_common.layer_data(image).shape)}; create them in 1 Annotate"
             )
         return image, labels
 
     def annotation_config(self, labels: Labels) -> AnnotationConfig:
         """Schema and weight-map settings recorded on the annotation layer."""
-        weights = WeightMapConfig(**labels.metadata.get(META_WEIGHTMAP, {}))
+        weights = WeightMapConfig(**labels.metadata.get(_common.META_WEIGHTMAP, {}))
         return AnnotationConfig(
             mode=layer_mode(labels),
             weight_map=weights,
@@ -373,9 +286,9 @@ class TrainWidget(TrainForm):
         try:
             return self._start(resume)
         except Exception as exc:  # noqa: BLE001 - shown to the user
-            report_error(exc)
+            _common.report_error(exc)
             if self.worker is None:  # the line under the buttons says the same as the message
-                self.status.setText(f"not started: {error_message(exc)}")
+                self.status.setText(f"not started: {_common.error_message(exc)}")
                 self.progress.setValue(self.progress.minimum())
                 self.progress.setFormat("")
             return None
@@ -401,7 +314,7 @@ class TrainWidget(TrainForm):
             if not self._done:  # the stopped run's preview is not the model's output
                 self.preview.remove()
         except Exception:  # noqa: BLE001 - the viewer may be closing
-            log.debug("napari-unet: live preview not removed", exc_info=True)
+            _common.log.debug("napari-unet: live preview not removed", exc_info=True)
 
     def _start(self, resume: bool):
         if self.worker is not None:
@@ -427,21 +340,20 @@ class TrainWidget(TrainForm):
             self.status.setText("loading PyTorch's optimiser (once per session) ...")
             self.status.repaint()
             warm_up()
-        self.worker = create_worker(run_job, job, _start_thread=False)
-        self.worker.yielded.connect(self._on_message)
-        self.worker.errored.connect(report_error)
-        self.worker.finished.connect(self._on_worker_finished)
-        self.background.set(partial(stop_training, job, self.worker))
+        worker = create_worker(run_job, job, _start_thread=False)
+        worker.yielded.connect(self._on_message)
+        worker.errored.connect(_common.report_error)
         self._first_step = None  # this run's first step (a resumed run starts at its checkpoint)
         self._done = False  # the run finished: its last preview is the model's output
         self.progress.setRange(job.steps_before, job.steps_before + job.config.steps)
         self.progress.setValue(job.steps_before)
         self.progress.setFormat(self._step_format())
-        self._set_running(True)
         self.status.setText("starting ...")
         self._started = time.perf_counter()
-        self.worker.start()
-        return self.worker
+        # closing cancels the job; napari may already have aborted the worker (viewer closing):
+        # then the generator is never resumed and the thread returns after the current step
+        stop = stopper(worker, job.cancel, "the training run", STOP_WAIT_S, lambda: job.ended)
+        return self.start_worker(worker, stop)
 
     def _new_job(self) -> TrainJob:
         image, labels = self._layers()
@@ -466,7 +378,7 @@ class TrainWidget(TrainForm):
                 raise InputError(NO_SESSION_MODEL)
             model_path = entry.model_file(self.checkpoint_dir)  # the parent, named in the file
             steps_before = entry.chain_steps
-            self._seen_before = _planes_of(entry.metadata, "seen_planes", "train_planes")
+            self._seen_before = entry.metadata.planes("seen_planes", "train_planes")
         else:
             self._seen_before = []
         if not self.is_continuing() and self.architecture() is None:
@@ -476,7 +388,7 @@ class TrainWidget(TrainForm):
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = "".join(c if c.isalnum() else "_" for c in image.name)[:40]
-        recipe = TrainingRecipe(
+        training_recipe = recipe.TrainingRecipe(
             annotation=self.annotation_config(labels),
             training=self.train_config(),
             architecture=self.architecture() or PRESETS["small"],
@@ -485,12 +397,12 @@ class TrainWidget(TrainForm):
             checkpoint=self.checkpoint_dir / f"{safe}-{stamp}.ckpt",
             planes=tuple(planes),
             val_planes=tuple(held),
-            channel_axis=channel_axis(image),
+            channel_axis=_common.channel_axis(image),
         )
         return TrainJob(
-            image=layer_data(image),
+            image=_common.layer_data(image),
             labels=labels.data,
-            recipe=recipe,
+            recipe=training_recipe,
             preview_every_s=self.preview_every.value,
             cpu_threads=self.cpu_threads(),
             steps_before=steps_before,
@@ -509,44 +421,14 @@ class TrainWidget(TrainForm):
             return parse_plane_list(text, n_lead)
         if self.is_continuing():
             entry = _session.trained()
-            kept = _planes_of(entry.metadata, "val_planes") if entry is not None else []
+            kept = entry.metadata.planes("val_planes") if entry is not None else []
             kept = [p for p in kept if p in annotated]
             self._held_how = ", held out as for the model continued" if kept else ""
             return kept
-        held = auto_hold_out(annotated)
+        held = recipe.auto_hold_out(annotated)
         if held:
             self._held_how = f", held out automatically ({len(annotated)} annotated planes)"
         return held
-
-    def accuracy_text(self, metadata) -> str:
-        """The accuracy line after a finished run: the score on the held-out planes of the
-        weights kept, or why there is none."""
-        held = _planes_of(metadata, "val_planes")
-        if not held:
-            trained = plane_names(_planes_of(metadata, "train_planes"))
-            return (
-                f"No accuracy figure: every annotated plane ({trained}) was trained on, so no "
-                "unseen annotated plane is left to score on. To get one, type a plane in 'hold "
-                f"out planes' (or annotate {AUTO_HOLD_OUT_MIN} or more planes: one is then held "
-                "out automatically)."
-            )
-        scores = {e.step: e.metrics for e in self.events if e.kind == "validation" and e.metrics}
-        if not scores:
-            return f"No accuracy figure: plane {plane_names(held)} was not scored in this run."
-        best = metadata.provenance.get("best_step")
-        step = best if best in scores else max(scores)
-        kept = f" (the weights of step {step}, the best score, are kept)" if best == step else ""
-        text = (
-            f"Accuracy on plane {plane_names(held)} (annotated, not trained on"
-            f"{self._held_how}): {score_text(scores[step])}{kept}."
-        )
-        seen = [p for p in held if p in self._seen_before]
-        if seen:
-            text += (
-                f" Careful: plane {plane_names(seen)} was trained on by the model continued, so "
-                "this score is not on unseen data."
-            )
-        return text
 
     def cancel(self) -> None:
         """Stop the run after the current step; a checkpoint is written for Resume."""
@@ -567,9 +449,7 @@ class TrainWidget(TrainForm):
         the image's file, if it was opened from one, else in the working folder."""
         image = self.image_combo.value
         name = image.name if image is not None else "unet"
-        source = getattr(getattr(image, "source", None), "path", None)
-        folder = Path(source).parent if source else Path.cwd()
-        return folder / f"{safe_name(name)}.unet.safetensors"
+        return _common.beside(image, name, ".unet.safetensors")
 
     def _save_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -583,12 +463,12 @@ class TrainWidget(TrainForm):
         """Show ``n`` augmented versions of the current annotated plane right of the image (layers
         "augmentation preview" and "... labels"); returns the two layers."""
         image, labels = self._layers()
-        plane = current_plane(self.viewer, labels, labels.ndim - 2)
+        plane = _common.current_plane(self.viewer, labels, labels.ndim - 2)
         planes = training_plane_list(labels)
         if not planes:
             raise AnnotationError("no annotated plane to preview: annotate a plane first")
         plane = plane if plane in planes else planes[0]
-        raw = read_plane(layer_data(image), plane, channel_axis(image))
+        raw = read_plane(_common.layer_data(image), plane, _common.channel_axis(image))
         config = AugmentConfig(strength=self.augment.value)
         row = preview_row(raw, labels.data[plane], self.annotation_config(labels), config, n)
         scale, (y, x) = tuple(labels.scale[-2:]), labels.translate[-2:]
@@ -596,7 +476,7 @@ class TrainWidget(TrainForm):
         layers = []
         for data, kind, name in zip(row, (Image, Labels), ("", " labels"), strict=True):
             name = f"augmentation preview{name}"
-            layer = reusable_layer(self.viewer, name, kind)
+            layer = _common.reusable_layer(self.viewer, name, kind)
             if layer is not None:  # the samples are always one 2D row
                 layer.data, layer.scale, layer.translate = data, where["scale"], where["translate"]
             elif kind is Image:
@@ -634,8 +514,8 @@ class TrainWidget(TrainForm):
         elif kind == "finished":
             self._on_finished(*message[1:])
         elif kind == "error":
-            report_error(message[1])
-            self.status.setText(f"failed: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"failed: {_common.error_message(message[1])}")
             self.progress.setFormat("step %v/%m   failed")
 
     def _on_events(self, events: list[TrainEvent]) -> None:
@@ -670,9 +550,10 @@ class TrainWidget(TrainForm):
         else:
             self.last_checkpoint = None  # finished: Resume would retrain an older state
             self._done = True
-            seen = {tuple(p) for p in self._seen_before} | set(_planes_of(metadata, "train_planes"))
+            seen = {tuple(p) for p in self._seen_before} | set(metadata.planes("train_planes"))
             metadata.provenance["seen_planes"] = [list(p) for p in sorted(seen)]
-            self.accuracy.setText(self.accuracy_text(metadata))
+            text = recipe.accuracy_text(metadata, self.events, self._held_how, self._seen_before)
+            self.accuracy.setText(text)
             self.progress.setValue(self.job.steps_before + step)
             self.progress.setFormat(self._step_format("done"))
             self._plotted = _session.set_trained(
@@ -707,26 +588,16 @@ class TrainWidget(TrainForm):
         parent = metadata.provenance.get("parent_model") or "the model trained before"
         return f"trained on {name!r}, {before} + {step} steps (continued from {parent})"
 
-    def _on_worker_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self._set_running(False)
+    def worker_finished(self) -> None:
+        """The run's thread is done: the widget is idle again."""
+        super().worker_finished()
         if not self._done:  # a stopped run's preview must not pass for the model's output
             self.preview.remove()
 
-    def _set_running(self, running: bool) -> None:
+    def set_running(self, running: bool) -> None:
         """Enable the buttons that make sense now."""
         self.train_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.resume_button.setEnabled(not running and self.last_checkpoint is not None)
         self.save_button.setEnabled(not running and self.result is not None)
         self.preview_button.setEnabled(not running)
-
-
-def _planes_of(metadata, *keys: str) -> list[tuple[int, ...]]:
-    """Plane indices a model file's provenance records under the first of ``keys`` present."""
-    for key in keys:
-        planes = metadata.provenance.get(key)
-        if isinstance(planes, list):
-            return [tuple(int(i) for i in p) for p in planes]
-    return []

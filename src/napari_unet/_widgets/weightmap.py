@@ -17,21 +17,9 @@ from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import QLabel, QWidget
 
-from napari_unet._widgets._common import (
-    META_WEIGHTMAP,
-    TIPS,
-    add_buttons,
-    column,
-    current_plane,
-    error_message,
-    guarded,
-    is_annotation_layer,
-    report_error,
-    reusable_layer,
-    set_tooltips,
-)
+from napari_unet._widgets import _common
 from napari_unet._widgets._dock import DockWidget
-from napari_unet._widgets._forms import Remembered, config_form, layer_picker, read_config
+from napari_unet._widgets._forms import Remembered, annotation_picker, config_form, read_config
 from napari_unet._widgets.annotate import layer_mode, training_plane_list
 from napari_unet.annotation.job import WeightSummary, weight_planes
 from napari_unet.annotation.schema import AnnotationConfig
@@ -56,14 +44,10 @@ class WeightMapWidget(DockWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(viewer, parent)
         self.summary = WeightSummary([])  # of the planes computed by the last run
-        self.labels_combo = layer_picker(
+        self.labels_combo = annotation_picker(
             viewer,
-            Labels,
-            "annotations",
             "the annotation layer (from 1 Annotate) whose loss weights to show; training uses "
             "the settings chosen here for it",
-            accept=is_annotation_layer,
-            placeholder="none: create one in 1 Annotate",
         )
         self.form = config_form(WeightMapConfig, FIELDS)
         self.scope = ComboBox(
@@ -73,7 +57,7 @@ class WeightMapWidget(DockWidget):
             tooltip="current plane: the plane on screen; all annotated planes: every plane "
             "listed in 1 Annotate",
         )
-        add_buttons(self, compute_button="Compute weight map")
+        _common.add_buttons(self, compute_button=("Compute weight map", self.compute))
         self.settings = Remembered("weightmap", self.form)
         self.form.insert(0, self.labels_combo)
         self.form.extend([self.scope, self.settings.button])
@@ -81,8 +65,8 @@ class WeightMapWidget(DockWidget):
             setattr(self, name, self.form[name])
         self.status = QLabel("", self)
         self.status.setWordWrap(True)
-        set_tooltips(self, TIPS["weightmap"])
-        column(
+        _common.set_tooltips(self, _common.TIPS["weightmap"])
+        _common.column(
             self.body,
             self.form,
             self.compute_button,
@@ -91,10 +75,8 @@ class WeightMapWidget(DockWidget):
             "distances to the nearest and second-nearest object; falk: Falk et al. 2019. "
             "Shown: what the border term adds (the class-balance weights are transparent), so "
             "the gaps between touching objects glow. Training uses these settings.",
-            stretch=True,
         )
         self.variant.changed.connect(self._show_variant_rows)
-        self.compute_button.clicked.connect(guarded(lambda: self.compute()))
         self._show_variant_rows(self.variant.value)
 
     def _show_variant_rows(self, variant: str) -> None:
@@ -116,17 +98,17 @@ class WeightMapWidget(DockWidget):
         try:
             return self._start(scope or self.scope.value, layer or self.labels_combo.value)
         except Exception as exc:
-            self.status.setText(f"not computed: {error_message(exc)}")
+            self.status.setText(f"not computed: {_common.error_message(exc)}")
             raise
 
     def _start(self, scope: str, layer: Labels | None):
         if layer is None:
             raise AnnotationError("choose an annotation layer (create one in 1 Annotate)")
         config = self.config()
-        layer.metadata[META_WEIGHTMAP] = asdict(config)
+        layer.metadata[_common.META_WEIGHTMAP] = asdict(config)
         annotated = training_plane_list(layer)
         if scope.startswith("current"):
-            planes = [current_plane(self.viewer, layer, layer.ndim - 2)]
+            planes = [_common.current_plane(self.viewer, layer, layer.ndim - 2)]
             if planes[0] not in annotated:
                 raise AnnotationError(
                     f"plane {plane_names(planes)} is not annotated: it has no weights; paint or "
@@ -138,31 +120,19 @@ class WeightMapWidget(DockWidget):
                 raise AnnotationError("no annotated plane yet: paint or import annotations first")
         output = self._output_layer(layer)
         annotation = AnnotationConfig(mode=layer_mode(layer), weight_map=config)
-        self.worker = create_worker(
-            weight_planes, layer.data, planes, annotation, _start_thread=False
-        )
-        self.worker.yielded.connect(lambda message: self._on_message(output, message))
-        self.worker.finished.connect(self._on_finished)
-        self.background.set(self.worker.quit)  # closing: stop after the plane being computed
-        self.compute_button.setEnabled(False)
+        worker = create_worker(weight_planes, layer.data, planes, annotation, _start_thread=False)
+        worker.yielded.connect(lambda message: self._on_message(output, message))
         self.summary = WeightSummary(planes)
         self.status.setText(f"computing plane {plane_names(planes)} ...")
-        self.worker.start()
-        return self.worker
+        return self.start_worker(worker, worker.quit)  # closing: stop after the plane computed
 
     def _output_layer(self, labels: Labels) -> Image:
         name, shape = f"{labels.name} weight map", tuple(labels.data.shape)
-        output = reusable_layer(self.viewer, name, Image, shape)
+        output = _common.reusable_layer(self.viewer, name, Image, shape)
         if output is None:
-            output = self.viewer.add_image(
-                np.zeros(shape, np.float32),
-                name=name,
-                colormap=GLOW,
-                blending="translucent",
-                scale=labels.scale,
-                translate=labels.translate,
-                contrast_limits=(0.0, 1.0),
-            )
+            look = {"colormap": GLOW, "blending": "translucent", "contrast_limits": (0.0, 1.0)}
+            where = {"scale": labels.scale, "translate": labels.translate}
+            output = self.viewer.add_image(np.zeros(shape, np.float32), name=name, **look, **where)
             # under the annotations: objects keep their label colours, the gaps glow
             layers = self.viewer.layers
             layers.move(layers.index(output), layers.index(labels))
@@ -170,8 +140,8 @@ class WeightMapWidget(DockWidget):
 
     def _on_message(self, output: Image, message: tuple) -> None:
         if message[0] == "error":
-            report_error(message[1])
-            self.status.setText(f"failed: {error_message(message[1])}")
+            _common.report_error(message[1])
+            self.status.setText(f"failed: {_common.error_message(message[1])}")
             return
         _, index, weight, base = message
         output.data[index] = weight
@@ -179,7 +149,6 @@ class WeightMapWidget(DockWidget):
         output.refresh()
         self.status.setText(self.summary.text(index))
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.background.set(None)
-        self.compute_button.setEnabled(True)
+    def set_running(self, running: bool) -> None:
+        """Compute is enabled while nothing is being computed."""
+        self.compute_button.setEnabled(not running)

@@ -58,6 +58,21 @@ def installed(module: str) -> bool:
         return False
 
 
+def checker_note() -> str:
+    """Which checker will judge a bioimage.io package here, in words."""
+    if installed("bioimageio.core"):
+        return "checked by bioimageio.core's model test after export"
+    if installed("bioimageio.spec"):
+        return (
+            "checked by bioimageio.spec's validator and napari-unet's own test (bioimageio.core "
+            "is not installed: pip install 'napari-unet[export]')"
+        )
+    return (
+        "checked by napari-unet's own test only: the bioimage.io tools are not installed "
+        "(pip install 'napari-unet[export]')"
+    )
+
+
 def check_export(
     path: str | os.PathLike, fmt: str, model_path: str | os.PathLike | None = None
 ) -> ExportCheck:

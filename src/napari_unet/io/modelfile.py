@@ -101,6 +101,15 @@ class ModelMetadata:
         except (TypeError, ValueError) as exc:
             raise InputError(f"metadata provenance is not JSON-able: {exc}") from None
 
+    def planes(self, *keys: str) -> list[tuple[int, ...]]:
+        """Plane indices the provenance records under the first of ``keys`` present (e.g.
+        ``"val_planes"``, the planes a run held out); [] when none."""
+        for key in keys:
+            planes = self.provenance.get(key)
+            if isinstance(planes, list):
+                return [tuple(int(i) for i in p) for p in planes]
+        return []
+
     def to_json(self) -> str:
         """Strict JSON text (no NaN/Infinity)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}

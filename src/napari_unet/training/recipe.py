@@ -49,12 +49,14 @@ from napari_unet.annotation.schema import (
 )
 from napari_unet.defaults import default_steps, form_field
 from napari_unet.errors import AnnotationError, InputError
+from napari_unet.io.plane_lists import plane_names
 from napari_unet.io.planes import read_plane
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.normalization import Normalization
 from napari_unet.training.checkpoint import read_checkpoint_metadata
 from napari_unet.training.starting_model import STARTING_ARCHITECTURE, starting_model_for
 from napari_unet.training.trainer import TrainConfig, Trainer
+from napari_unet.training.validation import score_text
 
 PlaneIndex = tuple[int, ...]
 
@@ -86,6 +88,41 @@ def auto_hold_out(annotated: list[PlaneIndex]) -> list[PlaneIndex]:
     if len(planes) < AUTO_HOLD_OUT_MIN:
         return []
     return [planes[len(planes) // 2]]
+
+
+def accuracy_text(metadata, events, held_how: str = "", seen_before=()) -> str:
+    """The accuracy line 3 Train shows after a finished run: the score on the held-out planes of
+    the weights kept (from the run's validation ``events``), or why there is none.
+
+    ``held_how``: how the hold-out was chosen (e.g. ", held out automatically (5 annotated
+    planes)"); ``seen_before``: planes a continued model had trained on (a warning if held out).
+    """
+    held = metadata.planes("val_planes")
+    if not held:
+        trained = plane_names(metadata.planes("train_planes"))
+        return (
+            f"No accuracy figure: every annotated plane ({trained}) was trained on, so no "
+            "unseen annotated plane is left to score on. To get one, type a plane in 'hold "
+            f"out planes' (or annotate {AUTO_HOLD_OUT_MIN} or more planes: one is then held "
+            "out automatically)."
+        )
+    scores = {e.step: e.metrics for e in events if e.kind == "validation" and e.metrics}
+    if not scores:
+        return f"No accuracy figure: plane {plane_names(held)} was not scored in this run."
+    best = metadata.provenance.get("best_step")
+    step = best if best in scores else max(scores)
+    kept = f" (the weights of step {step}, the best score, are kept)" if best == step else ""
+    text = (
+        f"Accuracy on plane {plane_names(held)} (annotated, not trained on"
+        f"{held_how}): {score_text(scores[step])}{kept}."
+    )
+    seen = [p for p in held if p in seen_before]
+    if seen:
+        text += (
+            f" Careful: plane {plane_names(seen)} was trained on by the model continued, so "
+            "this score is not on unseen data."
+        )
+    return text
 
 
 @dataclass
