@@ -1,0 +1,74 @@
+"""The shipped starting model without any fine-tuning: what a user sees before annotating.
+
+Segments the scored planes of each shared set (the splits of ``benchmarks/instances.py``) with
+the starting model in ``src/napari_unet/models/`` as it is, and scores them as ``instances.py``
+does. Nothing is derived from annotations (there are none), so objects are read with the
+product's default rule (relative cores, wide contacts joined; ``PostprocessConfig`` defaults
+otherwise: no minimum size, no hole filling). RGB planes (GBM40) are averaged to one channel,
+the starting model's input. The shipped model saw ISBI 2012 and PhC-U373 in training, so only
+the other four sets are data it never saw (``seen`` in each row).
+
+    python benchmarks/starting_model_zero.py --sets all
+
+Rows go to ``benchmarks/results/starting_model_zero.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import write_json  # noqa: E402
+from instances import MEASURE, SETS, data_root, load, score  # noqa: E402
+
+from napari_unet.annotation.derived import CORE_RATIO, JOIN_WIDE  # noqa: E402
+from napari_unet.inference.batch import SegmentConfig, segment_stack  # noqa: E402
+from napari_unet.inference.postprocess import PostprocessConfig  # noqa: E402
+from napari_unet.io.modelfile import load_model  # noqa: E402
+from napari_unet.training.starting_model import starting_model_path  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "starting_model_zero.json"
+SEEN = ("isbi", "phc")  # in the shipped model's training data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="all")
+    args = parser.parse_args()
+    root, path = data_root(), starting_model_path()
+    if root is None or path is None:
+        print("shared data or starting model not found; nothing to measure", file=sys.stderr)
+        return 0
+    model, metadata = load_model(path, device="cpu")
+    post = PostprocessConfig(method="relative-cores", core_ratio=CORE_RATIO, join_wide=JOIN_WIDE)
+    config = SegmentConfig(postprocess=post)
+    names = SETS if args.sets == "all" else tuple(args.sets.split(","))
+    rows = []
+    for name in names:
+        _, _, image, truth = load(root, name, 3)
+        if image.ndim == 4:  # RGB planes: one channel, as the starting model takes
+            image = image.astype(np.float32).mean(axis=-1)
+        start = time.perf_counter()
+        pred = np.asarray(segment_stack(model, metadata, image, config))
+        scores = score(name, pred, truth)
+        scores.pop("per_plane_ap50")
+        row = {"set": name, "seen": name in SEEN, "planes": len(image),
+               "predict_s": round(time.perf_counter() - start, 1), **scores}  # fmt: skip
+        rows.append(row)
+        print(f"{name:9s} {MEASURE[name]}={row[MEASURE[name]]:.3f} SEG={row['seg']:.3f} "
+              f"objects {row['objects']:.0f}/{row['ref_objects']:.0f}", flush=True)  # fmt: skip
+    write_json(RESULTS, {"date": date.today().isoformat(), "model": path.name,
+                         "training_data": metadata.provenance.get("training_data", ""),
+                         "command": "python benchmarks/starting_model_zero.py " +
+                         " ".join(sys.argv[1:]), "rows": rows})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
