@@ -152,7 +152,7 @@ def test_model_files_without_a_method_segment_as_before():
     assert old.method == "cores" and old.foreground_classes == (1,) and old.min_size == 12
     assert old.seed_threshold == 0.98
     relative = postprocess_config({"method": "relative-cores", "core_ratio": 0.6})
-    assert relative.join_wide is None  # written before wide contacts were joined
+    assert not relative.join_wide  # written before wide contacts were joined
     assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
         "interiors"
     )

@@ -247,3 +247,27 @@ def test_core_level_starts_from_the_model_file_and_relabels_without_the_network(
     widget.core_ratio.value = 0.3
     post = widget.segment_config(read_metadata(path)).postprocess
     assert post.core_ratio == pytest.approx(0.3)
+
+
+def test_join_width_starts_from_the_model_file_and_files_without_it_do_not_join(
+    viewer, tiny_model, tmp_path
+):
+    """A new model records the join width (shown beside the core level, changed live); a file
+    written before joining shows 0 and segments as before."""
+    from napari_unet.io.modelfile import save_model
+
+    model, metadata = tiny_model[0], _recorded(tiny_model[1])
+    relative = {**metadata.postprocess, "method": "relative-cores", "core_ratio": 0.6}
+    older, joined = tmp_path / "older.safetensors", tmp_path / "joined.safetensors"
+    save_model(older, model, dataclasses.replace(metadata, postprocess=relative))
+    recorded = {**relative, "join_wide": 1.0}
+    save_model(joined, model, dataclasses.replace(metadata, postprocess=recorded))
+    widget = SegmentWidget(viewer)
+    widget.model_path.value = str(joined)
+    assert widget.join_wide.value == pytest.approx(1.0)
+    assert widget.join_wide.native.isVisibleTo(widget)
+    widget.join_wide.value = 1.5
+    assert widget.segment_config(read_metadata(joined)).postprocess.join_wide == pytest.approx(1.5)
+    widget.model_path.value = str(older)
+    assert widget.join_wide.value == 0
+    assert not widget.segment_config(read_metadata(older)).postprocess.join_wide

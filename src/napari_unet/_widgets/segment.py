@@ -51,9 +51,17 @@ _KINDS = {"labels": Labels, "image": Image}
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a segmentation to stop
 AUTO_MIN_SIZE = "auto"
 NO_MODEL = "no model trained yet in this session (use 3 Train, or choose a model file)"
-POST = ("watershed", "watershed_min_distance", "min_size", "fill_holes", "core_ratio", "neck_depth")
+POST = (
+    "watershed",
+    "watershed_min_distance",
+    "min_size",
+    "fill_holes",
+    "core_ratio",
+    "join_wide",
+    "neck_depth",
+)
 # the control of each instance method's own parameter, shown for models that use that method
-METHOD_PARAMETER = {"relative-cores": "core_ratio", "necks": "neck_depth"}
+METHOD_PARAMETERS = {"relative-cores": ("core_ratio", "join_wide"), "necks": ("neck_depth",)}
 NOTHING_TO_RANK = "a single 2D image has one plane: there is nothing to rank"
 RANK_HINT = (
     "Planes not annotated yet, least sure first. Click one to go there, correct its "
@@ -113,7 +121,7 @@ class SegmentWidget(DockWidget):
         auto = {"value": -1, "min": -1, "special": AUTO_MIN_SIZE}
         self.post = post = config_form(PostprocessConfig, POST, min_size=auto)
         self.watershed, self.seed_distance, self.min_size, self.fill_holes = post[:4]
-        self.core_ratio, self.neck_depth = post[4:]
+        self.core_ratio, self.join_wide, self.neck_depth = post[4:]
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
         self.derived.native.setWordWrap(True)
@@ -123,7 +131,8 @@ class SegmentWidget(DockWidget):
         fields = [self.tta, self.device, self.instances, self.watershed, self.seed_distance]
         self.settings = Remembered("segment", [*fields, self.min_size])
         top = [self.source, self.model_path, self.model_info, self.image_combo, self.scope]
-        rest = [self.min_size, self.fill_holes, self.core_ratio, self.neck_depth, self.derived]
+        rest = [self.min_size, self.fill_holes, self.core_ratio, self.join_wide, self.neck_depth]
+        rest.append(self.derived)
         rest += [self.probability, self.uncertainty]
         self.form = Container(widgets=[*top, *fields, *rest])
         _common.add_buttons(
@@ -224,11 +233,12 @@ class SegmentWidget(DockWidget):
         if model != self._model_shown:  # another model: start from what it records
             self._model_shown = model
             self.cache.drop()
-            for name in ("fill_holes", "core_ratio", "neck_depth"):
-                self.post[name].value = getattr(post, name)
-        for method, name in METHOD_PARAMETER.items():
-            control = getattr(self, name)
-            control.enabled = control.visible = post.method == method
+            for name in ("fill_holes", "core_ratio", "join_wide", "neck_depth"):
+                self.post[name].value = getattr(post, name) or 0
+        for method, names in METHOD_PARAMETERS.items():
+            for name in names:
+                control = getattr(self, name)
+                control.enabled = control.visible = post.method == method
 
     def _on_scope(self, scope: str) -> None:
         self.probability.enabled = self.uncertainty.enabled = scope == SCOPES[0]

@@ -63,12 +63,12 @@ class PostprocessConfig:
         exceed this fraction of the 90th percentile of its component's log-odds (or the
         log-odds of ``seed_threshold``, whichever is lower); higher parts more, lower merges
         more.
-    join_wide : float or None
+    join_wide : float
         ``relative-cores``: parts of one component that touch along at least this many times the
         width of the smaller part (its equivalent diameter; in 3D the cross-section of its
         equivalent ball) are joined again: a cell cut between two confident patches of its own
         touches its other half along its whole width, two cells parted at a faint membrane meet
-        along a short stretch of it. None or 0: no joining.
+        along a short stretch of it. 0 (or None): no joining.
     join_shallow : float or None
         ``relative-cores``, screening only: join parts only where the smoothed log-odds along
         their contact stay at least this fraction of their cores' level (a shallow valley; with
@@ -124,7 +124,16 @@ class PostprocessConfig:
         max=0.99,
         step=0.05,
     )
-    join_wide: float | None = None
+    join_wide: float = form_field(
+        0.0,  # off for files written before it; new models record 1.0 (annotation/derived.py)
+        "join width",
+        "parts of one object that touch along at least this many times the width of the "
+        "smaller part are joined again (a cell cut between two confident patches of its own); "
+        "0 = never; method relative-cores; the model file records the value",
+        min=0.0,
+        max=3.0,
+        step=0.1,
+    )
     join_shallow: float | None = None
     neck_depth: float = form_field(
         0.4,
