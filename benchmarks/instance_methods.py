@@ -20,8 +20,9 @@ calibrated ones, the annotated planes the network trained on):
   same without joining (the default before); ``merge@M``: relative cores, parts joined where
   they touch along at least M x the smaller one's width; ``shallow@D``: parts joined where the
   log-odds along their contact stay above D x their cores' level; ``joined+shallow@D``: only
-  where both hold (M = the default's width). Contact lengths are Euclidean
-  (``postprocess.contacts``); rows scored before that (counted faces) were replaced.
+  where both hold (M = the default's width; ``joined0.8+shallow@D``: M = 0.8). Contact lengths
+  are Euclidean (``postprocess.contacts``); rows scored before that (counted faces) were
+  replaced.
   ``-T3``: the same on a tempered copy of the network (a third of its confidence).
 * ``interiors`` (three-class models): connected interiors seed the object (the product's
   option); ``interiors-dips@H``: interiors split further at dips of the interior probability.
@@ -51,6 +52,7 @@ from instances import MEASURE, PREDICTIONS, data_root, load, score  # noqa: E402
 
 from napari_unet.annotation.derived import (  # noqa: E402
     CORE_RATIO,
+    JOIN_SHALLOW,
     JOIN_WIDE,
     postprocess_config,
 )
@@ -217,9 +219,10 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
     diameter = float(derived.get("object_diameter") or 20.0)
     # the product's default reading, whatever the file recorded when it was written
     default = postprocess_config(
-        {**derived, "method": "relative-cores", "core_ratio": CORE_RATIO, "join_wide": JOIN_WIDE}
-    )
-    unjoined = replace(default, join_wide=None)  # the default before wide contacts were joined
+        {**derived, "method": "relative-cores", "core_ratio": CORE_RATIO, "join_wide": JOIN_WIDE,
+         "join_shallow": JOIN_SHALLOW}
+    )  # fmt: skip
+    unjoined = replace(default, join_wide=0)  # the default before cut cells were joined
     out = [
         ("default", lambda p: instance_labels(semantic_labels(p), default, p)),
         ("unjoined", lambda p: instance_labels(semantic_labels(p), unjoined, p)),
@@ -229,6 +232,8 @@ def candidates(meta: ModelMetadata, train_probs, train_truth, name: str):
                                                                  shallow=d)))  # fmt: skip
         out.append((f"joined+shallow@{d}", lambda p, d=d: relative_cores(
             p, default, CORE_RATIO, cap=0.98, merge=JOIN_WIDE, shallow=d)))  # fmt: skip
+        out.append((f"joined0.8+shallow@{d}", lambda p, d=d: relative_cores(
+            p, default, CORE_RATIO, cap=0.98, merge=0.8, shallow=d)))  # fmt: skip
     out.append(("shallow@0.3-T3", lambda p: relative_cores(
         tempered(p, 3), default, CORE_RATIO, cap=0.98, shallow=0.3)))  # fmt: skip
     for m in MERGES:

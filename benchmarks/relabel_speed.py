@@ -4,8 +4,9 @@ Changing an instance control in 4 Segment re-labels the kept planes from the cac
 probabilities, without running the network (``inference/cache.py``). This times that step,
 :func:`napari_unet.inference.postprocess.instance_labels`, on a 1024 x 1024 plane of touching
 cells with the probabilities of an unsure two-class network (soft, patchy inside cells, faint at
-the membranes), for each way of reading it: the default (relative cores, wide contacts joined),
-relative cores without joining, the paper's fixed cores and necks. Median and worst of
+the membranes), for each way of reading it: the default (relative cores, cut cells joined
+where contacts are wide and shallow), relative cores without joining, the paper's fixed cores
+and necks. Median and worst of
 ``--repeats`` runs after one warm-up.
 
     python benchmarks/relabel_speed.py                 # 1024 x 1024, 600 cells
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_name, write_json  # noqa: E402
 from weightmap_speed import make_instances  # noqa: E402
 
-from napari_unet.annotation.derived import CORE_RATIO, JOIN_WIDE  # noqa: E402
+from napari_unet.annotation.derived import CORE_RATIO, JOIN_SHALLOW, JOIN_WIDE  # noqa: E402
 from napari_unet.annotation.weightmap import separate_touching  # noqa: E402
 from napari_unet.inference.postprocess import PostprocessConfig, instance_labels  # noqa: E402
 
@@ -62,8 +63,12 @@ def main() -> int:
     probs = unsure_network(cells)
     semantic = probs.argmax(0)
     readings = {
-        "default (relative cores, wide contacts joined)": PostprocessConfig(
-            method="relative-cores", core_ratio=CORE_RATIO, join_wide=JOIN_WIDE, min_size=20
+        "default (relative cores, cut cells joined)": PostprocessConfig(
+            method="relative-cores",
+            core_ratio=CORE_RATIO,
+            join_wide=JOIN_WIDE,
+            join_shallow=JOIN_SHALLOW,
+            min_size=20,
         ),
         "relative cores, no joining": PostprocessConfig(
             method="relative-cores", core_ratio=CORE_RATIO, min_size=20

@@ -3,7 +3,7 @@
 Segments the scored planes of each shared set (the splits of ``benchmarks/instances.py``) with
 the starting model in ``src/napari_unet/models/`` as it is, and scores them as ``instances.py``
 does. Nothing is derived from annotations (there are none), so objects are read with the
-product's default rule (relative cores, wide contacts joined; ``PostprocessConfig`` defaults
+product's default rule (relative cores, cut cells joined; ``PostprocessConfig`` defaults
 otherwise: no minimum size, no hole filling). RGB planes (GBM40) are averaged to one channel,
 the starting model's input. The shipped model saw ISBI 2012 and PhC-U373 in training, so only
 the other four sets are data it never saw (``seen`` in each row).
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import write_json  # noqa: E402
 from instances import MEASURE, SETS, data_root, load, score  # noqa: E402
 
-from napari_unet.annotation.derived import CORE_RATIO, JOIN_WIDE  # noqa: E402
+from napari_unet.annotation.derived import CORE_RATIO, JOIN_SHALLOW, JOIN_WIDE  # noqa: E402
 from napari_unet.inference.batch import SegmentConfig, segment_stack  # noqa: E402
 from napari_unet.inference.postprocess import PostprocessConfig  # noqa: E402
 from napari_unet.io.modelfile import load_model  # noqa: E402
@@ -46,7 +46,8 @@ def main() -> int:
         print("shared data or starting model not found; nothing to measure", file=sys.stderr)
         return 0
     model, metadata = load_model(path, device="cpu")
-    post = PostprocessConfig(method="relative-cores", core_ratio=CORE_RATIO, join_wide=JOIN_WIDE)
+    joins = {"join_wide": JOIN_WIDE, "join_shallow": JOIN_SHALLOW}
+    post = PostprocessConfig(method="relative-cores", core_ratio=CORE_RATIO, **joins)
     config = SegmentConfig(postprocess=post)
     names = SETS if args.sets == "all" else tuple(args.sets.split(","))
     rows = []

@@ -8,9 +8,11 @@ from scipy import ndimage
 
 from napari_unet.annotation.derived import (
     CORE_RATIO,
+    JOIN_SHALLOW,
     JOIN_WIDE,
     derive_settings,
     describe,
+    join_text,
     postprocess_config,
 )
 from napari_unet.annotation.schema import (
@@ -25,8 +27,8 @@ from napari_unet.inference.postprocess import (
     component_percentile,
     contacts,
     instance_labels,
+    join_contacts,
     join_labels,
-    merge_wide_contacts,
 )
 from napari_unet.metrics import matching
 from napari_unet.sample_data import make_cell_stack
@@ -131,7 +133,8 @@ def test_a_single_annotated_object_derives_its_own_size():
     area = int((labels > 0).sum())
     assert derived["min_size"] == area // 4
     assert derived["method"] == "relative-cores" and derived["foreground_classes"] == [1, 2]
-    assert "min size" in describe(derived) and "relative cores at 0.6, parts" in describe(derived)
+    line = describe(derived)
+    assert "min size" in line and "relative cores at 0.6, cut cells joined" in line
 
 
 def test_the_paper_preset_trains_two_classes_and_records_relative_cores(cells):
@@ -143,6 +146,7 @@ def test_the_paper_preset_trains_two_classes_and_records_relative_cores(cells):
     post = postprocess_config(derived)
     assert post.method == "relative-cores" and post.foreground_classes == (1,)
     assert derived["join_wide"] == post.join_wide == JOIN_WIDE
+    assert derived["join_shallow"] == post.join_shallow == JOIN_SHALLOW
     assert postprocess_config(derived, core_ratio=0.5).core_ratio == 0.5  # an option wins
 
 
@@ -152,7 +156,7 @@ def test_model_files_without_a_method_segment_as_before():
     assert old.method == "cores" and old.foreground_classes == (1,) and old.min_size == 12
     assert old.seed_threshold == 0.98
     relative = postprocess_config({"method": "relative-cores", "core_ratio": 0.6})
-    assert not relative.join_wide  # written before wide contacts were joined
+    assert not relative.join_wide and relative.join_shallow is None  # before cut cells were joined
     assert postprocess_config({"method": "interiors", "foreground_classes": [1, 2]}).method == (
         "interiors"
     )
@@ -175,8 +179,8 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
                  str(model), "--steps", "2", "--device", "cpu",
                  "--instance-targets", "interiors"])  # fmt: skip
     err = capsys.readouterr().err
-    joined = f"parts touching along {JOIN_WIDE:g}x their width joined"
-    relative = f"instances: relative cores at {CORE_RATIO}, {joined}, min size"
+    joined = join_text(JOIN_WIDE, JOIN_SHALLOW)
+    relative = f"instances: relative cores at {CORE_RATIO}{joined}, min size"
     assert code == 0 and f"derived from the annotations: {relative}" in err
     out = tmp_path / "labels.npy"
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
@@ -189,7 +193,7 @@ def test_cli_says_what_was_derived_and_predict_flags_override_it(tmp_path, capsy
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--core-ratio", "0.4"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and f"instances: relative cores at 0.4, {joined}, min size" in err
+    assert code == 0 and f"instances: relative cores at 0.4{joined}, min size" in err
     assert "--core-ratio as given" in err
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--core-ratio", "1.5"])  # fmt: skip
@@ -254,9 +258,9 @@ def _logits_with_bridges(cells: np.ndarray) -> np.ndarray:
     return np.where(foreground, depth - 0.5, -2.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("join_wide", [None, JOIN_WIDE])
+@pytest.mark.parametrize("join", [(0, None), (JOIN_WIDE, JOIN_SHALLOW)])
 @pytest.mark.parametrize("temperature", [0.25, 3.0, 8.0])
-def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperature, join_wide):
+def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperature, join):
     """A network more or less sure of itself scales its log-odds: relative cores part the
     bridged cells the same way at every scale (at 0.25 the level is capped at p = 0.98, so
     the cores are larger but part the same cells), the paper's fixed 0.98 does not."""
@@ -266,7 +270,7 @@ def test_relative_cores_give_the_same_objects_for_any_confidence(cells, temperat
         fg = 1 / (1 + np.exp(-logits / t))
         return np.stack([1 - fg, fg])
 
-    config = PostprocessConfig(method="relative-cores", join_wide=join_wide)
+    config = PostprocessConfig(method="relative-cores", join_wide=join[0], join_shallow=join[1])
     sure, unsure = network(1.0), network(temperature)
     expected = instance_labels(sure.argmax(0), config, probabilities=sure)
     got = instance_labels(unsure.argmax(0), config, probabilities=unsure)
@@ -344,16 +348,17 @@ def _two_patches(radius: int = 12, shape=(40, 80)) -> tuple[np.ndarray, np.ndarr
     return np.stack([1 - fg, fg]).astype(np.float32), disc
 
 
-def test_wide_contacts_join_a_cell_cut_between_its_own_confident_patches():
+def test_a_cell_cut_between_its_own_confident_patches_is_joined_again():
     probs, disc = _two_patches()
     semantic = probs.argmax(0)
     cut = instance_labels(semantic, PostprocessConfig(method="relative-cores"), probs)
-    joined = instance_labels(
-        semantic, PostprocessConfig(method="relative-cores", join_wide=JOIN_WIDE), probs
+    default = PostprocessConfig(
+        method="relative-cores", join_wide=JOIN_WIDE, join_shallow=JOIN_SHALLOW
     )
+    joined = instance_labels(semantic, default, probs)
     assert np.unique(cut[disc]).size == 2  # without joining, the cell is cut in two
     assert np.unique(joined[disc]).size == 1 and joined.max() == 3  # the touching pair stays
-    assert np.array_equal(merge_wide_contacts(cut, JOIN_WIDE) > 0, cut > 0)
+    assert np.array_equal(join_contacts(cut, wide=JOIN_WIDE) > 0, cut > 0)  # only ids change
 
 
 def test_cli_join_wide_flag_turns_joining_off(tmp_path, capsys):
@@ -372,11 +377,11 @@ def test_cli_join_wide_flag_turns_joining_off(tmp_path, capsys):
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and f"parts touching along {JOIN_WIDE:g}x their width joined" in err
+    assert code == 0 and join_text(JOIN_WIDE, JOIN_SHALLOW) in err
     code = main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),
                  "--instances", "--join-wide", "0"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and "joined" not in err.split("as the model")[0]
+    assert code == 0 and "cut cells joined" not in err
     assert "--join-wide as given" in err
     with pytest.raises(SystemExit):
         main(["predict", str(model), str(tmp_path / "image.tif"), "--out", str(out),

@@ -9,10 +9,13 @@ prediction without options gives clean objects:
   probability threshold) over the foreground (class 1 of the paper's two classes, classes 1
   and 2 of a three-class network). Files written before it record ``cores`` (or nothing) and
   keep segmenting as before.
-* ``join_wide`` -- parts of one component that touch along at least ``JOIN_WIDE`` x the width
-  of the smaller part are one object cut between two confident patches, and are joined again
-  (a less confident network, e.g. one fine-tuned on new data, has several cores per cell).
-  Files written before it record nothing and are read without joining.
+* ``join_wide`` / ``join_shallow`` -- parts of one component that touch along at least
+  ``JOIN_WIDE`` x the width of the smaller part, across a valley of the log-odds no deeper than
+  down to ``JOIN_SHALLOW`` x their cores' level, are one object cut between two confident
+  patches, and are joined again (a less confident network, e.g. one fine-tuned on new data, has
+  several cores per cell); two cells parted at a faint membrane meet along a short stretch of
+  it or across a deep valley. Files written before it record neither and are read without
+  joining.
 * ``min_size`` -- objects smaller than a quarter of the smallest annotated object are specks and
   are dropped. "Smallest" is robust to what real annotation layers hold: stray pieces (under
   2 % of the typical, area-weighted median area -- a few pixels left by a brush or by the
@@ -39,7 +42,9 @@ from napari_unet.inference.postprocess import PostprocessConfig
 
 MIN_SIZE_FRACTION = 0.25
 CORE_RATIO = PostprocessConfig().core_ratio
-JOIN_WIDE = 1.0  # chosen on all six shared sets and a fine-tuned network (docs/benchmarks.md)
+# chosen on the six shared sets and a fine-tuned network (docs/benchmarks.md, "Instances")
+JOIN_WIDE = 0.8
+JOIN_SHALLOW = 0.3
 
 
 STRAY_FRACTION = 0.02
@@ -92,6 +97,7 @@ def derive_settings(planes: list[TrainingPlane], annotation: AnnotationConfig) -
         "foreground_classes": classes,
         "core_ratio": CORE_RATIO,
         "join_wide": JOIN_WIDE,
+        "join_shallow": JOIN_SHALLOW,
     }
     stats = [s for plane in planes for s in _object_stats(plane)]
     if not stats:
@@ -131,20 +137,26 @@ def postprocess_config(derived: dict | None, **overrides) -> PostprocessConfig:
     }
     if derived.get("object_diameter"):
         settings["object_diameter"] = float(derived["object_diameter"])
-    for key in ("neck_depth", "core_ratio", "join_wide"):
+    for key in ("neck_depth", "core_ratio", "join_wide", "join_shallow"):
         if derived.get(key):
             settings[key] = float(derived[key])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PostprocessConfig(**settings)
 
 
+def join_text(wide: float | None, shallow: float | None) -> str:
+    """How parts are joined again, in words (empty when they are not)."""
+    if not wide:
+        return ""
+    valley = f", valley at least {shallow:g}x the core level" if shallow else ""
+    return f", cut cells joined (contact at least {wide:g}x the width{valley})"
+
+
 def _method_text(derived: dict) -> str:
     method = str(derived.get("method", "cores"))
     if method == "relative-cores":
         text = f"relative cores at {derived.get('core_ratio', CORE_RATIO)}"
-        if derived.get("join_wide"):
-            text += f", parts touching along {derived['join_wide']:g}x their width joined"
-        return text
+        return text + join_text(derived.get("join_wide"), derived.get("join_shallow"))
     return method
 
 

@@ -194,8 +194,10 @@ def _check_destination(path: Path, suffixes: tuple[str, ...], what: str) -> None
 def method_text(post) -> str:
     """How the objects are parted, in words, with the method's own parameter."""
     if post.method == "relative-cores":
-        joined = f", parts touching along {post.join_wide:g}x their width joined"
-        return f"relative cores at {post.core_ratio:g}" + (joined if post.join_wide else "")
+        from napari_unet.annotation.derived import join_text
+
+        joined = join_text(post.join_wide, post.join_shallow)
+        return f"relative cores at {post.core_ratio:g}{joined}"
     if post.method == "necks":
         return f"necks at depth {post.neck_depth:g}"
     if post.method == "cores" and post.seed_threshold is not None:

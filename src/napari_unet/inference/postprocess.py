@@ -70,9 +70,9 @@ class PostprocessConfig:
         touches its other half along its whole width, two cells parted at a faint membrane meet
         along a short stretch of it. 0 (or None): no joining.
     join_shallow : float or None
-        ``relative-cores``, screening only: join parts only where the smoothed log-odds along
-        their contact stay at least this fraction of their cores' level (a shallow valley; with
-        ``join_wide``, both must hold). None: no such criterion.
+        ``relative-cores``: join parts only where the smoothed log-odds along their contact
+        stay at least this fraction of their cores' level (a shallow valley; with
+        ``join_wide``, both must hold: new model files record both). None: no such criterion.
     neck_depth : float
         ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
         the object radius (``object_diameter / 2``).
@@ -664,14 +664,6 @@ def join_labels(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     return np.array([root(i) for i in range(parent.size)])[labels]
-
-
-def merge_wide_contacts(labels: np.ndarray, ratio: float) -> np.ndarray:
-    """Join touching objects whose contact is wide for their size: at least ``ratio`` x the
-    cross-section of the smaller one (:func:`_cross_section`). A cell cut between two confident
-    patches of its own touches its other half along its whole width; two cells parted at a
-    faint membrane meet at a short stretch of it."""
-    return join_contacts(labels, wide=ratio)
 
 
 def join_contacts(
