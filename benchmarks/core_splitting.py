@@ -70,7 +70,7 @@ def _labels(probs, base, threshold):
         wide = re.search(r"@([0-9.]+)", threshold)
         shallow = re.search(r"~([0-9.]+)", threshold)
         config = replace(base, method="relative-cores", core_ratio=CORE_RATIO, seed_threshold=0.98,
-                         join_wide=float(wide[1]) if wide else None,
+                         join_wide=float(wide[1]) if wide else (1e-9 if shallow else None),
                          join_shallow=float(shallow[1]) if shallow else None)  # fmt: skip
     else:
         config = replace(base, method="cores", seed_threshold=threshold)

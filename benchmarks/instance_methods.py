@@ -173,6 +173,8 @@ def relative_cores(
 ) -> np.ndarray:
     """Cores relative to each object's own confidence (the product's
     ``split_at_relative_cores``) over the foreground of ``fg_classes``; ``cap`` None: uncapped."""
+    if shallow and not merge:  # the valley alone: every contact is wide enough
+        merge = 1e-9
     classes = list(fg_classes or cfg.foreground_classes)
     fg = _foreground(probs, cfg)
     components = ndimage.label(fg)[0]

@@ -359,6 +359,8 @@ def test_a_cell_cut_between_its_own_confident_patches_is_joined_again():
     assert np.unique(cut[disc]).size == 2  # without joining, the cell is cut in two
     assert np.unique(joined[disc]).size == 1 and joined.max() == 3  # the touching pair stays
     assert np.array_equal(join_contacts(cut, wide=JOIN_WIDE) > 0, cut > 0)  # only ids change
+    off = PostprocessConfig(method="relative-cores", join_wide=0, join_shallow=JOIN_SHALLOW)
+    assert np.array_equal(instance_labels(semantic, off, probs), cut)  # width 0: no joining
 
 
 def test_cli_join_wide_flag_turns_joining_off(tmp_path, capsys):

@@ -72,7 +72,8 @@ class PostprocessConfig:
     join_shallow : float or None
         ``relative-cores``: join parts only where the smoothed log-odds along their contact
         stay at least this fraction of their cores' level (a shallow valley; with
-        ``join_wide``, both must hold: new model files record both). None: no such criterion.
+        ``join_wide``, both must hold: new model files record both). None: no such criterion;
+        without ``join_wide`` nothing is joined.
     neck_depth : float
         ``necks``: how much narrower than the object a neck must be to part it, as a fraction of
         the object radius (``object_diameter / 2``).
@@ -427,8 +428,8 @@ def split_at_relative_cores(
     """Split connected components at cores relative to their own confidence (method
     ``relative-cores``, module docstring): log-odds above ``ratio`` x the component's 90th
     percentile, or above the log-odds of ``cap`` where that is lower. A component without a
-    core stays one object. Parts whose contact is ``wide`` and/or ``shallow``
-    (:func:`join_contacts`; both criteria when both are given) are joined again."""
+    core stays one object. Parts whose contact is ``wide`` (and, when given, ``shallow``;
+    :func:`join_contacts`) are joined again; without ``wide`` nothing is joined."""
     surface = ndimage.gaussian_filter(log_odds(fg_prob), 1.0)
     fg = components > 0
     top = component_percentile(surface, components, 90)
@@ -437,7 +438,7 @@ def split_at_relative_cores(
         level = np.minimum(level, np.log(cap / (1 - cap)))
     core_mask = fg & (surface > level[components])
     parted = _grow_from_cores(components, core_mask, surface, connectivity, min_core)
-    if (wide or shallow) and parted.max() > 0:
+    if wide and parted.max() > 0:  # the valley is a further condition; width 0: no joining
         owner = np.zeros(int(parted.max()) + 1, np.int64)
         owner[parted.ravel()] = components.ravel()
         parted = join_contacts(parted, wide, shallow, surface, level[owner])
