@@ -360,7 +360,7 @@ def summary(rows: list[dict]) -> str:
     cores without joining; fixed cores 0.98) and the three-class option, over every stored
     seed."""
     lines = [
-        "| set | measure | steps | default: paper 2 classes + relative cores, wide contacts "
+        "| set | measure | steps | default: paper 2 classes + relative cores, cut cells "
         "joined | previous: relative cores, no joining | before: cores 0.98 | option: 3 "
         "classes + relative cores, no joining |",
         "|---|---|---|---|---|---|---|",
