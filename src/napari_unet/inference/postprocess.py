@@ -126,7 +126,7 @@ class PostprocessConfig:
         step=0.05,
     )
     join_wide: float = form_field(
-        0.0,  # off for files written before it; new models record 1.0 (annotation/derived.py)
+        0.0,  # off for files written before it; new models record JOIN_WIDE (annotation/derived.py)
         "join width",
         "parts of one object that touch along at least this many times the width of the "
         "smaller part are joined again (a cell cut between two confident patches of its own); "
@@ -627,8 +627,9 @@ def contacts(
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0, np.float64), np.zeros(0, np.float64)
     key = a * (int(labels.max()) + 1) + b
-    unique, index, faces = np.unique(key, return_index=True, return_counts=True)
-    inverse = np.searchsorted(unique, key)
+    unique, index, inverse, faces = np.unique(
+        key, return_index=True, return_inverse=True, return_counts=True
+    )
     axis_of = np.concatenate(axes)
     per_axis = [
         np.bincount(inverse[axis_of == k], minlength=unique.size) for k in range(labels.ndim)
@@ -651,20 +652,17 @@ def _cross_section(labels: np.ndarray) -> np.ndarray:
 
 
 def join_labels(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``labels`` with every pair (a[i], b[i]) joined into one object (chains included)."""
-    parent = np.arange(int(labels.max()) + 1)
+    """``labels`` with every pair (a[i], b[i]) joined into one object (chains included), each
+    group taking its smallest id (``scipy.sparse.csgraph.connected_components``)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(a, b, strict=True):
-        ri, rj = root(int(i)), root(int(j))
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([root(i) for i in range(parent.size)])[labels]
+    n = int(labels.max()) + 1
+    graph = coo_matrix((np.ones(len(a), bool), (np.asarray(a), np.asarray(b))), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    smallest = np.full(group.max() + 1, n, np.int64)
+    np.minimum.at(smallest, group, np.arange(n))
+    return smallest[group][labels]
 
 
 def join_contacts(
