@@ -9,12 +9,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.inference.batch import SegmentConfig, segment_plane
 from napari_unet.io.modelfile import load_model, read_metadata
 from napari_unet.metrics import seg_score_planes
-from napari_unet.model import PRESETS
+from napari_unet.model import PRESETS, UNet, UNetConfig, widen_input
 from napari_unet.sample_data import make_cell_stack
 from napari_unet.training.recipe import TrainingRecipe, prepare_run
 from napari_unet.training.starting_model import (
@@ -88,12 +89,27 @@ def test_scratch_when_the_data_do_not_fit(cells, change, why):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
 
 
-def test_two_channels_start_from_scratch(cells):
+def test_two_channels_start_from_the_widened_starting_model(cells):
     image, labels, _ = cells
     two = np.stack([image, image[:, ::-1]], axis=1)  # (Z, C, Y, X)
     recipe = TrainingRecipe(training=SHORT, channel_axis=1, start="starting-model")
     trainer = prepare_run(two, labels, recipe)
-    assert "1 channel; these data have 2" in trainer.start_note
+    assert trainer.parent_model == STARTING_MODEL_FILE
+    assert "shared out over these data's 2" in trainer.start_note
+    assert trainer.model.config.in_channels == 2
+
+
+def test_widened_model_sees_the_channel_mean():
+    torch.manual_seed(0)
+    narrow = UNet(UNetConfig(width=4, depth=2, norm="batch", padding="same")).eval()
+    wide = widen_input(narrow, 3).eval()
+    planes = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = narrow(planes.mean(dim=1, keepdim=True))
+        assert torch.allclose(wide(planes), expected, atol=1e-5)
+        assert not torch.allclose(wide(planes), narrow(planes[:, :1]), atol=1e-3)
+    with pytest.raises(ValueError, match="one-channel"):
+        widen_input(wide, 2)
 
 
 def _cli_train(tmp_path, name, *extra):

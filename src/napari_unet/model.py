@@ -307,6 +307,22 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def widen_input(model: UNet, channels: int) -> UNet:
+    """A copy of a one-channel ``model`` that takes ``channels`` channels.
+
+    The first convolution's weights are split equally between the channels, so the copy starts
+    out computing exactly what ``model`` computes on the channels' mean; every other weight is
+    copied. This is how a grey-scale starting model is fine-tuned on RGB (H&E) planes."""
+    if model.config.in_channels != 1:
+        raise ValueError(f"only a one-channel model can be widened, not {model.config.in_channels}")
+    wide = UNet(model.config.with_(in_channels=channels))
+    state = dict(model.state_dict())
+    first = "down.0.0.weight"
+    state[first] = state[first].repeat(1, channels, 1, 1) / channels
+    wide.load_state_dict(state, strict=True)
+    return wide.train(model.training)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -51,7 +51,7 @@ from napari_unet.defaults import default_steps, form_field
 from napari_unet.errors import AnnotationError, InputError
 from napari_unet.io.plane_lists import plane_names
 from napari_unet.io.planes import read_plane
-from napari_unet.model import UNet, UNetConfig
+from napari_unet.model import UNet, UNetConfig, widen_input
 from napari_unet.normalization import Normalization
 from napari_unet.training.checkpoint import read_checkpoint_metadata
 from napari_unet.training.starting_model import STARTING_ARCHITECTURE, starting_model_for
@@ -255,6 +255,10 @@ def _starting_parent(recipe: TrainingRecipe, annotation, channels: int, classes:
     parent = _model_parent(path)
     if parent.normalization != annotation.normalization:
         return None, "trained from scratch: another normalisation than the starting model's"
+    if channels != parent.architecture.in_channels:
+        parent.model = widen_input(parent.model, channels)
+        parent.architecture = parent.model.config
+        why += f" (its one input channel shared out over these data's {channels})"
     return parent, why
 
 

@@ -39,8 +39,9 @@ def starting_model_for(
     """The starting model to fine-tune for a new run, or None with the reason to start anew.
 
     A run starts from the shipped model when it asks for the default architecture (the small
-    preset; any channel or class count is filled in from the data) and its data have what the
-    starting model was trained for: one channel and two classes (background and objects).
+    preset; any channel or class count is filled in from the data) and its data have the classes
+    the starting model was trained for: background and objects. Data with several channels (RGB)
+    start from the model widened to their channels (:func:`napari_unet.model.widen_input`).
     """
     path = starting_model_path()
     wanted = architecture.with_(in_channels=1, num_classes=2)
@@ -48,8 +49,6 @@ def starting_model_for(
         return None, "another architecture than the starting model's (small preset)"
     if path is None:
         return None, "this installation has no starting model file"
-    if channels != 1:
-        return None, f"the starting model takes 1 channel; these data have {channels}"
     if classes > 2:
         return None, f"the starting model knows 2 classes; these data have {classes}"
     return path, "fine-tuned from the starting model"
