@@ -104,6 +104,20 @@ def load(root: Path, name: str, shots: int):
     return image[:shots], labels[:shots], image[3:], labels[3:].astype(np.int32)
 
 
+def every_plane(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotated plane of a set (training and scored ones), instances as labels; for the
+    starting models (scripts/make_starting_model.py). PhC-U373's frames are partial annotations."""
+    if name == "isbi":
+        volume = tifffile.imread(root / "isbi2012" / "train-volume.tif")
+        membranes = tifffile.imread(root / "isbi2012" / "train-labels.tif")
+        return volume, np.stack([instances_from_binary(m > 0) for m in membranes])
+    if name == "phc":
+        (a, la), (b, lb) = _phc(root, "01"), _phc(root, "02")
+        return np.concatenate([a, b]), np.concatenate([la, lb])
+    train_img, train_lab, test_img, truth = load(root, name, 3)
+    return np.concatenate([train_img, test_img]), np.concatenate([train_lab, truth])
+
+
 def score(name: str, pred: np.ndarray, truth: np.ndarray) -> dict:
     per_plane = [matching(p, t, 0.5) for p, t in zip(pred, truth, strict=True)]
     tp, fp, fn = (sum(m[k] for m in per_plane) for k in ("tp", "fp", "fn"))

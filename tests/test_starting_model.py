@@ -161,3 +161,15 @@ def test_it_starts_better_than_random_weights(cells):
         scores[start] = seg_score_planes(np.stack(preds), truth[1:])
     assert scores["starting-model"] > 0.6
     assert scores["starting-model"] > scores["scratch"] + 0.15
+
+
+def test_another_starting_model_by_environment(cells, tmp_path, monkeypatch):
+    image, labels, _ = cells
+    own = tmp_path / "lab-start.safetensors"
+    own.write_bytes(starting_model_path().read_bytes())
+    monkeypatch.setenv("NAPARI_UNET_STARTING_MODEL", str(own))
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
+    assert trainer.parent_model == "lab-start.safetensors"
+    monkeypatch.setenv("NAPARI_UNET_STARTING_MODEL", str(tmp_path / "missing.safetensors"))
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
+    assert trainer.parent_model is None and "no starting model file" in trainer.start_note

@@ -17,6 +17,7 @@ reproduces the file. :func:`starting_model_for` decides whether a run can start 
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -27,9 +28,17 @@ STARTING_MODEL_FILE = "starting-model.safetensors"
 STARTING_ARCHITECTURE: UNetConfig = PRESETS["small"]
 
 
+#: Names another starting model file (a lab's own, or a benchmark's leave-one-set-out model).
+STARTING_MODEL_VARIABLE = "NAPARI_UNET_STARTING_MODEL"
+
+
 def starting_model_path() -> Path | None:
-    """The shipped starting model file, or None if this installation lacks it."""
-    path = Path(str(files("napari_unet") / "models" / STARTING_MODEL_FILE))
+    """The starting model file: ``$NAPARI_UNET_STARTING_MODEL`` when set, else the shipped one;
+    None if that file does not exist."""
+    chosen = os.environ.get(STARTING_MODEL_VARIABLE)
+    path = (
+        Path(chosen) if chosen else Path(str(files("napari_unet") / "models" / STARTING_MODEL_FILE))
+    )
     return path if path.is_file() else None
 
 
