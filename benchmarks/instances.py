@@ -31,10 +31,12 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import replace
 from datetime import date
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ import torch
 from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.inference.batch import SegmentConfig, segment_stack
 from napari_unet.inference.predictor import PredictConfig
+from napari_unet.io.modelfile import load_model
 from napari_unet.metrics import (
     adapted_rand_error,
     instances_from_binary,
@@ -52,6 +55,7 @@ from napari_unet.metrics import (
     seg_score_planes,
 )
 from napari_unet.training.recipe import TrainingRecipe, prepare_run
+from napari_unet.training.starting_model import STARTING_MODEL_VARIABLE
 from napari_unet.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +64,13 @@ PREDICTIONS = ROOT / "benchmarks" / "results" / "instances-predictions"  # not c
 IMAGES = ROOT / "docs" / "images"
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- instances:start -->", "<!-- instances:end -->"
+STARTING_START, STARTING_END = "<!-- starting:start -->", "<!-- starting:end -->"
 SETS = ("isbi", "phc", "usiigaci", "gowt1", "gbm40", "lucchi")
+#: The sets a shipped starting model may be trained on (scripts/make_starting_model.py says why).
+STARTING_SETS = ("isbi", "phc", "usiigaci", "gowt1")
+MODELS = ROOT / "benchmarks" / "models"  # leave-one-set-out starting models (not committed)
+SCRIPT = ROOT / "scripts" / "make_starting_model.py"
+STARTS = ("scratch", "starting-model")
 MEASURE = {"isbi": "rand_error", "phc": "seg", "usiigaci": "seg", "gowt1": "ap50",
            "gbm40": "ap50", "lucchi": "ap50"}  # fmt: skip
 
@@ -136,8 +146,39 @@ def score(name: str, pred: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
+def starting_file(name: str) -> Path:
+    """The starting model that never saw set ``name``: the shipped recipe without that set (the
+    shipped recipe itself for sets it does not take); made by the script when missing."""
+    left_out = ["--leave-out", name] if name in STARTING_SETS else []
+    path = MODELS / f"starting-{'without-' + name if left_out else 'shipped-sets'}.safetensors"
+    if not path.exists():
+        print("making", path, file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, str(SCRIPT), "--out", str(path), *left_out], check=True)
+    return path
+
+
+def zero_shot(root: Path, name: str, seed: int) -> dict:
+    """The leave-that-set-out starting model with no fine-tuning, read by the rule it records."""
+    _, _, test_img, truth = load(root, name, 1)
+    if test_img.ndim == 4:  # RGB: the starting model takes one channel
+        test_img = test_img.astype(np.float32).mean(axis=-1)
+    model, metadata = load_model(starting_file(name), device="cpu")
+    start = time.perf_counter()
+    pred = np.asarray(segment_stack(model, metadata, test_img, SegmentConfig()))
+    return {
+        "set": name, "shots": 0, "targets": "paper", "start": "starting-model", "seed": seed,
+        "steps": 0, "train_s": 0.0, "predict_s": round(time.perf_counter() - start, 1),
+        **score(name, pred, truth),
+    }  # fmt: skip
+
+
 def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dict:
+    if shots == 0:
+        return zero_shot(root, name, seed)
     train_img, train_lab, test_img, truth = load(root, name, shots)
+    fine_tune = args.start == "starting-model"
+    if fine_tune:  # the product's path, with another file (as a lab's own starting model)
+        os.environ[STARTING_MODEL_VARIABLE] = str(starting_file(name))
     training = replace(TrainConfig(), seed=seed, device=args.device)
     if args.steps:
         training = replace(training, steps=args.steps)
@@ -145,8 +186,13 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
     base, _, variant = targets.partition("+")
     if variant.startswith("ema"):
         training = replace(training, ema=float(variant[3:]))
-    recipe = TrainingRecipe(annotation=AnnotationConfig(instance_targets=base), training=training)
+    recipe = TrainingRecipe(
+        annotation=AnnotationConfig(instance_targets=base), training=training,
+        start="starting-model" if fine_tune else "scratch",
+    )  # fmt: skip
     trainer = prepare_run(train_img, train_lab, recipe)
+    if fine_tune and trainer.parent_model is None:
+        raise RuntimeError(f"{name}: not fine-tuned ({trainer.start_note})")
     start, cpu = time.perf_counter(), time.process_time()
     for _ in trainer.run():
         pass
@@ -162,7 +208,7 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
     )  # fmt: skip
     predict_s = time.perf_counter() - start
     PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{shots}-{targets}-{seed}-{trainer.step}"
+    stem = f"{name}-{shots}-{targets}{'-ft' if fine_tune else ''}-{seed}-{trainer.step}"
     np.save(PREDICTIONS / f"{stem}.npy", pred)
     # network outputs of the scored and of the annotated planes: post-processing is screened on
     # them without training again (benchmarks/instance_methods.py)
@@ -179,14 +225,16 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
         metadata=trainer.metadata().to_json(),
     )
     return {
-        "set": name, "shots": shots, "targets": targets, "seed": seed, "steps": trainer.step,
+        "set": name, "shots": shots, "targets": targets, "start": args.start, "seed": seed,
+        "steps": trainer.step,
         "train_s": round(train_s, 1), "cpu_s": round(cpu_s, 1), "predict_s": round(predict_s, 1),
         "derived": trainer.derived, **score(name, pred, truth),
     }  # fmt: skip
 
 
 def _key(row: dict) -> tuple:
-    return (row["set"], row["shots"], row["targets"], row["seed"], row["steps"])
+    start = row.get("start", "scratch")
+    return (row["set"], row["shots"], row["targets"], start, row["seed"], row["steps"])
 
 
 def save(row: dict) -> None:
@@ -217,6 +265,8 @@ def table(rows: list[dict]) -> str:
     ]
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
+        if r.get("start", "scratch") != "scratch":
+            continue
         groups.setdefault((r["set"], r["shots"], r["steps"]), {}).setdefault(
             r["targets"], []
         ).append(r)
@@ -246,6 +296,47 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def starting_table(rows: list[dict], steps: int = 400) -> str:
+    """The markdown of the starting model's table: per set, the leave-that-set-out starting
+    model with no fine-tuning, and from scratch against fine-tuned at 1 and 3 planes."""
+    lines = [
+        "| set | measure | no fine-tuning | 1 plane: scratch | 1 plane: fine-tuned | "
+        "3 planes: scratch | 3 planes: fine-tuned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    methods = ROOT / "benchmarks" / "results" / "instance_methods.json"
+    rescored = {  # runs scored before the current default, read again with it from stored outputs
+        (m["run"], m["set"]): m
+        for m in (json.loads(methods.read_text()) if methods.exists() else [])
+        if m["candidate"] == "default"
+    }
+    for name in SETS:
+        measure = MEASURE[name]
+        low = measure == "rand_error"
+        cells = []
+        for shots, start in ((0, "starting-model"), (1, "scratch"), (1, "starting-model"),
+                             (3, "scratch"), (3, "starting-model")):  # fmt: skip
+            got = [
+                rescored.get((f"{name}-{shots}-paper-{r['seed']}-{r['steps']}", name), r)[measure]
+                if start == "scratch" else r[measure]
+                for r in rows
+                if r["set"] == name and r["targets"] == "paper" and r["shots"] == shots
+                and r.get("start", "scratch") == start and r["steps"] == (steps if shots else 0)
+            ]  # fmt: skip
+            cells.append(_stats(got, low) + f" [{len(got)}]" if got else "–")
+        if any(c != "–" for c in cells):
+            label = "adapted Rand (lower better)" if low else measure.replace("ap50", "AP@0.5")
+            lines.append(f"| {name} | {label.upper() if not low else label} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _replace_block(text: str, start: str, end: str, block: str, heading: str) -> str:
+    if start in text and end in text:
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    return text + f"\n## {heading}\n\n" + block + "\n"
+
+
 def write_doc(rows: list[dict]) -> None:
     meta = json.loads(RESULTS.read_text())["meta"]
     block = "\n".join([
@@ -255,11 +346,17 @@ def write_doc(rows: list[dict]) -> None:
         f"CPU, torch {meta['torch']}); mean ± standard deviation over seeds (worst seed).",
         "", table(rows), "", END,
     ])  # fmt: skip
-    text = DOC.read_text()
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text += "\n## Instances\n\n" + block + "\n"
+    starting = "\n".join([
+        STARTING_START, "",
+        f"Written {date.today().isoformat()} from benchmarks/results/instances.json "
+        f"({meta['machine']}, CPU, torch {meta['torch']}): the default (two classes, relative "
+        "cores, cut cells joined), 400 training steps; mean ± standard deviation over seeds "
+        "(worst seed) [seeds]. The starting model of each row never saw that set "
+        "(benchmarks/models/, `scripts/make_starting_model.py`).",
+        "", starting_table(rows), "", STARTING_END,
+    ])  # fmt: skip
+    text = _replace_block(DOC.read_text(), START, END, block, "Instances")
+    text = _replace_block(text, STARTING_START, STARTING_END, starting, "Starting model, per set")
     DOC.write_text(text)
 
 
@@ -270,7 +367,8 @@ def pictures(root: Path, rows: list[dict]) -> None:
     from skimage.segmentation import find_boundaries
 
     for name in SETS:
-        mine = [r for r in rows if r["set"] == name and r["targets"] == "paper"]
+        mine = [r for r in rows if r["set"] == name and r["targets"] == "paper"
+                and r.get("start", "scratch") == "scratch" and r["shots"] > 0]  # fmt: skip
         if not mine:
             continue
         r = max(mine, key=lambda r: (r["steps"], -r["seed"]))
@@ -295,7 +393,18 @@ def pictures(root: Path, rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="all", help="comma list of " + ", ".join(SETS))
-    parser.add_argument("--shots", type=int, default=3, help="annotated planes (default 3)")
+    parser.add_argument(
+        "--shots",
+        default="3",
+        help="annotated planes, a comma list (0: none, the starting model as it is; default 3)",
+    )
+    parser.add_argument(
+        "--start",
+        choices=STARTS,
+        default="scratch",
+        help="from random weights, or fine-tuned from a starting model that "
+        "never saw the set (benchmarks/models/, made when missing)",
+    )
     parser.add_argument("--targets", default="interiors,paper")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, help="screening: fewer steps than the default")
@@ -309,10 +418,11 @@ def main() -> int:
         return 0
     if not args.table:
         sets = SETS if args.sets == "all" else tuple(args.sets.split(","))
+        shot_counts = [int(n) for n in args.shots.split(",")]
         for seed in [int(s) for s in args.seeds.split(",")]:
             for name in sets:
-                for targets in args.targets.split(","):
-                    row = run(root, name, args.shots, targets, seed, args)
+                for targets, shots in product(args.targets.split(","), shot_counts):
+                    row = run(root, name, shots, targets, seed, args)
                     save(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "per_plane_ap50"}),
                           flush=True)  # fmt: skip

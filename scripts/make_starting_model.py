@@ -66,10 +66,9 @@ from napari_unet.training.trainer import TrainConfig, Trainer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from instances import SETS, data_root, every_plane  # noqa: E402
+from instances import STARTING_SETS as SHIPPED_SETS  # noqa: E402
 
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / STARTING_MODEL_FILE
-#: The shared sets whose terms allow a shipped model to be trained on them (module docstring).
-SHIPPED_SETS = ("isbi", "phc", "usiigaci", "gowt1")
 TITLES = {"isbi": "ISBI 2012", "phc": "PhC-U373", "usiigaci": "Usiigaci", "gowt1": "GOWT1",
           "gbm40": "GBM40 (grey)", "lucchi": "Lucchi"}  # fmt: skip
 
