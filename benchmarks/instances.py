@@ -182,10 +182,11 @@ def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dic
     training = replace(TrainConfig(), seed=seed, device=args.device)
     if args.steps:
         training = replace(training, steps=args.steps)
-    # a variant of the training is written after the targets: "paper+ema0.99"
+    # variants of the training are written after the targets: "paper+ema0.99+clip1"
     base, _, variant = targets.partition("+")
-    if variant.startswith("ema"):
-        training = replace(training, ema=float(variant[3:]))
+    for part in filter(None, variant.split("+")):  # ema0.99, warmup0.1, clip1
+        knob = part.rstrip("0123456789.")
+        training = replace(training, **{knob: float(part[len(knob) :])})
     recipe = TrainingRecipe(
         annotation=AnnotationConfig(instance_targets=base), training=training,
         start="starting-model" if fine_tune else "scratch",

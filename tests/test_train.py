@@ -59,6 +59,35 @@ def test_events_and_loss_falls(data):
     assert step.tiles_per_s > 0 and step.eta_s >= 0
 
 
+def test_warmup_ramps_the_learning_rate_up(data):
+    planes, _ = data
+    trainer = _trainer(planes, 10, warmup=0.5, lr=1e-2)
+    rates = []
+    for event in trainer.run():
+        if event.kind == "step":
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates[0] <= 1.01e-3 and rates[0] < rates[2] < rates[4]  # rising over the first half
+    assert rates[5] == pytest.approx(max(rates), rel=1e-6)  # then the cosine takes over
+    with pytest.raises(InputError, match="warm-up"):
+        TrainConfig(warmup=1.0)
+
+
+def test_clip_bounds_the_gradient_step(data):
+    planes, _ = data
+    moved = {}
+    for clip in (None, 1e-3):
+        trainer = _trainer(planes, 1, optimizer="sgd", lr=1.0, clip=clip)
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        list(trainer.run())
+        after = list(trainer.model.parameters())
+        moved[clip] = float(
+            torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
+        )
+    assert moved[1e-3] <= 1e-3 * 1.01 < moved[None]
+    with pytest.raises(InputError, match="clip"):
+        TrainConfig(clip=0.0)
+
+
 @pytest.mark.parametrize("ema", [None, 0.9], ids=["last-weights", "ema"])
 def test_cancel_then_resume_equals_uninterrupted_run(data, tmp_path, ema):
     planes, _ = data

@@ -64,6 +64,9 @@ class TrainConfig:
     ema : decay of an exponential moving average of the weights (e.g. 0.99: about the last
         100 steps); the model file, validation and the best-kept weights use the average, which
         ends nearer the same place from every seed than the last step's weights. None: off.
+    warmup : fraction of the run over which the learning rate ramps up linearly from near 0
+        (0: none).
+    clip : largest gradient norm; larger gradients are scaled down to it (None: no clipping).
     keep_best : with validation planes, the model file keeps the weights of the validation with
         the best score (foreground IoU + instance F1) instead of the last ones.
     amp : bf16 autocast and channels_last on CUDA.
@@ -130,6 +133,8 @@ class TrainConfig:
         suffix=" min",
     )
     ema: float | None = None
+    warmup: float = 0.0
+    clip: float | None = None
     val_every: int | None = None
     checkpoint_every: int | None = None
     keep_best: bool = True
@@ -156,6 +161,10 @@ class TrainConfig:
             raise InputError("background sampling must be between 0 and 1")
         if self.ema is not None and not 0 < self.ema < 1:
             raise InputError(f"ema must be between 0 and 1 (e.g. 0.99), got {self.ema}")
+        if not 0 <= self.warmup < 1:
+            raise InputError(f"warm-up must be a fraction of the run in [0, 1), got {self.warmup}")
+        if self.clip is not None and not self.clip > 0:
+            raise InputError(f"the gradient clip must be a positive norm, got {self.clip}")
         if self.minutes is not None and not self.minutes > 0:
             raise InputError(
                 f"the time budget must be a positive number of minutes, got {self.minutes}"
@@ -323,10 +332,15 @@ class Trainer:
 
     def _set_learning_rate(self) -> None:
         """Learning rate for the coming step (a pure function of the step: resumes exactly)."""
-        if self.config.lr_schedule == "constant":
+        cfg = self.config
+        if cfg.lr_schedule == "constant" and not cfg.warmup:
             return
         progress = min(self.progress(), 1.0)
-        factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor = 1.0
+        if cfg.lr_schedule == "cosine":
+            factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if progress < cfg.warmup:  # linear warm-up over the first part of the run
+            factor *= max(progress / cfg.warmup, 1.0 / max(cfg.steps, 1))
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * factor
@@ -494,6 +508,8 @@ class Trainer:
             raise InputError("training diverged (the loss is not finite); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
         if self.ema is not None:
             self._update_ema()
