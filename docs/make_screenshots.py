@@ -31,6 +31,7 @@ the test run.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from napari._qt.dialogs.qt_notification import NapariQtNotification
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
+from napari_unet._widgets._forms import SETTINGS_ENV
 from napari_unet.model import UNetConfig
 from napari_unet.sample_data import make_cell_stack
 
@@ -349,9 +351,15 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="loop: save its model to this file")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    # each part starts from the widgets' defaults, not from what a previous part (or the user)
+    # left remembered: the day part's tiny network trains on 64 px tiles, too small for the
+    # small preset of the loop part
+    settings = tempfile.mkdtemp(prefix="napari-unet-settings-")
     if args.only in (None, "day"):
+        os.environ[SETTINGS_ENV] = f"{settings}/day"
         day()
     if args.only in (None, "loop"):
+        os.environ[SETTINGS_ENV] = f"{settings}/loop"
         loop(args.model)
     if args.only == "annotate":
         viewer = sample_viewer()

@@ -26,6 +26,7 @@ from widget_helpers import TINY, add_cells, configure_tiny, train_tiny_model, wa
 from napari_unet._widgets import _session
 from napari_unet._widgets._preview import LivePreview
 from napari_unet._widgets.train import TrainWidget
+from napari_unet.annotation.derived import describe
 from napari_unet.inference.batch import SegmentConfig, segment_plane
 from napari_unet.io.modelfile import ModelMetadata
 from napari_unet.model import UNet
@@ -128,6 +129,14 @@ def test_title_bar_close_stops_a_whole_stack_segmentation(big_viewer, qtbot):
     assert "long stack segmentation" not in viewer.layers
 
 
+LONG_DERIVED = {
+    "method": "relative-cores", "core_ratio": 0.6, "join_wide": 0.8, "join_shallow": 0.3,
+    "min_size": 128, "fill_holes": True, "object_diameter": 39.6,
+    "derived_from": "min size = a quarter of the smallest of 16 annotated objects not cut by "
+    "the edge; 3 stray piece(s) under 2 % of the typical area ignored",
+}  # fmt: skip
+
+
 # ------------------------------------------------------------------ 2 fit the screen
 def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
     viewer = big_viewer
@@ -146,6 +155,14 @@ def test_four_widgets_fit_a_1600x1000_screen(big_viewer, qtbot):
     assert "65535" in legend.value
     label = legend.native
     assert label.height() >= label.heightForWidth(label.width())
+    # a long line of derived settings wraps instead of widening the dock; with the vertical
+    # scroll bar shown, nothing is cut off on the right (the Cancel button, the spin boxes)
+    segment = opened["4 Segment"][1]
+    segment.derived.value = describe(LONG_DERIVED)
+    segment.derived.visible = True
+    _settle(qtbot, viewer)
+    for name, (_dock, widget) in opened.items():
+        assert widget.scroll.horizontalScrollBar().maximum() == 0, f"{name} is cut on the right"
 
 
 def test_three_docks_and_a_long_model_name_stay_on_screen(big_viewer, cells, qtbot, monkeypatch):

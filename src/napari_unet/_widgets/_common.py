@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -234,10 +235,18 @@ def clicked_plane(item: QListWidgetItem) -> tuple[int, ...]:
     return tuple(int(i) for i in item.data(Qt.ItemDataRole.UserRole))
 
 
+def wrap(label: QLabel) -> QLabel:
+    """Word-wrap ``label`` at whatever width the dock has: a long text then adds lines instead of
+    asking for width (Qt sizes a wrapped label for about 80 characters, which would widen the
+    dock and hide its right edge behind a scroll bar)."""
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
 def hint(text: str) -> QLabel:
     """A small word-wrapped explanatory label."""
-    label = QLabel(text)
-    label.setWordWrap(True)
+    label = wrap(QLabel(text))
     label.setStyleSheet(HINT_STYLE)
     return label
 

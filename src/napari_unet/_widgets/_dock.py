@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable
 
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
-from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QDockWidget,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QStyle,
+    QVBoxLayout,
+    QWidget,
+)
 
 log = logging.getLogger("napari_unet")
 MAX_HINT_HEIGHT = 320  # px: the height a dock asks for when it shares its area
@@ -97,8 +105,19 @@ class DockWidget(QWidget):
         """The content's size, at most ``MAX_HINT_HEIGHT`` tall: docks stacked in one area share
         the height (each scrolls) instead of the first one taking it all."""
         hint = self.body.sizeHint()
-        bar = self.scroll.verticalScrollBar().sizeHint().width()
-        return QSize(hint.width() + bar, min(hint.height(), MAX_HINT_HEIGHT))
+        width = max(hint.width(), self.body.minimumSizeHint().width())
+        return QSize(width + self._bar(), min(hint.height(), MAX_HINT_HEIGHT))
+
+    def minimumSizeHint(self) -> QSize:
+        """As narrow as the content allows with the vertical scroll bar shown: the right edge
+        (buttons, spin boxes) is never cut off when the content scrolls."""
+        return QSize(self.body.minimumSizeHint().width() + self._bar(), 0)
+
+    def _bar(self) -> int:
+        """The vertical scroll bar's width as the style draws it (its size hint can be less)."""
+        bar = self.scroll.verticalScrollBar()
+        extent = bar.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, bar)
+        return max(bar.sizeHint().width(), extent) + 2 * self.scroll.frameWidth()
 
     def share_height(self) -> None:
         """Give the plugin's docks in this dock's area equal heights (each scrolls): napari

@@ -93,7 +93,7 @@ class AnnotateWidget(DockWidget):
         self.mode_combo = _forms.field_widget(schema.AnnotationConfig, "mode")
         self.settings = _forms.Remembered("annotate", [self.mode_combo], {"mode": "instances"})
         self.schema_label = Label(tooltip="which value means what in this schema")
-        self.schema_label.native.setWordWrap(True)
+        _common.wrap(self.schema_label.native)
         self.schema_label.native.setTextFormat(Qt.RichText)
         self.labels_combo = _forms.annotation_picker(
             viewer, "the annotation layer to paint and to train on", placeholder=""
@@ -126,7 +126,7 @@ class AnnotateWidget(DockWidget):
         )
         self.mask_files = FileEdit(label="mask files", mode="rm", filter=MASK_FILTER)
         self.import_status = Label(value="", tooltip="the last import, save or open")
-        self.import_status.native.setWordWrap(True)
+        _common.wrap(self.import_status.native)
         self.plane_list = QListWidget(self)
         self.plane_list.setMaximumHeight(120)
         _common.set_tooltips(self, _common.TIPS["annotate"])

@@ -91,7 +91,7 @@ class ExportWidget(DockWidget):
         self.progress.setRange(0, 1)
         self.status, self.verdict = QLabel("", self), QLabel("", self)
         for label in (self.status, self.verdict):
-            label.setWordWrap(True)
+            _common.wrap(label)
         self.checker = _common.hint(checker_note())
         _common.column(
             self.body,

@@ -110,7 +110,7 @@ class SegmentWidget(DockWidget):
         self.model_path = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self.model_path.tooltip = "the model file to segment with (.safetensors, no code is run)"
         self.model_info = Label(label="", tooltip="which model will be used")
-        self.model_info.native.setWordWrap(True)
+        _common.wrap(self.model_info.native)
         self.image_combo = layer_picker(
             viewer, Image, "image", "the image layer to segment (numpy or dask, any planes)"
         )
@@ -124,7 +124,7 @@ class SegmentWidget(DockWidget):
         self.core_ratio, self.join_wide, self.neck_depth = post[4:]
         live = (*post, self.instances)  # re-label the kept planes when they change
         self.derived = Label(label="", tooltip="the settings derived from the annotations")
-        self.derived.native.setWordWrap(True)
+        _common.wrap(self.derived.native)
         self.derived.native.setStyleSheet(_common.HINT_STYLE)
         self.cache = OutputCache()
         self._model_shown = None  # the model whose recorded settings the form shows
@@ -139,7 +139,7 @@ class SegmentWidget(DockWidget):
             self, run_button=("Segment", self.run), cancel_button=("Cancel", self.cancel)
         )
         self.progress, self.status = QProgressBar(self), QLabel("", self)
-        self.status.setWordWrap(True)
+        _common.wrap(self.status)
         self.resegment = QCheckBox("segment again when training ends", self)
         self.resegment.setChecked(True)
         _common.add_buttons(
@@ -147,7 +147,7 @@ class SegmentWidget(DockWidget):
             use_plane_button=("Use plane as annotation", self.use_plane_as_annotation),
             rank_button=("Rank planes", self.rank_planes),
         )
-        self.rank_after = QCheckBox("rank planes after a whole-stack run", self)
+        self.rank_after = QCheckBox("rank after a whole-stack run", self)
         self.rank_after.setChecked(True)
         self.next_list = QListWidget(self)
         self.next_list.setMaximumHeight(140)

@@ -133,7 +133,7 @@ class TrainWidget(DockWidget):
         self.accuracy = QLabel("", self)  # the score on unseen annotated planes after a run
         self.accuracy.setToolTip(ACCURACY_TIP)
         for label in (self.status, self.accuracy):
-            label.setWordWrap(True)
+            _common.wrap(label)
         _common.set_tooltips(self, _common.TIPS["train"])
         advanced = QCollapsible("Advanced", self)
         advanced.setToolTip("network shape of a custom model, tile size, preview and CPU threads")

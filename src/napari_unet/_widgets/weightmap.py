@@ -64,7 +64,7 @@ class WeightMapWidget(DockWidget):
         for name in FIELDS:
             setattr(self, name, self.form[name])
         self.status = QLabel("", self)
-        self.status.setWordWrap(True)
+        _common.wrap(self.status)
         _common.set_tooltips(self, _common.TIPS["weightmap"])
         _common.column(
             self.body,
