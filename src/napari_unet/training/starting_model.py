@@ -2,17 +2,19 @@
 
 A new model can be *fine-tuned* from this network instead of trained from random weights
 (``TrainingRecipe(start="starting-model")``, ``train --from-starting-model``, the Train widget's
-"new: from the starting model"). It is not the default: on a set it had not seen (ISBI 2012
-EM) fine-tuning it scored worse than training from scratch with the same budget, and on the
-demo's synthetic set too (docs/benchmarks.md, "Starting model"). The file
-``models/starting-model.safetensors`` is a model file like any other (safetensors weights + JSON
-metadata, loaded without running code): the small preset (16 channels, depth 3, batch norm),
-one input channel normalised by percentiles (1, 99.8), two classes (background, object).
+"new: from the starting model"). It is not the default: on sets it had not seen, fine-tuning it
+was not better than training from scratch with the same budget on enough of them
+(docs/benchmarks.md, "Starting model"). The file ``models/starting-model.safetensors`` is a
+model file like any other (safetensors weights + JSON metadata, loaded without running code):
+the small preset (16 channels, depth 3, batch norm), one input channel normalised by
+percentiles (1, 99.8), two classes (background, object). Data with several channels (RGB)
+fine-tune it widened to their channels (:func:`napari_unet.model.widen_input`).
 
 It is made by ``scripts/make_starting_model.py`` from the package's synthetic generator
 (fluorescence, phase contrast, DIC and EM looks, :mod:`napari_unet.sample_data`) and the shared
-ISBI 2012 and PhC-U373 sets; that script states the data, their terms and the steps, and
-reproduces the file. :func:`starting_model_for` decides whether a run can start from it.
+ISBI 2012, PhC-U373, Usiigaci and GOWT1 sets; that script states the data, their terms and the
+steps, and reproduces the file. ``$NAPARI_UNET_STARTING_MODEL`` names another file (a lab's
+own starting model). :func:`starting_model_for` decides whether a run can start from it.
 """
 
 from __future__ import annotations
