@@ -1,5 +1,10 @@
 """Accuracy with the product's defaults: what `napari-unet train` + `predict --instances` give.
 
+Every shared set (the six of ../shared/data, 3 seeds, 0/1/3 planes, from scratch and from a
+starting model that never saw the set) is measured by ``benchmarks/instances.py``; this script
+keeps the first two sets and the demo's synthetic set at the product's full 2000 steps, with
+learning curves and 15/20-plane rows.
+
 Every run goes through :func:`napari_unet.training.recipe.prepare_run` with ``TrainingRecipe()``
 defaults
 (only the seed and, with ``--steps``/``--minutes``, the length change) and is segmented by
