@@ -114,6 +114,12 @@ def load(root: Path, name: str, shots: int):
     return image[:shots], labels[:shots], image[3:], labels[3:].astype(np.int32)
 
 
+def grey(images: np.ndarray) -> np.ndarray:
+    """RGB planes (..., Y, X, 3) as their channel mean, the one-channel starting model's input;
+    other planes as they are."""
+    return images.astype(np.float32).mean(axis=-1) if images.ndim == 4 else images
+
+
 def every_plane(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Every annotated plane of a set (training and scored ones), instances as labels; for the
     starting models (scripts/make_starting_model.py). PhC-U373's frames are partial annotations."""
@@ -160,8 +166,7 @@ def starting_file(name: str) -> Path:
 def zero_shot(root: Path, name: str, seed: int) -> dict:
     """The leave-that-set-out starting model with no fine-tuning, read by the rule it records."""
     _, _, test_img, truth = load(root, name, 1)
-    if test_img.ndim == 4:  # RGB: the starting model takes one channel
-        test_img = test_img.astype(np.float32).mean(axis=-1)
+    test_img = grey(test_img)  # RGB: the starting model takes one channel
     model, metadata = load_model(starting_file(name), device="cpu")
     start = time.perf_counter()
     pred = np.asarray(segment_stack(model, metadata, test_img, SegmentConfig()))

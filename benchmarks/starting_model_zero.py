@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import write_json  # noqa: E402
-from instances import MEASURE, SETS, STARTING_SETS, data_root, load, score  # noqa: E402
+from instances import MEASURE, SETS, STARTING_SETS, data_root, grey, load, score  # noqa: E402
 
 from napari_unet.annotation.derived import CORE_RATIO, JOIN_SHALLOW, JOIN_WIDE  # noqa: E402
 from napari_unet.inference.batch import SegmentConfig, segment_stack  # noqa: E402
@@ -54,8 +54,7 @@ def main() -> int:
     rows = []
     for name in names:
         _, _, image, truth = load(root, name, 3)
-        if image.ndim == 4:  # RGB planes: one channel, as the starting model takes
-            image = image.astype(np.float32).mean(axis=-1)
+        image = grey(image)  # RGB planes: one channel, as the starting model takes
         start = time.perf_counter()
         pred = np.asarray(segment_stack(model, metadata, image, config))
         scores = score(name, pred, truth)

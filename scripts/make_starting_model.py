@@ -71,7 +71,7 @@ from napari_unet.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from instances import SETS, data_root, every_plane  # noqa: E402
+from instances import SETS, data_root, every_plane, grey  # noqa: E402
 from instances import STARTING_SETS as SHIPPED_SETS  # noqa: E402
 
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / STARTING_MODEL_FILE
@@ -97,8 +97,7 @@ def shared_planes(root: Path, name: str, pixels: float):
     """Planes of a shared set, evenly spread, at most ``pixels`` image pixels (at least one);
     RGB planes as grey."""
     images, labels = every_plane(root, name)
-    if images.ndim == 4:
-        images = images.astype(np.float32).mean(axis=-1)
+    images = grey(images)
     count = int(np.clip(pixels // (images.shape[1] * images.shape[2]), 1, len(images)))
     pick = np.unique(np.linspace(0, len(images) - 1, count).round().astype(int))
     return list(images[pick]), list(labels[pick])
