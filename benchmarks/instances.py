@@ -55,7 +55,7 @@ from napari_unet.metrics import (
     seg_score_planes,
 )
 from napari_unet.training.recipe import TrainingRecipe, prepare_run
-from napari_unet.training.starting_model import STARTING_MODEL_VARIABLE
+from napari_unet.training.starting_model import STARTING_ARCHITECTURE, STARTING_MODEL_VARIABLE
 from napari_unet.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,26 +152,49 @@ def score(name: str, pred: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def starting_file(name: str) -> Path:
+def starting_file(name: str, architecture: dict | None = None) -> Path:
     """The starting model that never saw set ``name``: the shipped recipe without that set (the
-    shipped recipe itself for sets it does not take); made by the script when missing."""
+    shipped recipe itself for sets it does not take), with ``architecture``'s changes to the
+    small preset (``{"width": 16, "depth": 4}``); made by the script when missing."""
     left_out = ["--leave-out", name] if name in STARTING_SETS else []
-    path = MODELS / f"starting-{'without-' + name if left_out else 'shipped-sets'}.safetensors"
+    changes = architecture or {}
+    suffix = "".join(f"-{key[0]}{value}" for key, value in sorted(changes.items()))
+    stem = f"starting-{'without-' + name if left_out else 'shipped-sets'}{suffix}"
+    path = MODELS / f"{stem}.safetensors"
     if not path.exists():
         print("making", path, file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(SCRIPT), "--out", str(path), *left_out], check=True)
+        options = [f"--{key}={value}" for key, value in sorted(changes.items())]
+        command = [sys.executable, str(SCRIPT), "--out", str(path), *left_out, *options]
+        subprocess.run(command, check=True)
     return path
 
 
-def zero_shot(root: Path, name: str, seed: int) -> dict:
+def variants(targets: str) -> tuple[str, dict, dict]:
+    """``paper+warmup0.1+width16`` -> the targets, TrainConfig changes and architecture
+    changes (``width``, ``depth``: to the small preset, and to the starting model's)."""
+    base, _, rest = targets.partition("+")
+    training: dict = {}
+    architecture: dict = {}
+    for part in filter(None, rest.split("+")):  # ema0.99, warmup0.1, clip1, lr0.001, depth4
+        knob = part.rstrip("0123456789.")
+        value = float(part[len(knob) :])
+        if knob in ("width", "depth"):
+            architecture[knob] = int(value)
+        else:
+            training[knob] = value
+    return base, training, architecture
+
+
+def zero_shot(root: Path, name: str, targets: str, seed: int) -> dict:
     """The leave-that-set-out starting model with no fine-tuning, read by the rule it records."""
     _, _, test_img, truth = load(root, name, 1)
     test_img = grey(test_img)  # RGB: the starting model takes one channel
-    model, metadata = load_model(starting_file(name), device="cpu")
+    _, _, architecture = variants(targets)
+    model, metadata = load_model(starting_file(name, architecture), device="cpu")
     start = time.perf_counter()
     pred = np.asarray(segment_stack(model, metadata, test_img, SegmentConfig()))
     return {
-        "set": name, "shots": 0, "targets": "paper", "start": "starting-model", "seed": seed,
+        "set": name, "shots": 0, "targets": targets, "start": "starting-model", "seed": seed,
         "steps": 0, "train_s": 0.0, "predict_s": round(time.perf_counter() - start, 1),
         **score(name, pred, truth),
     }  # fmt: skip
@@ -179,21 +202,19 @@ def zero_shot(root: Path, name: str, seed: int) -> dict:
 
 def run(root: Path, name: str, shots: int, targets: str, seed: int, args) -> dict:
     if shots == 0:
-        return zero_shot(root, name, seed)
+        return zero_shot(root, name, targets, seed)
     train_img, train_lab, test_img, truth = load(root, name, shots)
     fine_tune = args.start == "starting-model"
+    # variants of the training are written after the targets: "paper+ema0.99+clip1+depth4"
+    base, changes, architecture = variants(targets)
     if fine_tune:  # the product's path, with another file (as a lab's own starting model)
-        os.environ[STARTING_MODEL_VARIABLE] = str(starting_file(name))
-    training = replace(TrainConfig(), seed=seed, device=args.device)
+        os.environ[STARTING_MODEL_VARIABLE] = str(starting_file(name, architecture))
+    training = replace(TrainConfig(), seed=seed, device=args.device, **changes)
     if args.steps:
         training = replace(training, steps=args.steps)
-    # variants of the training are written after the targets: "paper+ema0.99+clip1"
-    base, _, variant = targets.partition("+")
-    for part in filter(None, variant.split("+")):  # ema0.99, warmup0.1, clip1
-        knob = part.rstrip("0123456789.")
-        training = replace(training, **{knob: float(part[len(knob) :])})
     recipe = TrainingRecipe(
         annotation=AnnotationConfig(instance_targets=base), training=training,
+        architecture=STARTING_ARCHITECTURE.with_(**architecture),
         start="starting-model" if fine_tune else "scratch",
     )  # fmt: skip
     trainer = prepare_run(train_img, train_lab, recipe)

@@ -122,6 +122,8 @@ def main() -> int:
     parser.add_argument("--synthetic", type=int, default=16, help="planes per synthetic look")
     parser.add_argument("--pixels", type=float, default=4e6, help="image pixels per shared set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, help="base channels (default: the small preset's 16)")
+    parser.add_argument("--depth", type=int, help="poolings (default: the small preset's 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
     args = parser.parse_args()
 
@@ -145,7 +147,11 @@ def main() -> int:
 
     config = TrainConfig(steps=args.steps, seed=args.seed, val_every=0, checkpoint_every=0)
     torch.manual_seed(args.seed)
-    model = UNet(STARTING_ARCHITECTURE.with_(in_channels=1, num_classes=2))
+    architecture = STARTING_ARCHITECTURE.with_(in_channels=1, num_classes=2)
+    architecture = architecture.with_(
+        width=args.width or architecture.width, depth=args.depth or architecture.depth
+    )
+    model = UNet(architecture)
     trainer = Trainer(model, planes, config, annotation=AnnotationConfig())
     with limited_threads(args.threads or None):
         for event in trainer.run():

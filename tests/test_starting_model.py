@@ -13,7 +13,7 @@ import torch
 
 from napari_unet.annotation.schema import AnnotationConfig
 from napari_unet.inference.batch import SegmentConfig, segment_plane
-from napari_unet.io.modelfile import load_model, read_metadata
+from napari_unet.io.modelfile import load_model, read_metadata, save_model
 from napari_unet.metrics import seg_score_planes
 from napari_unet.model import PRESETS, UNet, UNetConfig, widen_input
 from napari_unet.sample_data import make_cell_stack
@@ -175,3 +175,23 @@ def test_another_starting_model_by_environment(cells, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_UNET_STARTING_MODEL", str(tmp_path / "missing.safetensors"))
     trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
     assert trainer.parent_model is None and "no starting model file" in trainer.start_note
+
+
+def test_a_lab_starting_model_of_another_architecture(cells, tmp_path, monkeypatch):
+    """The file's own architecture decides: a run asking for it fine-tunes it, the default
+    small preset then starts from scratch and says why."""
+    image, labels, _ = cells
+    narrow = PRESETS["small"].with_(width=8, in_channels=1, num_classes=2)
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, architecture=narrow))
+    own = tmp_path / "narrow-start.safetensors"
+    save_model(own, trainer.model.eval(), trainer.metadata())
+    monkeypatch.setenv("NAPARI_UNET_STARTING_MODEL", str(own))
+    asked = TrainingRecipe(training=SHORT, architecture=narrow, start="starting-model")
+    trainer = prepare_run(image, labels, asked)
+    assert trainer.parent_model == "narrow-start.safetensors"
+    assert trainer.model.config.width == 8
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
+    assert trainer.parent_model is None
+    assert "another architecture than the starting model's (width 8, depth 3)" in (
+        trainer.start_note
+    )

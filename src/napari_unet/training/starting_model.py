@@ -49,17 +49,35 @@ def starting_model_for(
 ) -> tuple[Path | None, str]:
     """The starting model to fine-tune for a new run, or None with the reason to start anew.
 
-    A run starts from the shipped model when it asks for the default architecture (the small
-    preset; any channel or class count is filled in from the data) and its data have the classes
-    the starting model was trained for: background and objects. Data with several channels (RGB)
-    start from the model widened to their channels (:func:`napari_unet.model.widen_input`).
+    A run starts from the starting model file when it asks for that file's architecture (the
+    shipped file: the small preset, the default; any channel or class count is filled in from
+    the data) and its data have the classes the starting model was trained for: background and
+    objects. Data with several channels (RGB) start from the model widened to their channels
+    (:func:`napari_unet.model.widen_input`). The architecture is read from the file's header, so
+    a lab's own starting model (``$NAPARI_UNET_STARTING_MODEL``) may have another one.
     """
+    from napari_unet.errors import ModelFileError
+    from napari_unet.io.modelfile import read_metadata
+
     path = starting_model_path()
-    wanted = architecture.with_(in_channels=1, num_classes=2)
-    if wanted != STARTING_ARCHITECTURE.with_(in_channels=1, num_classes=2):
-        return None, "another architecture than the starting model's (small preset)"
     if path is None:
         return None, "this installation has no starting model file"
+    try:
+        own = read_metadata(path).architecture
+    except ModelFileError as err:
+        return None, f"the starting model file cannot be read ({err})"
+    wanted = architecture.with_(in_channels=1, num_classes=2)
+    if wanted != own.with_(in_channels=1, num_classes=2):
+        return None, f"another architecture than the starting model's ({describe(own)})"
     if classes > 2:
         return None, f"the starting model knows 2 classes; these data have {classes}"
     return path, "fine-tuned from the starting model"
+
+
+def describe(architecture: UNetConfig) -> str:
+    """A short name for an architecture: ``small preset`` or ``width 16, depth 4``."""
+    plain = architecture.with_(in_channels=1, num_classes=2)
+    for name, preset in PRESETS.items():
+        if plain == preset.with_(in_channels=1, num_classes=2):
+            return f"{name} preset"
+    return f"width {architecture.width}, depth {architecture.depth}"
