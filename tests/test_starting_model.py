@@ -21,6 +21,7 @@ from napari_unet.training.recipe import TrainingRecipe, prepare_run
 from napari_unet.training.starting_model import (
     STARTING_ARCHITECTURE,
     STARTING_MODEL_FILE,
+    STARTING_MODEL_LR,
     starting_model_path,
 )
 from napari_unet.training.trainer import TrainConfig
@@ -52,9 +53,11 @@ def test_the_file_ships_and_loads_without_code():
     assert metadata.postprocess["min_size"] == 0
 
 
-def test_a_new_model_starts_from_scratch_by_default(cells):
+def test_a_new_model_is_fine_tuned_by_default_and_scratch_is_one_choice_away(cells):
     image, labels, _ = cells
     trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT))
+    assert trainer.parent_model == STARTING_MODEL_FILE
+    trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="scratch"))
     assert trainer.parent_model is None and trainer.start_note == "trained from scratch"
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)
 
@@ -64,7 +67,7 @@ def test_a_new_model_starts_from_it_when_asked(cells):
     trainer = prepare_run(image, labels, TrainingRecipe(training=SHORT, start="starting-model"))
     assert trainer.parent_model == STARTING_MODEL_FILE
     assert trainer.start_note == "fine-tuned from the starting model"
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)  # fine-tuning rate
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3)  # as from scratch
     parent, _ = load_model(starting_model_path(), "cpu")
     for name, value in parent.state_dict().items():
         assert np.array_equal(trainer.model.state_dict()[name].cpu().numpy(), value.numpy())
@@ -130,14 +133,14 @@ def test_cli_default_and_from_starting_model(cells, tmp_path):
     tifffile.imwrite(tmp_path / "image.tif", image)
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     outputs = {}
-    for name, extra in (("default", []), ("starting", ["--from-starting-model"])):
+    for name, extra in (("default", []), ("scratch", ["--from-scratch"])):
         out, done = _cli_train(tmp_path, name, *extra)
         assert done.returncode == 0, done.stderr
         outputs[name] = (read_metadata(out).provenance["parent_model"], done.stderr)
-    assert outputs["default"][0] == ""
-    assert "trained from scratch" in outputs["default"][1]
-    assert outputs["starting"][0] == STARTING_MODEL_FILE
-    assert "fine-tuned from the starting model" in outputs["starting"][1]
+    assert outputs["default"][0] == STARTING_MODEL_FILE
+    assert "fine-tuned from the starting model" in outputs["default"][1]
+    assert outputs["scratch"][0] == ""
+    assert "trained from scratch" in outputs["scratch"][1]
     out, done = _cli_train(tmp_path, "both", "--from-starting-model", "--from-scratch")
     assert done.returncode != 0 and not out.exists()
     assert done.stderr.strip().splitlines() == [
@@ -195,3 +198,21 @@ def test_a_lab_starting_model_of_another_architecture(cells, tmp_path, monkeypat
     assert "another architecture than the starting model's (width 8, depth 3)" in (
         trainer.start_note
     )
+
+
+def test_the_starting_rate_survives_resume_and_continuing_is_gentler(cells, tmp_path):
+    """From the starting model: Adam at 3e-3, kept by a resumed checkpoint; a model the user
+    trained is continued at the tenfold lower rate."""
+    image, labels, _ = cells
+    checkpoint = tmp_path / "run.ckpt"
+    training = replace(SHORT, checkpoint_every=1)
+    recipe = TrainingRecipe(training=training, start="starting-model", checkpoint=checkpoint)
+    trainer = prepare_run(image, labels, recipe)
+    for _ in trainer.run():
+        pass
+    resumed = prepare_run(image, labels, replace(recipe, resume=checkpoint, checkpoint=None))
+    assert resumed.optimizer.param_groups[0]["initial_lr"] == pytest.approx(STARTING_MODEL_LR)
+    mine = tmp_path / "mine.safetensors"
+    save_model(mine, trainer.model.eval(), trainer.metadata())
+    continued = prepare_run(image, labels, TrainingRecipe(training=SHORT, init=mine))
+    assert continued.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)

@@ -240,14 +240,14 @@ def test_fine_tune_a_model_file(viewer, cells, qtbot, tmp_path):
     assert metadata.architecture == read_metadata(parent).architecture
 
 
-def test_new_models_start_from_scratch_by_default(viewer, cells):
+def test_new_models_start_from_the_starting_model_by_default(viewer, cells):
     from napari_unet.model import PRESETS
 
     add_cells(viewer, cells)
     train = TrainWidget(viewer)
-    assert train.model_combo.value == "new: small preset, from scratch"
-    assert train.start() == "scratch" and train.architecture() == PRESETS["small"]
-    train.model_combo.value = "new: from the starting model"  # one choice away
+    assert train.model_combo.value == "new: from the starting model"
     assert train.start() == "starting-model" and train.architecture() == PRESETS["small"]
+    train.model_combo.value = "new: small preset, from scratch"  # one choice away
+    assert train.start() == "scratch" and train.architecture() == PRESETS["small"]
     train.set_custom_architecture(PRESETS["small"].with_(width=8))
     assert train.start() == "scratch"

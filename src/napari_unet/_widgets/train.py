@@ -46,7 +46,7 @@ MORE_FIELDS = ("optimizer", "batch_size")
 ARCH_FIELDS = ("width", "depth", "padding")
 STOP_WAIT_S = 20.0  # closing the widget waits this long for a run to stop (one step + checkpoint)
 MODEL_CHOICES = recipe.MODEL_CHOICES
-STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (1, 3, 4, 5))
+STARTING, CUSTOM, CONTINUE, FINE_TUNE = (MODEL_CHOICES[i] for i in (0, 3, 4, 5))
 NO_SESSION_MODEL = (
     "no model trained yet in this session: train one first (a 'new: ...' model), then continue it"
 )
@@ -241,7 +241,8 @@ class TrainWidget(DockWidget):
         return self._custom.with_(**{n: self.advanced[n].value for n in ARCH_FIELDS})
 
     def start(self) -> str:
-        """Where a new network starts: ``scratch`` (the default choice) or ``starting-model``."""
+        """Where a new network starts: ``starting-model`` (the default choice; data it does not
+        fit start from scratch and say so) or ``scratch`` (every other new network)."""
         return "starting-model" if self.model_combo.value == STARTING else "scratch"
 
     def train_config(self) -> TrainConfig:

@@ -105,18 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--init",
-        help="fine-tune this model file (default: a new network from random weights)",
+        help="fine-tune this model file (default: a new network fine-tuned from the shipped "
+        "starting model)",
     )
     train.add_argument(
         "--from-starting-model",
         action="store_true",
-        help="fine-tune the shipped starting model instead of starting from random weights "
-        "(small preset, one channel, two classes; see docs/benchmarks.md for when it helps)",
+        help="fine-tune the shipped starting model (the default for a new small-preset network; "
+        "kept for scripts that say so)",
     )
     train.add_argument(
         "--from-scratch",
         action="store_true",
-        help="start from random weights (the default; kept for scripts that say so)",
+        help="start from random weights instead of fine-tuning the shipped starting model",
     )
     train.add_argument(
         "--preset",

@@ -102,6 +102,9 @@ def run_train(args) -> int:
     if args.from_starting_model and (args.from_scratch or args.init or args.resume):
         other = "--from-scratch" if args.from_scratch else "--init" if args.init else "--resume"
         raise InputError(f"give either --from-starting-model or {other}, not both")
+    if args.from_scratch and (args.init or args.resume):
+        other = "--init" if args.init else "--resume"
+        raise InputError(f"give either --from-scratch or {other}, not both")
     image = read_array(args.image)
     labels = np.asarray(read_array(args.labels))
     overrides = {
@@ -128,7 +131,7 @@ def run_train(args) -> int:
         ),
         training=config,
         architecture=PRESETS[args.preset].with_(**overrides),
-        start="starting-model" if args.from_starting_model else "scratch",
+        start="scratch" if args.from_scratch else "starting-model",
         init=args.init,
         resume=args.resume,
         checkpoint=Path(args.checkpoint) if args.checkpoint else out.with_suffix(".ckpt"),

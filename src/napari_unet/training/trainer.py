@@ -50,7 +50,8 @@ class TrainConfig:
     batch_size : tiles per step.
     tile : input tile edge (None: the smallest valid edge with an output of >= 96 px).
     optimizer : ``adam`` (the released fine-tuning tool) or ``sgd`` (the paper: momentum 0.99).
-    lr : learning rate (None: 3e-3 for Adam from scratch, 3e-4 for Adam fine-tuning, 1e-3 SGD;
+    lr : learning rate (None: 3e-3 for Adam from scratch or from the starting model, 3e-4 for
+        Adam continuing a trained model, 1e-3 SGD;
         3e-3 learned faster than 1e-3 per CPU-minute on PhC-U373, docs/benchmarks.md).
     lr_schedule : ``cosine`` decays the learning rate to 5 % of its start over ``steps`` (steadier
         final models from few, noisy tiles); ``constant`` keeps it.
@@ -109,8 +110,9 @@ class TrainConfig:
     lr: float | None = form_field(
         None,
         "learning rate",
-        "learning rate; default: 3e-3 for Adam from scratch, 3e-4 when "
-        "fine-tuning, 1e-3 for SGD (the paper: SGD with momentum 0.99); it anneals to 5 %",
+        "learning rate; default: 3e-3 for Adam from scratch or from the starting model, "
+        "3e-4 when continuing a trained model, 1e-3 for SGD (the paper: SGD with momentum "
+        "0.99); it anneals to 5 %",
         min=0.0,
         max=1.0,
         step=1e-4,
