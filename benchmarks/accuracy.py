@@ -21,8 +21,8 @@ model file recommends. No per-dataset option exists here.
   ``--partial`` (``AnnotationConfig(partial=True)``), which is how a user says so.
 * synthetic (the demo's data): 2 annotated planes of ``make_cell_stack(8)``, SEG on the other 6.
 
-Where a run starts (``--start``): ``scratch`` (random weights, as ``train`` without options) or
-``starting-model``: fine-tuned, as ``train --from-starting-model`` does, but from a starting model
+Where a run starts (``--start``): ``scratch`` (random weights, as ``train --from-scratch``) or
+``starting-model``: fine-tuned, as ``train`` does without options, but from a starting model
 that has *not* seen the set scored -- ``benchmarks/models/starting-without-<set>.safetensors``,
 made by ``scripts/make_starting_model.py --leave-out <set>`` (run here when missing). The
 synthetic set uses the shipped starting model (its synthetic training data come from the same
@@ -55,6 +55,7 @@ import tempfile
 import time
 from dataclasses import replace
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ from napari_unet.metrics import (
 from napari_unet.model import PRESETS
 from napari_unet.sample_data import make_cell_stack
 from napari_unet.training.recipe import TrainingRecipe, prepare_run
-from napari_unet.training.starting_model import starting_model_path
+from napari_unet.training.starting_model import STARTING_MODEL_FILE, STARTING_MODEL_VARIABLE
 from napari_unet.training.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,8 @@ def starts(args, name: str) -> list[tuple[str, Path | None]]:
         out.append(("scratch", None))
     if args.start in ("starting-model", "both"):
         if name == "synthetic":
-            out.append(("starting model (shipped)", starting_model_path()))
+            shipped = Path(str(files("napari_unet") / "models" / STARTING_MODEL_FILE))
+            out.append(("starting model (shipped)", shipped))
         else:
             out.append((f"starting model without {name}", starting_model_without(name)))
     return out
@@ -136,8 +138,12 @@ def starts(args, name: str) -> list[tuple[str, Path | None]]:
 def train(image, labels, args, seed: int, planes=None, partial=False, init=None):
     """Train with the defaults; returns the trainer, seconds and snapshots for the curve.
 
-    ``init``: the starting model file to fine-tune (None: from scratch)."""
+    ``init``: the starting model file to fine-tune (None: from scratch), taken through the
+    product's path as a lab's own starting model (``$NAPARI_UNET_STARTING_MODEL``), so that it
+    is fine-tuned exactly as ``train`` does without options (rate included)."""
     training = replace(TrainConfig(), seed=seed, device=args.device)
+    if init is not None:
+        os.environ[STARTING_MODEL_VARIABLE] = str(init)
     if args.steps:
         training = replace(training, steps=args.steps)
     if args.minutes:
@@ -146,9 +152,11 @@ def train(image, labels, args, seed: int, planes=None, partial=False, init=None)
         annotation=AnnotationConfig(partial=partial), training=training,
         architecture=PRESETS[args.preset],
         planes=tuple(planes) if planes is not None else None,
-        start="scratch" if init is None else "starting-model", init=init,
+        start="scratch" if init is None else "starting-model",
     )  # fmt: skip
     trainer = prepare_run(image, labels, recipe)
+    if init is not None and trainer.parent_model is None:
+        raise RuntimeError(f"not fine-tuned: {trainer.start_note}")
     marks = {int(training.steps * f) for f in (0.25, 0.5, 0.75)} if args.curves else set()
     snapshots = []
     start = time.perf_counter()
