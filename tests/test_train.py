@@ -79,7 +79,7 @@ def test_clip_bounds_the_gradient_step(data):
         trainer = _trainer(planes, 1, optimizer="sgd", lr=1.0, clip=clip)
         before = [p.detach().clone() for p in trainer.model.parameters()]
         list(trainer.run())
-        after = list(trainer.model.parameters())
+        after = [p.detach() for p in trainer.model.parameters()]
         moved[clip] = float(
             torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
         )
