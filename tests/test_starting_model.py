@@ -146,6 +146,12 @@ def test_cli_default_and_from_starting_model(cells, tmp_path):
     assert done.stderr.strip().splitlines() == [
         "napari-unet: error: give either --from-starting-model or --from-scratch, not both"
     ]
+    mine = tmp_path / "default.safetensors"
+    out, done = _cli_train(tmp_path, "mixed", "--from-scratch", "--init", str(mine))
+    assert done.returncode != 0 and not out.exists()
+    assert done.stderr.strip().splitlines() == [
+        "napari-unet: error: give either --from-scratch or --init, not both"
+    ]
 
 
 def test_it_starts_better_than_random_weights(cells):
