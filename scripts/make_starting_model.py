@@ -1,8 +1,9 @@
 """Make the generalist starting model that ships in ``src/napari_unet/models/``.
 
-New models fine-tune this network when asked (``napari-unet train --from-starting-model``, the
-Train widget's "new: from the starting model"); docs/benchmarks.md, "Starting model", says
-whether that is the default and why. Run from the repository root::
+New models fine-tune this network by default (``napari-unet train`` without
+``--from-scratch``, the Train widget's "new: from the starting model"); docs/benchmarks.md,
+"Starting model", says why. ``--width``/``--depth`` change the small preset's size (the
+architecture measurement there kept the small preset). Run from the repository root::
 
     .venv/bin/python scripts/make_starting_model.py                  # the shipped file
     .venv/bin/python scripts/make_starting_model.py --leave-out isbi \\
