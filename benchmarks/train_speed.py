@@ -38,7 +38,7 @@ from _machine import cpu_name, write_json
 from napari_unet.annotation.schema import training_planes
 from napari_unet.annotation.weightmap import WeightMapConfig, weight_map
 from napari_unet.devices import resolve_device
-from napari_unet.model import PRESETS, UNet, border
+from napari_unet.model import PRESETS, UNet, UNetConfig, border
 from napari_unet.sample_data import CellSampleConfig, make_cell_stack
 from napari_unet.training.augment import AugmentConfig, augment_batch
 from napari_unet.training.trainer import TrainConfig, Trainer, default_tile
@@ -73,10 +73,10 @@ class Contender:
     """A Trainer whose ``run()`` generator is advanced a few steps at a time."""
 
     def __init__(
-        self, name: str, preset: str, tile: int | None, batch: int, planes, device
+        self, name: str, preset: str | UNetConfig, tile: int | None, batch: int, planes, device
     ) -> None:
         torch.manual_seed(0)
-        model = UNet(PRESETS[preset])
+        model = UNet(PRESETS[preset] if isinstance(preset, str) else preset)
         config = TrainConfig(
             steps=10**6,
             batch_size=batch,
